@@ -1,0 +1,1 @@
+"""dualvae.data: CelebA format, generated CelebA-format data."""

@@ -1,0 +1,1 @@
+"""DualVAE: dual-space learning with variational autoencoders (Okamoto et al.)."""

@@ -1,0 +1,1 @@
+"""Baseline transfer models (CVAE, FaderNetworks, StarGAN) — see the experiments issue."""

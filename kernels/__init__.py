@@ -1,0 +1,53 @@
+"""dualvae.kernels: the fused VAE ops and their pure-PyTorch references.
+
+Public API (one signature per op, several backends later): `reparameterize_kl`, `dual_bce`.
+The model calls these names only, so swapping a backend is a one-line change here.
+
+The compiled CPU library (kernels/csrc, built by CMake through setup.py) is loaded on import when present;
+`has_compiled_ops()` says whether it was. Without it everything still works on the reference path.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+
+import torch
+
+from .reference import dual_bce, reparameterize_kl
+
+__all__ = ["reparameterize_kl", "dual_bce", "kl_standard_normal", "has_compiled_ops"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_BUILD_HINT = (
+    "dualvae: the compiled CPU kernels (dualvae.kernels._C) are not built; using the pure-PyTorch path. "
+    "Build them with `make install` (or `pip install --no-build-isolation -e .` with torch installed)."
+)
+
+
+def _load_compiled() -> bool:
+    candidates = sorted(glob.glob(os.path.join(_HERE, "_C*.so")))
+    if not candidates:
+        warnings.warn(_BUILD_HINT, RuntimeWarning, stacklevel=3)
+        return False
+    try:
+        torch.ops.load_library(candidates[0])
+    except OSError as exc:  # e.g. built against another torch
+        warnings.warn(f"{_BUILD_HINT} (loading {candidates[0]} failed: {exc})", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+_COMPILED = _load_compiled()
+
+
+def has_compiled_ops() -> bool:
+    """True when the CMake-built CPU library is loaded (torch.ops.dualvae.* available)."""
+    return _COMPILED
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-row KL to N(0, I): the compiled op on CPU when built, else the reference formula."""
+    if _COMPILED and mu.device.type == "cpu":
+        return torch.ops.dualvae.kl_standard_normal(mu, logvar)
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
