@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/cs
 
 # Triton kernels (when present) run on CPU tensors under the interpreter; slow tests are left to test-slow.
 test: install
-	TRITON_INTERPRET=1 $(PY) -m pytest -m "not slow and not gpu" -q
+	DUALVAE_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -m "not slow and not gpu" -q
 
 test-slow: install
 	TRITON_INTERPRET=1 $(PY) -m pytest -m "slow" -q

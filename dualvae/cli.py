@@ -1,2 +1,268 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""`dualvae` command line: synth | train | train-classifier | transfer | cis | demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+DEMO_DEFAULTS = dict(num=6000, steps=2400, classifier_steps=1000, batch_size=64)
+
+
+def _domains_arg(text: str | None):
+    """'40' -> 40 (the first 40); 'Smiling,Male' -> names; None -> all."""
+    if text is None:
+        return None
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    return [t for t in (s.strip() for s in text.split(",")) if t]
+
+
+def _lams_arg(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _load_images(data: str, split: str, num: int, image_size: int):
+    from dualvae.data import load_split, to_unit_range
+
+    s = load_split(data, split, image_size=image_size, limit=num, progress=False)
+    if len(s.images) == 0:
+        raise SystemExit(f"dualvae: the {split} split of {data} has no images")
+    return to_unit_range(s.images), s
+
+
+def cmd_synth(a) -> None:
+    from dualvae.data.synth import write_preview, write_synth_celeba
+
+    t0 = time.time()
+    write_synth_celeba(a.out, num=a.num, seed=a.seed, workers=a.workers)
+    dt = time.time() - t0
+    print(f"wrote {a.num} CelebA-format images to {a.out} in {dt:.1f} s ({a.num / max(dt, 1e-9):.0f} images/s)")
+    if a.preview:
+        print(f"preview: {write_preview(a.out, os.path.join(a.out, 'preview.png'))}")
+
+
+def _train_config(a):
+    from dualvae.train import TrainConfig
+
+    return TrainConfig(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                       label_lr=a.label_lr, label_optimizer=a.label_optimizer, alpha=a.alpha,
+                       missing_ratio=a.missing_ratio, recon_sigma=a.recon_sigma, latent_dim=a.latent_dim,
+                       limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers)
+
+
+def cmd_train(a) -> None:
+    from dualvae.train import train
+
+    path = train(_train_config(a))
+    print(f"model: {path}\nloss log: {os.path.join(a.out, 'log.csv')}, plot: {os.path.join(a.out, 'loss.png')}")
+
+
+def cmd_train_classifier(a) -> None:
+    from dualvae.classifier import ClassifierConfig, train_classifier
+
+    path, report = train_classifier(ClassifierConfig(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size,
+                                                     lr=a.lr, limit=a.limit, seed=a.seed, workers=a.workers))
+    _print_classifier_report(report)
+    print(f"classifier: {path}\nreport: {os.path.splitext(path)[0] + '.json'}")
+
+
+def _print_classifier_report(report: dict) -> None:
+    print(f"test split ({report['num_images']} images): mean accuracy {report['mean_accuracy']:.3f}, "
+          f"mean AUC {report['mean_auc']:.3f}, min AUC {report['min_auc']}")
+    for name, r in report["attributes"].items():
+        print(f"  {name:<20} acc {r['accuracy']:.3f}  AUC {r['auc'] if r['auc'] is not None else 'n/a'}")
+
+
+def cmd_transfer(a) -> None:
+    from dualvae.model import DualVAE
+    from dualvae.transfer import write_transfer_grid
+
+    model = DualVAE.load(a.model)
+    images, _ = _load_images(a.data, a.split, a.num_images, model.config.image_size)
+    path = write_transfer_grid(model, images, a.out, domains=_domains_arg(a.domains), lam=a.lam)
+    print(f"transfer grid ({len(images)} images x {len(model.domain_indices(_domains_arg(a.domains)))} domains, "
+          f"lam={a.lam:g}): {path}")
+
+
+def _cis_json(result, model) -> dict:
+    return result.as_dict(model.attr_names)
+
+
+def cmd_cis(a) -> None:
+    from dualvae.cis import conditional_inception_score
+    from dualvae.classifier import AttributeClassifier
+    from dualvae.model import DualVAE
+
+    model, clf = DualVAE.load(a.model), AttributeClassifier.load(a.classifier)
+    images, _ = _load_images(a.data, a.split, a.num_images, model.config.image_size)
+    r = conditional_inception_score(model, clf, images, domains=_domains_arg(a.domains), lam=a.lam, progress=True)
+    out = _cis_json(r, model)
+    _write_json(a.out, out)
+    print(f"CIS = {r.cis:.4f} (ts {r.ts:.4f}, rs {r.rs:.4f}) on {len(images)} {a.split} images, "
+          f"{len(r.domains)} domains, lam={a.lam:g}: {a.out}")
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def cmd_demo(a) -> None:
+    """synth -> train DualVAE -> train classifier -> transfer grid -> lam on val -> CIS on test."""
+    import torch
+
+    from dualvae.cis import conditional_inception_score, sweep_lam
+    from dualvae.classifier import AttributeClassifier, ClassifierConfig, train_classifier
+    from dualvae.data.synth import write_preview, write_synth_celeba
+    from dualvae.model import DualVAE
+    from dualvae.train import TrainConfig, train
+    from dualvae.transfer import write_transfer_grid
+
+    t_start = time.time()
+    out = os.path.abspath(a.out)
+    data = os.path.join(out, "data")
+    timings = {}
+
+    def stage(name):
+        timings[name] = round(time.time() - t_start - sum(timings.values()), 1)
+
+    print(f"[1/5] generating {a.num} CelebA-format cartoon faces -> {data}")
+    write_synth_celeba(data, num=a.num, seed=a.seed)
+    preview = write_preview(data, os.path.join(out, "synth_preview.png"))
+    stage("synth")
+    print(f"[2/5] training DualVAE ({a.steps} steps, batch {a.batch_size})")
+    model_path = train(TrainConfig(data=data, out=os.path.join(out, "run"), steps=a.steps, batch_size=a.batch_size,
+                                   missing_ratio=a.missing_ratio, seed=a.seed))
+    stage("train")
+    print(f"[3/5] training the attribute classifier ({a.classifier_steps} steps)")
+    clf_path, report = train_classifier(ClassifierConfig(data=data, out=os.path.join(out, "classifier.pt"),
+                                                         steps=a.classifier_steps, seed=a.seed))
+    stage("classifier")
+    model, clf = DualVAE.load(model_path), AttributeClassifier.load(clf_path)
+    val_images, _ = _load_images(data, "val", a.val_images, model.config.image_size)
+    test_images, _ = _load_images(data, "test", a.num_images, model.config.image_size)
+    print(f"[4/5] choosing lam on {len(val_images)} validation images over {a.lams}")
+    with torch.no_grad():
+        best_lam, sweep = sweep_lam(model, clf, val_images, a.lams, domains=a.domains, progress=True)
+    for lam, r in sweep.items():
+        print(f"  val lam={lam:<5g} ts {r.ts:+.4f}  rs {r.rs:+.4f}  CIS {r.cis:+.4f}")
+    grid = write_transfer_grid(model, test_images[:8], os.path.join(out, "transfer_grid.png"), lam=best_lam,
+                               domains=a.domains)
+    stage("lam_sweep_and_grid")
+    print(f"[5/5] CIS on {len(test_images)} test images, {a.domains} domains, lam={best_lam:g}")
+    result = conditional_inception_score(model, clf, test_images, domains=a.domains, lam=best_lam, progress=True)
+    stage("cis")
+    cis = _cis_json(result, model)
+    cis.update(lam_chosen_on="val", val_sweep={str(k): {"ts": v.ts, "rs": v.rs, "cis": v.cis} for k, v in sweep.items()},
+               classifier_test_mean_auc=report["mean_auc"], classifier_test_min_auc=report["min_auc"],
+               seconds=timings, total_seconds=round(time.time() - t_start, 1))
+    cis_path = os.path.join(out, "cis.json")
+    _write_json(cis_path, cis)
+    print(f"\nCIS = {result.cis:.4f} (ts {result.ts:.4f}, rs {result.rs:.4f}), test split, lam={best_lam:g}, "
+          f"{time.time() - t_start:.0f} s in all")
+    for what, path in [("data", data), ("synth preview", preview), ("model", model_path),
+                       ("loss plot", os.path.join(out, "run", "loss.png")), ("classifier", clf_path),
+                       ("classifier report", os.path.splitext(clf_path)[0] + ".json"), ("transfer grid", grid),
+                       ("CIS", cis_path)]:
+        print(f"  {what:<18} {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dualvae", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write generated CelebA-format cartoon faces")
+    s.add_argument("--out", required=True, help="output CelebA root")
+    s.add_argument("--num", type=int, default=6000, help="number of images (default 6000)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    s.add_argument("--preview", action="store_true", help="also write OUT/preview.png, a contact sheet")
+    s.set_defaults(func=cmd_synth)
+
+    t = sub.add_parser("train", help="train DualVAE with Algorithm 1")
+    t.add_argument("--data", required=True, help="CelebA-format root")
+    t.add_argument("--out", required=True, help="run folder (model.pt, log.csv, loss.png)")
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--alpha", type=float, default=1.0, help="weight of the label step (acts with SGD only; see docs)")
+    t.add_argument("--missing-ratio", type=float, default=0.0, help="share s of labels hidden (mask I)")
+    t.add_argument("--lr", type=float, default=1e-3, help="learning rate of g (encoder + decoder)")
+    t.add_argument("--label-lr", type=float, default=1e-3, help="learning rate of g_e (encoder + U)")
+    t.add_argument("--label-optimizer", choices=["adam", "sgd"], default="adam", help="g_e")
+    t.add_argument("--recon-sigma", type=float, default=0.1, help="sigma of the Gaussian decoder")
+    t.add_argument("--latent-dim", type=int, default=128)
+    t.add_argument("--limit", type=int, default=None, help="use only the first N training images")
+    t.add_argument("--ckpt-every", type=int, default=1000)
+    t.add_argument("--workers", type=int, default=None, help="JPEG decoding processes")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("train-classifier", help="train the attribute classifier f used by CIS")
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True, help="checkpoint file (a .json report is written beside it)")
+    c.add_argument("--steps", type=int, default=1500)
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--lr", type=float, default=2e-3)
+    c.add_argument("--limit", type=int, default=None)
+    c.add_argument("--workers", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_train_classifier)
+
+    g = sub.add_parser("transfer", help="transfer grid PNG: rows images, columns original + each domain")
+    g.add_argument("--model", required=True)
+    g.add_argument("--data", required=True)
+    g.add_argument("--split", default="test", choices=["train", "val", "test"])
+    g.add_argument("--num-images", type=int, default=8)
+    g.add_argument("--lam", type=float, default=2.0)
+    g.add_argument("--domains", default=None, help="a count (first k) or names separated by commas; default all")
+    g.add_argument("--out", required=True, help="PNG path")
+    g.set_defaults(func=cmd_transfer)
+
+    k = sub.add_parser("cis", help="conditional inception score (Algorithm 2)")
+    k.add_argument("--model", required=True)
+    k.add_argument("--classifier", required=True)
+    k.add_argument("--data", required=True)
+    k.add_argument("--split", default="test", choices=["train", "val", "test"])
+    k.add_argument("--num-images", type=int, default=160)
+    k.add_argument("--domains", default="40", help="a count (first k) or names separated by commas")
+    k.add_argument("--lam", type=float, default=2.0)
+    k.add_argument("--out", required=True, help="cis.json path")
+    k.set_defaults(func=cmd_cis)
+
+    d = sub.add_parser("demo", help="synth -> train -> classifier -> transfer grid -> CIS, on generated data")
+    d.add_argument("--out", default="demo-out")
+    d.add_argument("--num", type=int, default=DEMO_DEFAULTS["num"], help="generated images")
+    d.add_argument("--steps", type=int, default=DEMO_DEFAULTS["steps"], help="DualVAE training steps")
+    d.add_argument("--classifier-steps", type=int, default=DEMO_DEFAULTS["classifier_steps"])
+    d.add_argument("--batch-size", type=int, default=DEMO_DEFAULTS["batch_size"])
+    d.add_argument("--missing-ratio", type=float, default=0.0)
+    d.add_argument("--num-images", type=int, default=160, help="test images for CIS")
+    d.add_argument("--val-images", type=int, default=64, help="validation images for choosing lam")
+    d.add_argument("--lams", type=_lams_arg, default=[1.0, 2.0, 3.0, 4.0, 6.0], help="lam candidates, e.g. 1,2,4")
+    d.add_argument("--domains", type=int, default=40)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dualvae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+from dualvae.cli import main; import sys; sys.exit(main())

@@ -1,0 +1,37 @@
+"""Checkpoints written atomically: a crash mid-write leaves the previous file intact, never half a file."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def save_atomic(obj, path: str) -> str:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str, map_location="cpu", kind: str | None = None) -> dict:
+    """Load a checkpoint dict; `kind` ("dualvae", "classifier") must match what was saved."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated or not a torch file
+        raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
+    if not isinstance(ckpt, dict) or (kind is not None and ckpt.get("kind") != kind):
+        found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"checkpoint {path} holds {found!r}, expected a {kind!r} checkpoint")
+    return ckpt

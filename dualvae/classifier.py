@@ -1,0 +1,157 @@
+"""The attribute classifier f of the conditional inception score.
+
+The paper fine-tunes Inception-v3; no pretrained weights can be had here, so f is a CNN trained from scratch on
+the training split (all labels observed), with sigmoid outputs: f(x) in [0, 1]^n is the probability of each
+attribute. Its per-attribute accuracy and AUC on the test split are reported with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from dualvae.checkpoint import load_checkpoint, save_atomic
+
+
+class AttributeClassifier(nn.Module):
+    """x (B, C, S, S) in [-1, 1] -> attribute logits (B, num_labels); `probs` gives f(x) = sigmoid(logits)."""
+
+    def __init__(self, num_labels: int = 40, image_size: int = 64, channels: int = 3, width: int = 32):
+        super().__init__()
+        self.config = {"num_labels": num_labels, "image_size": image_size, "channels": channels, "width": width}
+        layers, c_in, size, stage = [], channels, image_size, 0
+        while size > 4:  # stride-2 4x4 conv, then a 3x3 conv at the new size; down to 4x4
+            c_out = width * 2**stage
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            if size <= 32:
+                layers += [nn.Conv2d(c_out, c_out, 3, 1, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in, size, stage = c_out, size // 2, stage + 1
+        # Flatten, not global pooling: where a feature sits (hat vs. bangs vs. beard) is part of the label.
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(c_in * 16, num_labels))
+        self.attr_names: list[str] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    @torch.no_grad()
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(x))
+
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> "AttributeClassifier":
+        ckpt = load_checkpoint(path, map_location=map_location, kind="classifier")
+        model = cls(**ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+        model.attr_names = ckpt.get("attr_names")
+        return model.eval()
+
+
+def binary_auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties averaged); NaN when one class is absent."""
+    pos = targets > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.double().argsort()
+    ranks = torch.empty_like(order, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    sorted_scores = scores.double()[order]
+    # average ranks over ties
+    uniq, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    if len(uniq) < len(scores):
+        ends = counts.cumsum(0).double()
+        avg = ends - (counts.double() - 1) / 2
+        ranks[order] = avg[inverse]
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def evaluate_classifier(model: AttributeClassifier, images_u8: torch.Tensor, labels01: torch.Tensor,
+                        batch_size: int = 256) -> dict:
+    """Per-attribute accuracy (threshold 0.5) and AUC on a labelled set."""
+    from dualvae.data import to_unit_range
+
+    model.eval()
+    probs = torch.cat([model.probs(to_unit_range(images_u8[i:i + batch_size]))
+                       for i in range(0, len(images_u8), batch_size)])
+    acc = ((probs > 0.5).float() == labels01).float().mean(0)
+    names = model.attr_names or [str(i) for i in range(labels01.shape[1])]
+    per_attr = {}
+    for k, name in enumerate(names):
+        auc = binary_auc(probs[:, k], labels01[:, k])
+        per_attr[name] = {"accuracy": round(float(acc[k]), 4), "auc": None if auc != auc else round(auc, 4),
+                          "positives": int(labels01[:, k].sum())}
+    aucs = [v["auc"] for v in per_attr.values() if v["auc"] is not None]
+    return {"num_images": len(images_u8), "mean_accuracy": round(float(acc.mean()), 4),
+            "mean_auc": round(sum(aucs) / max(len(aucs), 1), 4), "min_auc": min(aucs) if aucs else None,
+            "attributes": per_attr}
+
+
+@dataclass
+class ClassifierConfig:
+    data: str
+    out: str
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    width: int = 32
+    image_size: int = 64
+    limit: int | None = None
+    seed: int = 0
+    workers: int | None = None
+    progress: bool = True
+
+
+def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -> tuple[str, dict]:
+    """Train f on the training split, evaluate on the test split; writes cfg.out (checkpoint) and a JSON report
+    beside it (same name, .json). Returns (checkpoint path, report)."""
+    from dualvae.data import labels_to_binary, load_split, to_unit_range
+
+    torch.manual_seed(cfg.seed)
+    if train_split is None:
+        train_split = load_split(cfg.data, "train", image_size=cfg.image_size, limit=cfg.limit,
+                                 workers=cfg.workers, progress=cfg.progress)
+    if test_split is None:
+        test_split = load_split(cfg.data, "test", image_size=cfg.image_size, workers=cfg.workers,
+                                progress=cfg.progress)
+    images, labels = train_split.images, labels_to_binary(train_split.labels)
+    n = len(images)
+    bs = min(cfg.batch_size, n)
+    model = AttributeClassifier(labels.shape[1], cfg.image_size, images.shape[1], cfg.width)
+    model.attr_names = list(train_split.attr_names)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.train()
+    t0 = time.time()
+    order, per_epoch = None, n // bs
+    for step in tqdm(range(cfg.steps), desc="train classifier", disable=not cfg.progress, dynamic_ncols=True):
+        pos = step % per_epoch
+        if pos == 0:
+            order = torch.randperm(n, generator=gen)
+        idx = order[pos * bs:(pos + 1) * bs]
+        x = to_unit_range(images[idx])
+        # Random shifts of up to 4 px: the classifier must also judge decoded (transferred) images.
+        dx, dy = (int(v) for v in torch.randint(-4, 5, (2,), generator=gen))
+        x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+        loss = F.binary_cross_entropy_with_logits(model(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    report = evaluate_classifier(model, test_split.images, labels_to_binary(test_split.labels))
+    report.update(split="test", train_images=n, steps=cfg.steps, train_seconds=round(time.time() - t0, 1),
+                  config=asdict(cfg))
+    save_atomic({"kind": "classifier", "config": model.config, "model": model.state_dict(),
+                 "attr_names": model.attr_names, "report": report}, cfg.out)
+    with open(os.path.splitext(cfg.out)[0] + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    return cfg.out, report

@@ -1,0 +1,148 @@
+"""DualVAE (Okamoto et al.): a VAE whose latent z also predicts labels through a linear dual head.
+
+    q_phi(z | x)   conv encoder -> (mu, logvar)                               (Eq. 1)
+    p_theta(x | z) conv decoder -> tanh image, Gaussian likelihood with fixed sigma
+    p_w(y | z)     Bern(y | sigmoid(U z)); the rows u_i of U are the dual vectors (Eq. 2)
+    transfer       decode(z + lam * u_i), z the posterior mean                 (Eq. 3)
+
+Losses come from dualvae.kernels (reparameterize_kl, dual_bce), so a faster backend is a one-line swap there.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from dualvae import kernels
+from dualvae.checkpoint import load_checkpoint
+
+
+@dataclass
+class DualVAEConfig:
+    image_size: int = 64
+    channels: int = 3
+    latent_dim: int = 128
+    num_labels: int = 40
+    width: int = 32  # channels of the first conv; doubled at every stride-2 stage
+
+
+def _stages(image_size: int) -> int:
+    stages = int(math.log2(image_size)) - 2  # down to a 4x4 feature map
+    if image_size < 8 or 2 ** (stages + 2) != image_size:
+        raise ValueError(f"DualVAE: image_size must be a power of two >= 8, got {image_size}")
+    return stages
+
+
+class Encoder(nn.Module):
+    """x (B, C, S, S) in [-1, 1] -> (mu, logvar), each (B, latent_dim)."""
+
+    def __init__(self, cfg: DualVAEConfig):
+        super().__init__()
+        layers, c_in = [], cfg.channels
+        for s in range(_stages(cfg.image_size)):
+            c_out = cfg.width * 2**s
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Linear(c_in * 16, 2 * cfg.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.fc(self.conv(x)).chunk(2, dim=1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """z (B, latent_dim) -> image (B, C, S, S) in [-1, 1] (tanh)."""
+
+    def __init__(self, cfg: DualVAEConfig):
+        super().__init__()
+        stages = _stages(cfg.image_size)
+        self.c0 = cfg.width * 2 ** (stages - 1)
+        self.fc = nn.Linear(cfg.latent_dim, self.c0 * 16)
+        layers, c_in = [], self.c0
+        for s in reversed(range(stages - 1)):
+            c_out = cfg.width * 2**s
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
+        layers += [nn.ConvTranspose2d(c_in, cfg.channels, 4, 2, 1), nn.Tanh()]
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc(z)).view(z.shape[0], self.c0, 4, 4)
+        return self.deconv(h)
+
+
+class DualVAE(nn.Module):
+    def __init__(self, image_size: int = 64, channels: int = 3, latent_dim: int = 128, num_labels: int = 40,
+                 width: int = 32):
+        super().__init__()
+        self.config = DualVAEConfig(image_size, channels, latent_dim, num_labels, width)
+        self.encoder = Encoder(self.config)
+        self.decoder = Decoder(self.config)
+        # Dual matrix U (num_labels x latent_dim): row i is the dual vector u_i of domain i.
+        self.U = nn.Parameter(torch.randn(num_labels, latent_dim) * 0.01)
+        self.attr_names: list[str] | None = None
+
+    # -- the paper's pieces ---------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def label_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of p_w(y | z): z U^T, shape (B, num_labels)."""
+        return z @ self.U.t()
+
+    def sample_latent(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """(z, kl_per_row, mu, logvar) with z ~ q(z | x) by reparameterization."""
+        mu, logvar = self.encode(x)
+        z, kl = kernels.reparameterize_kl(mu, logvar, eps)
+        return z, kl, mu, logvar
+
+    def dual_vectors(self, domains) -> torch.Tensor:
+        """Rows of U for `domains` (an int, a name, or a list of them)."""
+        return self.U[self.domain_indices(domains)]
+
+    def domain_indices(self, domains) -> list[int]:
+        if domains is None:
+            return list(range(self.config.num_labels))
+        if isinstance(domains, (int, str)):
+            domains = [domains]
+        out = []
+        for d in domains:
+            if isinstance(d, str):
+                if not self.attr_names or d not in self.attr_names:
+                    raise ValueError(f"DualVAE: unknown domain {d!r}; known: {self.attr_names}")
+                d = self.attr_names.index(d)
+            if not 0 <= int(d) < self.config.num_labels:
+                raise ValueError(f"DualVAE: domain {d} out of range [0, {self.config.num_labels})")
+            out.append(int(d))
+        return out
+
+    @torch.no_grad()
+    def transfer(self, x: torch.Tensor, domain, lam: float = 1.0) -> torch.Tensor:
+        """Eq. 3: decode(z + lam * u_i) with z the posterior mean of x.
+
+        `domain` is an index or attribute name applied to every image of x, or a sequence of them, one per image.
+        """
+        mu, _ = self.encode(x)
+        if not isinstance(domain, (int, str)) and len(domain) != len(x):
+            raise ValueError(f"transfer: {len(domain)} domains for {len(x)} images; give one, or one per image")
+        return self.decode(mu + lam * self.dual_vectors(domain))
+
+    # -- persistence ----------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, map_location="cpu") -> "DualVAE":
+        """The model of a checkpoint written by `dualvae train` (RUN_DIR/model.pt), in eval mode."""
+        ckpt = load_checkpoint(path, map_location=map_location, kind="dualvae")
+        model = cls(**ckpt["config"])
+        model.load_state_dict(ckpt["model"])
+        model.attr_names = ckpt.get("attr_names")
+        return model.eval()
+
+    def checkpoint_state(self) -> dict:
+        return {"kind": "dualvae", "config": asdict(self.config), "model": self.state_dict(),
+                "attr_names": self.attr_names}
