@@ -10,11 +10,16 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
 ).split()
 
+import math
+import multiprocessing
 import os
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
+from tqdm import tqdm
 
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
@@ -83,3 +88,343 @@ def preprocess_image(img: Image.Image, image_size: int = 64) -> np.ndarray:
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Readers
+#
+# The annotation files are whitespace-separated tables. Real CelebA has 202,599 rows x 41 columns (8.3 M tokens),
+# and making one Python object per token costs seconds, so the tables are tokenized with numpy on the raw bytes:
+# a token is a maximal run of non-whitespace bytes, a line ends at "\n" ("\r" and tabs count as whitespace,
+# so CRLF files, tabs and trailing spaces need no special handling). Only the file-name column becomes Python
+# strings. Every malformation is reported as CelebAFormatError (a ValueError) naming the file and 1-based line.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CelebAFormatError(ValueError):
+    """A CelebA annotation file (or image) that does not have the expected format; the message names the file,
+    the 1-based line where one applies, and the offending value."""
+
+
+_ORD_0, _ORD_1, _ORD_2, _ORD_MINUS, _ORD_PLUS = (ord(c) for c in "012-+")
+
+
+def _format_error(path: str, line: int, what: str) -> CelebAFormatError:
+    return CelebAFormatError(f"{path}, line {line}: {what}")
+
+
+class _Table:
+    """The whitespace-separated tokens of a text file, located by byte offsets and grouped by line.
+
+    `starts[k]:ends[k]` are the bytes of the k-th token; the tokens of 0-based line i are
+    `tok_offset[i]:tok_offset[i + 1]`. Trailing blank lines are dropped (`num_lines` counts up to the last line
+    that has a token), so a file with or without a final newline, or with blank lines at the end, reads the same.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"CelebA annotation file not found: {path}")
+        with open(path, "rb") as f:
+            buf = f.read()
+        if buf.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark left by some editors
+            buf = buf[3:]
+        if b"\n" not in buf and b"\r" in buf:  # classic-Mac line endings: lines end at a bare "\r"
+            buf = buf.replace(b"\r", b"\n")
+        try:
+            buf.decode("utf-8")  # validate once, so that slices between whitespace always decode
+        except UnicodeDecodeError as e:
+            line = buf.count(b"\n", 0, e.start) + 1
+            raise _format_error(path, line, f"not UTF-8 text (byte {buf[e.start]:#04x})") from None
+        self.buf = buf
+        # For ASCII files (CelebA's are) byte offsets are character offsets: slice one decoded str instead of
+        # decoding 200k byte slices.
+        self.text = buf.decode("ascii") if buf.isascii() else None
+        self.bytes = np.frombuffer(buf, dtype=np.uint8)
+
+        # Token bytes are those above 0x20 (space, tabs, "\r", "\n" and other control bytes separate tokens).
+        # Tokens start and end where "is token byte" changes; with a False pad at both ends the changes
+        # alternate start, end, start, end, ...
+        is_token = np.zeros(len(buf) + 2, dtype=bool)
+        np.greater(self.bytes, 32, out=is_token[1:-1])
+        edges = np.flatnonzero(is_token[1:] != is_token[:-1])
+        self.starts, self.ends = edges[0::2], edges[1::2]
+
+        # (After a final newline comes an empty last "line": it has no tokens and is dropped below.)
+        line_starts = np.concatenate(([0], np.flatnonzero(self.bytes == 10) + 1))
+        # Index of the first token at or after each line start; a line's tokens run to the next line's first.
+        tok_offset = np.append(np.searchsorted(self.starts, line_starts), len(self.starts))
+        counts = np.diff(tok_offset)
+        nonblank = np.flatnonzero(counts)
+        self.num_lines = int(nonblank[-1]) + 1 if len(nonblank) else 0
+        self.counts = counts[: self.num_lines]
+        self.tok_offset = tok_offset[: self.num_lines + 1]
+
+    def token(self, k: int) -> str:
+        return self.buf[self.starts[k] : self.ends[k]].decode("utf-8")
+
+    def line_tokens(self, i: int) -> list[str]:
+        """Tokens of 0-based line i."""
+        return [self.token(k) for k in range(self.tok_offset[i], self.tok_offset[i + 1])]
+
+    def check_columns(self, first: int, expected: int, what: str) -> None:
+        """Every line from 0-based `first` on must have exactly `expected` tokens."""
+        bad = np.flatnonzero(self.counts[first:] != expected)
+        if len(bad):
+            i = first + int(bad[0])
+            raise _format_error(self.path, i + 1, f"expected {expected} columns ({what}), found {int(self.counts[i])}")
+
+    def columns(self, first: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, ends) of the tokens of lines first.. as (rows, width) arrays; call check_columns first."""
+        k = self.tok_offset[first]
+        return self.starts[k:].reshape(-1, width), self.ends[k:].reshape(-1, width)
+
+    def strings(self, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+        """The tokens at the given offsets, as str."""
+        if self.text is not None:
+            text = self.text
+            return [text[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+        buf = self.buf
+        return [buf[s:e].decode("utf-8") for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def _check_unique(path: str, names: list[str], first_line: int) -> None:
+    """File names must be unique; `first_line` is the 1-based line of names[0]."""
+    if len(set(names)) == len(names):
+        return
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise _format_error(
+                path, first_line + i, f"duplicate file name {name!r} (first listed on line {first_line + seen[name]})"
+            )
+        seen[name] = i
+
+
+def _check_images_exist(root: str, attr_path: str, filenames: Sequence[str], rows: Sequence[int] | None = None) -> None:
+    """The listed images (all, or the given rows of the attribute file) must be in root/img_align_celeba.
+
+    One directory listing and set look-ups, not one stat() per image (CelebA has 202,599 of them)."""
+    image_dir = os.path.join(root, IMAGE_DIR)
+    if not os.path.isdir(image_dir):
+        raise FileNotFoundError(f"CelebA image folder not found: {image_dir}")
+    present = set(os.listdir(image_dir))
+    rows = range(len(filenames)) if rows is None else rows
+    missing = [int(r) for r in rows if filenames[r] not in present]
+    if missing:
+        r = missing[0]
+        more = f" ({len(missing) - 1} more listed images are missing too)" if len(missing) > 1 else ""
+        raise _format_error(
+            attr_path, r + 3, f"image {os.path.join(image_dir, filenames[r])} is listed but not on disk{more}"
+        )
+
+
+def read_celeba_attributes(root: str, check_images: bool = True) -> tuple[list[str], list[str], torch.Tensor]:
+    """Read root/list_attr_celeba.txt -> (filenames, attr_names, labels: int8 tensor N x n of -1/+1).
+
+    Line 1 is the image count, line 2 the attribute names (any number, taken from the file), then one row per
+    image: the file name and one value (`1`, `-1`; `+1` is accepted) per attribute, separated by any whitespace.
+    With check_images (the default) every listed image must exist in root/img_align_celeba.
+    Raises FileNotFoundError for a missing file or image folder and CelebAFormatError (ValueError) naming the
+    file and line for anything malformed: bad count line, empty header, wrong column count, a value that is not
+    +-1, a duplicate file name, a listed image missing on disk.
+    """
+    path = os.path.join(root, ATTR_FILE)
+    table = _Table(path)
+    if table.num_lines == 0:
+        raise _format_error(path, 1, "empty file; expected the image count")
+    count_tokens = table.line_tokens(0)
+    if len(count_tokens) != 1 or not (count_tokens[0].isascii() and count_tokens[0].isdigit()):
+        raise _format_error(path, 1, f"expected the image count (one non-negative integer), found {' '.join(count_tokens)!r}")
+    count = int(count_tokens[0])
+    attr_names = table.line_tokens(1) if table.num_lines > 1 else []
+    if not attr_names:
+        raise _format_error(path, 2, "empty header; expected the attribute names")
+    n = len(attr_names)
+    if len(set(attr_names)) != n:
+        dup = next(a for i, a in enumerate(attr_names) if a in attr_names[:i])
+        raise _format_error(path, 2, f"duplicate attribute name {dup!r} in the header")
+
+    table.check_columns(2, n + 1, f"file name and {n} attribute values")
+    num_rows = max(table.num_lines - 2, 0)
+    if count != num_rows:
+        raise _format_error(path, 1, f"the count line says {count} images but the file has {num_rows} rows")
+
+    starts, ends = table.columns(2, n + 1) if num_rows else (np.zeros((0, n + 1), np.int64),) * 2
+    filenames = table.strings(starts[:, 0], ends[:, 0])
+    _check_unique(path, filenames, 3)
+
+    # A value is valid when its last byte is "1" and it is "1" or a sign followed by "1".
+    a = table.bytes
+    value_starts, value_ends = starts[:, 1:], ends[:, 1:]
+    length = value_ends - value_starts
+    first, last = a[value_starts], a[value_ends - 1]
+    negative = first == _ORD_MINUS
+    valid = (last == _ORD_1) & ((length == 1) | ((length == 2) & (negative | (first == _ORD_PLUS))))
+    if not valid.all():
+        r, c = (int(x) for x in np.argwhere(~valid)[0])
+        value = table.buf[value_starts[r, c] : value_ends[r, c]].decode("utf-8")
+        raise _format_error(path, r + 3, f"value {value!r} for attribute {attr_names[c]!r} of {filenames[r]} is not 1 or -1")
+    labels = torch.from_numpy(np.int8(1) - np.int8(2) * negative.view(np.int8))
+
+    if check_images:
+        _check_images_exist(root, path, filenames)
+    return filenames, attr_names, labels
+
+
+def read_celeba_partition(root: str) -> dict[str, int]:
+    """Read root/list_eval_partition.txt -> {file name: split} (0 train, 1 val, 2 test).
+
+    Rows are `000001.jpg 0`, separated by any whitespace. Raises FileNotFoundError for a missing file and
+    CelebAFormatError (ValueError) naming the file and line for a wrong column count, a split not in {0, 1, 2},
+    a duplicate file name, or a file with no rows."""
+    path = os.path.join(root, PARTITION_FILE)
+    table = _Table(path)
+    if table.num_lines == 0:
+        raise _format_error(path, 1, "empty file; expected `file_name split` rows")
+    table.check_columns(0, 2, "file name and split 0/1/2")
+    starts, ends = table.columns(0, 2)
+    filenames = table.strings(starts[:, 0], ends[:, 0])
+    a = table.bytes
+    value = a[starts[:, 1]]
+    valid = (ends[:, 1] - starts[:, 1] == 1) & (value >= _ORD_0) & (value <= _ORD_2)
+    if not valid.all():
+        r = int(np.flatnonzero(~valid)[0])
+        bad = table.buf[starts[r, 1] : ends[r, 1]].decode("utf-8")
+        raise _format_error(path, r + 1, f"split {bad!r} of {filenames[r]} is not 0 (train), 1 (val) or 2 (test)")
+    _check_unique(path, filenames, 1)
+    return dict(zip(filenames, (value - _ORD_0).tolist()))
+
+
+def _split_id(split: str | int) -> int:
+    if isinstance(split, str) and split in SPLITS:
+        return SPLITS[split]
+    if isinstance(split, (int, np.integer)) and not isinstance(split, bool) and int(split) in SPLITS.values():
+        return int(split)
+    raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLITS)} or 0/1/2")
+
+
+def split_indices(filenames: Sequence[str], partition: dict[str, int], split: str | int) -> np.ndarray:
+    """Row indices (into filenames, in their order) of the files whose partition is `split`
+    ("train"/"val"/"test" or 0/1/2). Every file must be in the partition: a mismatch between the attribute
+    and partition files would silently change the splits, so it raises ValueError naming the file."""
+    target = _split_id(split)
+    parts = np.fromiter((partition.get(f, -1) for f in filenames), dtype=np.int64, count=len(filenames))
+    missing = np.flatnonzero(parts < 0)
+    if len(missing):
+        name = filenames[int(missing[0])]
+        raise ValueError(
+            f"{name} (row {int(missing[0])} of the attribute list) is not in {PARTITION_FILE}: the attribute "
+            f"and partition files do not match ({len(missing)} file(s) missing from the partition)"
+        )
+    return np.flatnonzero(parts == target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CelebASplit:
+    """One decoded split: images uint8 (N, 3, S, S), labels int8 (N, n) of -1/+1, aligned with filenames."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    filenames: list[str]
+    attr_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+
+def load_celeba_image(path: str, image_size: int = 64) -> np.ndarray:
+    """Decode one CelebA image and preprocess it (preprocess_image) -> uint8 (S, S, 3).
+    An unreadable or corrupt file raises CelebAFormatError (ValueError) naming the path."""
+    try:
+        with Image.open(path) as img:
+            return preprocess_image(img, image_size)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        raise CelebAFormatError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
+
+
+def _decode_chunk(task: tuple[list[str], int]) -> np.ndarray:
+    """Pool worker: decode a chunk of image paths -> uint8 (k, 3, S, S)."""
+    paths, image_size = task
+    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
+    for j, p in enumerate(paths):
+        out[j] = load_celeba_image(p, image_size).transpose(2, 0, 1)
+    return out
+
+
+def load_split(
+    root: str,
+    split: str | int = "train",
+    image_size: int = 64,
+    limit: int | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CelebASplit:
+    """Decode one CelebA split into memory: images uint8 (N, 3, S, S) preprocessed by preprocess_image (face
+    square rows 20:198, resized to S), with their -1/+1 labels, file names and attribute names.
+
+    limit: only the first `limit` images of the split, in the attribute file's order.
+    workers: decoding processes (None: os.cpu_count(); 1: decode in this process, no pool). Images are decoded
+    in chunks and written in order, so the result does not depend on `workers`.
+    Only the selected images must be on disk (a partial download works for the images it has); a missing one
+    raises naming its path and attribute-file line, a corrupt one raises ValueError naming its path.
+    """
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ValueError(f"limit must be None or a non-negative integer, got {limit!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, got {image_size!r}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+
+    filenames, attr_names, labels = read_celeba_attributes(root, check_images=False)
+    rows = split_indices(filenames, read_celeba_partition(root), split)
+    if limit is not None:
+        rows = rows[:limit]
+    _check_images_exist(root, os.path.join(root, ATTR_FILE), filenames, rows)
+
+    names = [filenames[r] for r in rows]
+    image_dir = os.path.join(root, IMAGE_DIR)
+    paths = [os.path.join(image_dir, name) for name in names]
+    images = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
+    chunk = max(1, min(256, math.ceil(len(paths) / (workers * 4))))
+    tasks = [(paths[i : i + chunk], image_size) for i in range(0, len(paths), chunk)]
+    workers = min(workers, len(tasks))
+
+    with tqdm(total=len(paths), unit="img", desc=f"CelebA {split} {image_size}px", disable=not progress) as bar:
+        def store(i: int, decoded: np.ndarray) -> None:
+            images[i * chunk : i * chunk + len(decoded)] = decoded
+            bar.update(len(decoded))
+
+        if workers <= 1:
+            for i, task in enumerate(tasks):
+                store(i, _decode_chunk(task))
+        else:
+            with multiprocessing.get_context().Pool(workers) as pool:
+                for i, decoded in enumerate(pool.imap(_decode_chunk, tasks)):
+                    store(i, decoded)
+
+    index = torch.from_numpy(rows.astype(np.int64))
+    return CelebASplit(torch.from_numpy(images), labels[index], names, attr_names)
+
+
+def to_unit_range(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 images in [0, 255] -> float32 in [-1, 1] ((x / 127.5) - 1), the range the decoder's tanh outputs."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise ValueError(f"to_unit_range expects uint8 images, got {images.dtype}")
+    return images.to(torch.float32) / 127.5 - 1.0
+
+
+def labels_to_binary(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """CelebA labels -1/+1 -> float32 0/1 (for BCE targets and conditioning vectors)."""
+    labels = torch.as_tensor(labels)
+    if labels.numel() and not ((labels == 1) | (labels == -1)).all():
+        bad = labels[(labels != 1) & (labels != -1)][0].item()
+        raise ValueError(f"labels_to_binary expects values -1/+1, found {bad!r}")
+    return (labels > 0).to(torch.float32)
