@@ -46,7 +46,7 @@ class TrainConfig:
     label_optimizer: str = "adam"  # "adam" | "sgd"
     alpha: float = 1.0
     missing_ratio: float = 0.0
-    recon_sigma: float = 0.1  # sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units
+    recon_sigma: float = 0.2  # sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units
     latent_dim: int = 128
     width: int = 32
     image_size: int = 64
