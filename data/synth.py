@@ -18,6 +18,7 @@ list_landmarks_align_celeba.txt.
 """
 from __future__ import annotations
 
+import array
 import functools
 import math
 import multiprocessing
@@ -199,6 +200,24 @@ def _gradient(direction: float) -> Image.Image:
     return _gradients[int(direction * _N_DIRS) % _N_DIRS]
 
 
+@functools.lru_cache(maxsize=_N_DIRS)
+def _gradient_rgb(k: int) -> Image.Image:
+    return _gradient(k / _N_DIRS).convert("RGB")
+
+
+_RAMP = Image.frombytes("L", (256, 1), bytes(range(256)))
+
+
+def _background(c1: tuple, c2: tuple, direction: float) -> Image.Image:
+    """= Image.composite(Image.new("RGB", SIZE, c2), Image.new("RGB", SIZE, c1), _gradient(direction)), pixel for
+    pixel, at a fraction of the cost: the blend of c1 and c2 for each of the 256 mask values is taken from the same
+    composite on a 256x1 ramp, and applied to the RGB gradient as a per-band lookup table."""
+    strip = Image.composite(Image.new("RGB", (256, 1), c2), Image.new("RGB", (256, 1), c1), _RAMP).tobytes()
+    grad = _gradient_rgb(int(direction * _N_DIRS) % _N_DIRS)
+    # = grad.point(lut) (whose only extra step, rounding the table, leaves integers unchanged)
+    return grad._new(grad.im.point(list(strip[0::3] + strip[1::3] + strip[2::3]), None))
+
+
 _LIGHT_LEVELS = 8
 
 
@@ -217,7 +236,13 @@ def _lighting(direction: float, amount: float) -> Image.Image:
 
 
 def _c(rgb, a: int | None = None) -> tuple:
-    r, g, b = (int(min(255.0, max(0.0, float(v)))) for v in rgb)
+    r, g, b = rgb
+    r = float(r)
+    g = float(g)
+    b = float(b)
+    r = int(255.0 if r > 255.0 else (r if r > 0.0 else 0.0))
+    g = int(255.0 if g > 255.0 else (g if g > 0.0 else 0.0))
+    b = int(255.0 if b > 255.0 else (b if b > 0.0 else 0.0))
     return (r, g, b) if a is None else (r, g, b, a)
 
 
@@ -227,11 +252,25 @@ def _unit_arc(a0: float, a1: float, n: int) -> np.ndarray:
     return np.stack([np.cos(t), np.sin(t)], axis=1)
 
 
+@functools.lru_cache(maxsize=256)
+def _unit_arc_list(a0: float, a1: float, n: int) -> tuple:
+    """_unit_arc as a tuple of (cos, sin) Python floats (the same float64 values)."""
+    return tuple(map(tuple, _unit_arc(a0, a1, n).tolist()))
+
+
+def _flat(pts) -> list:
+    """Points (an (n, 2) array or a sequence of (x, y)) -> [x0, y0, x1, y1, ...] (the same values)."""
+    if isinstance(pts, np.ndarray):
+        return pts.ravel().tolist()
+    return [v for p in pts for v in p]
+
+
 class _Pen:
     """ImageDraw in canonical face coordinates: every point goes through the pose jitter (rotation about PIVOT,
     scale, shift), so the picture is drawn once, straight into the 178x218 frame. Ellipses, arcs and chords are
-    polygons (they rotate). Shapes are recorded and drawn in order by `flush`, which transforms all their points
-    in one numpy operation (per-shape numpy calls would cost more than the drawing)."""
+    polygons (they rotate). Shapes are recorded (their points as one flat list of floats) and drawn in order by
+    `flush`, which transforms all their points in one numpy operation (per-shape numpy calls would cost more than
+    the drawing)."""
 
     def __init__(self, img: Image.Image, angle_deg: float, scale: float, shift: tuple[float, float]):
         self.img = img
@@ -240,54 +279,100 @@ class _Pen:
         self.o = np.array(PIVOT) + np.array(shift)
         self.scale = scale
         self.ops: list[tuple[bool, int, tuple, int]] = []
-        self.pts: list = []
+        self.flat: list = []
 
     def tr(self, pts) -> np.ndarray:
         p = np.asarray(pts, dtype=np.float64).reshape(-1, 2) - PIVOT
         return p @ self.m.T + self.o
 
     def poly(self, pts, fill) -> None:
-        self.pts.append(pts)
-        self.ops.append((True, len(pts), fill, 0))
+        f = _flat(pts)
+        self.flat += f
+        self.ops.append((True, len(f) >> 1, fill, 0))
 
     def line(self, pts, fill, width: float) -> None:
-        self.pts.append(pts)
-        self.ops.append((False, len(pts), fill, max(1, int(width * self.scale + 0.5))))
+        f = _flat(pts)
+        self.flat += f
+        self.ops.append((False, len(f) >> 1, fill, max(1, int(width * self.scale + 0.5))))
+
+    def _poly_flat(self, f: list, fill) -> None:
+        self.flat += f
+        self.ops.append((True, len(f) >> 1, fill, 0))
+
+    def _line_flat(self, f: list, fill, width: float) -> None:
+        self.flat += f
+        self.ops.append((False, len(f) >> 1, fill, max(1, int(width * self.scale + 0.5))))
 
     @staticmethod
-    def _arc_pts(cx, cy, rx, ry, a0=0.0, a1=360.0, n=24) -> np.ndarray:
-        return _unit_arc(float(a0), float(a1), int(n)) * (rx, ry) + (cx, cy)
+    def _arc_flat(cx, cy, rx, ry, a0=0.0, a1=360.0, n=24) -> list:
+        """Points of an elliptic arc, flat: _unit_arc(a0, a1, n) * (rx, ry) + (cx, cy), in plain float arithmetic
+        (elementwise the same float64 operations as that numpy expression, hence the same values)."""
+        cx, cy, rx, ry = float(cx), float(cy), float(rx), float(ry)
+        return [v for ux, uy in _unit_arc_list(float(a0), float(a1), int(n)) for v in (ux * rx + cx, uy * ry + cy)]
 
     def ellipse(self, cx, cy, rx, ry, fill=None, outline=None, width: float = 0, n: int = 24) -> None:
-        pts = self._arc_pts(cx, cy, rx, ry, 0, 360 * (n - 1) / n, n)
+        pts = self._arc_flat(cx, cy, rx, ry, 0, 360 * (n - 1) / n, n)
         if fill is not None:
-            self.poly(pts, fill)
+            self._poly_flat(pts, fill)
         if outline is not None:
-            self.line(np.vstack([pts, pts[:2]]), outline, width)
+            self._line_flat(pts + pts[:4], outline, width)
 
     def arc(self, cx, cy, rx, ry, a0, a1, fill, width: float, n: int = 14) -> None:
-        self.line(self._arc_pts(cx, cy, rx, ry, a0, a1, n), fill, width)
+        self._line_flat(self._arc_flat(cx, cy, rx, ry, a0, a1, n), fill, width)
 
     def chord(self, cx, cy, rx, ry, a0, a1, fill, n: int = 16) -> None:
-        self.poly(self._arc_pts(cx, cy, rx, ry, a0, a1, n), fill)
+        self._poly_flat(self._arc_flat(cx, cy, rx, ry, a0, a1, n), fill)
 
     def rect(self, x0, y0, x1, y1, fill) -> None:
-        self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], fill)
+        self._poly_flat([x0, y0, x1, y0, x1, y1, x0, y1], fill)
 
     def flush(self) -> None:
         if not self.ops:
             return
-        flat = self.tr(np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in self.pts])).ravel().tolist()
+        flat = self.tr(np.frombuffer(array.array("d", self.flat), dtype=np.float64)).ravel().tolist()
         dr = ImageDraw.Draw(self.img, "RGBA")
+        core = dr.draw
+        draw_polygon, draw_lines, draw_ink = core.draw_polygon, core.draw_lines, core.draw_ink
+        inks: dict = {}
         i = 0
         for is_poly, n, fill, width in self.ops:
-            xy = flat[i : i + 2 * n]
-            i += 2 * n
+            j = i + 2 * n
+            xy = flat[i:j]
+            i = j
+            ink = inks.get(fill)
+            if ink is None:
+                ink = inks[fill] = draw_ink(fill)
             if is_poly:
-                dr.polygon(xy, fill=fill)
+                draw_polygon(xy, ink, 1)  # = ImageDraw.polygon(xy, fill=fill)
+            elif width > 4 and n > 2:
+                dr.line(xy, fill=fill, width=width, joint="curve")  # round joints: ImageDraw's own code
             else:
-                dr.line(xy, fill=fill, width=width, joint="curve" if n > 2 else None)
-        self.ops, self.pts = [], []
+                draw_lines(xy, ink, width)  # = ImageDraw.line(xy, fill, width) (no joints to round)
+        self.ops, self.flat = [], []
+
+
+def _zip_flat(xs, ys) -> list:
+    """[xs[0], ys[0], xs[1], ys[1], ...]"""
+    return [v for p in zip(xs, ys) for v in p]
+
+
+# Trigonometric tables of render_face: the same numpy calls on the same constant arrays, done once.
+_HM_T = np.radians(np.linspace(180, 360, 28))  # hair mass behind the face
+_HM_COS, _HM_SIN, _HM_9T = np.cos(_HM_T), np.sin(_HM_T), 9 * _HM_T
+_FH_T = np.radians(np.linspace(184, 356, 24))  # front hair cap
+_FH_COS, _FH_SIN = np.cos(_FH_T), np.sin(_FH_T)
+_YY01 = np.linspace(0, 1, 8)
+_YY01_LIST = _YY01.tolist()
+_NECKLACE_T = np.linspace(0.2, np.pi - 0.2, 7).tolist()
+
+
+@functools.lru_cache(maxsize=16)
+def _jaw_unit(jaw_n: float) -> tuple:
+    """Pieces of the face outline (a superellipse below, an ellipse above) for one jaw exponent."""
+    t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    c, sn = np.cos(t), np.sin(t)
+    e = np.where(sn > 0, 2.0 / jaw_n, 1.0)
+    return np.sign(c), np.abs(c) ** e, np.sign(sn), np.abs(sn) ** e
 
 
 class _Style:
@@ -339,7 +424,8 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     a = np.asarray(attrs).reshape(-1)
     if a.shape != (NUM_ATTRIBUTES,):
         raise ValueError(f"render_face expects {NUM_ATTRIBUTES} attribute values, got shape {np.shape(attrs)}")
-    on = {name: bool(a[i] > 0) for name, i in A.items()}
+    al = a.tolist()
+    on = {name: al[i] > 0 for name, i in A.items()}
     s = _Style(rng)
     male, young, bald = on["Male"], on["Young"], on["Bald"]
 
@@ -358,12 +444,13 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     else:
         choices = HAIR["other"]
     hair = np.array(choices[int(s.hair_pick * len(choices))], dtype=float)
-    strand = hair * 1.3 + 70 if hair.mean() < 80 else hair * 0.55
-    brow = np.minimum(hair * 0.6 if hair.mean() > 120 else hair * 0.9, skin * 0.42)
+    hair_mean = hair.mean()
+    strand = hair * 1.3 + 70 if hair_mean < 80 else hair * 0.55
+    brow = np.minimum(hair * 0.6 if hair_mean > 120 else hair * 0.9, skin * 0.42)
     if on["Gray_Hair"]:
         beard_col = hair * 0.85
     else:
-        beard_col = np.minimum(hair * (0.85 if hair.mean() > 150 else 1.0), skin * 0.6)
+        beard_col = np.minimum(hair * (0.85 if hair_mean > 150 else 1.0), skin * 0.6)
     hair_c, strand_c, skin_c, shade_c = _c(hair), _c(strand), _c(skin), _c(shade)
 
     # ---- face geometry ----
@@ -382,7 +469,7 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     face_top, chin_y = FY - ry, FY + ry
 
     # ---- canvas: background gradient, then everything through the pose jitter ----
-    img = Image.composite(Image.new("RGB", SIZE, _c(s.bg2)), Image.new("RGB", SIZE, _c(s.bg1)), _gradient(s.bg_dir))
+    img = _background(_c(s.bg1), _c(s.bg2), s.bg_dir)
     pen = _Pen(img, s.angle, s.scale, s.shift)
 
     long_hair = not male and not bald
@@ -395,18 +482,32 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     if long_hair:
         bottom = 190.0
         ys = np.linspace(hair_cy, bottom, 14)
-        wave = (6.0 if wavy else 0.0) * np.sin((ys - hair_cy) / 9.0 + s.wave_phase)
-        right = np.stack([CX + hair_rx + 4 + wave, ys], 1)
-        left = np.stack([CX - hair_rx - 4 - wave, ys], 1)[::-1]
-        top = pen._arc_pts(CX, hair_cy, hair_rx + 4, hair_ry, 180, 360, 20)
-        pen.poly(np.vstack([top, right, [(CX + rx * 0.5, bottom), (CX - rx * 0.5, bottom)], left]), hair_c)
+        ysl = ys.tolist()
+        if wavy:
+            wl = (6.0 * np.sin((ys - hair_cy) / 9.0 + s.wave_phase)).tolist()
+        else:
+            wl = [0.0] * len(ysl)
+        xr0, xl0 = CX + hair_rx + 4, CX - hair_rx - 4
+        f = pen._arc_flat(CX, hair_cy, hair_rx + 4, hair_ry, 180, 360, 20)
+        for w, y in zip(wl, ysl):
+            f += (xr0 + w, y)
+        f += (CX + rx * 0.5, bottom, CX - rx * 0.5, bottom)
+        for w, y in zip(wl[::-1], ysl[::-1]):
+            f += (xl0 - w, y)
+        pen._poly_flat(f, hair_c)
         if straight or wavy:
             yy = np.linspace(hair_cy - 10, bottom - 4, 12)
+            yl = yy.tolist()
+            if wavy:
+                waves = [(4.0 * np.sin(yy / 7.0 + s.wave_phase + k)).tolist() for k in range(4)]
             for side in (-1, 1):
                 for k in range(4):
                     x0 = CX + side * (rx + 3 + k * (hair_rx - rx) / 3.5)
-                    xx = x0 + (4.0 * np.sin(yy / 7.0 + s.wave_phase + k) if wavy else 0 * yy)
-                    pen.line(np.stack([xx, yy], 1), strand_c, 3)
+                    if wavy:
+                        f = _zip_flat([x0 + w for w in waves[k]], yl)
+                    else:
+                        f = [v for y in yl for v in (x0, y)]
+                    pen._line_flat(f, strand_c, 3)
 
     # ---- clothes, neck, tie ----
     neck_w = (20.0 if male else 14.0) + (5 if on["Chubby"] else 0)
@@ -433,18 +534,16 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     # ---- hair mass behind the face ----
     if not bald:
         cut = FY + (4 if long_hair else -8)
-        t = np.radians(np.linspace(180, 360, 28))
-        r = 1 + (0.09 * (1 + np.sin(9 * t + s.wave_phase)) if wavy else 0)
-        pts = np.stack([CX + hair_rx * r * np.cos(t), hair_cy + hair_ry * r * np.sin(t)], 1)
-        pen.poly(np.vstack([[(pts[0, 0], cut)], pts, [(pts[-1, 0], cut)]]), hair_c)
+        r = 1 + (0.09 * (1 + np.sin(_HM_9T + s.wave_phase)) if wavy else 0)
+        px = (CX + hair_rx * r * _HM_COS).tolist()
+        py = (hair_cy + hair_ry * r * _HM_SIN).tolist()
+        pen._poly_flat([px[0], cut] + _zip_flat(px, py) + [px[-1], cut], hair_c)
 
     # ---- ears, face ----
     for side in (-1, 1):
         pen.ellipse(CX + side * (rx - 1), EYE_Y + 5, 7, 13, fill=_c(shade * 1.05), n=16)
-    t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
-    c, sn = np.cos(t), np.sin(t)
-    e = np.where(sn > 0, 2.0 / jaw_n, 1.0)
-    pen.poly(np.stack([CX + rx * np.sign(c) * np.abs(c) ** e, FY + ry * np.sign(sn) * np.abs(sn) ** e], 1), skin_c)
+    sign_c, pow_c, sign_s, pow_s = _jaw_unit(jaw_n)
+    pen._poly_flat(_zip_flat((CX + rx * sign_c * pow_c).tolist(), (FY + ry * sign_s * pow_s).tolist()), skin_c)
     if bald:  # skull dome above the forehead, with a shine
         pen.chord(CX, FY - 4, rx, ry + 2, 180, 360, skin_c)
         pen.ellipse(CX - 4, face_top + 4, 14, 7, fill=_c(np.minimum(skin + 60, 255), 190))
@@ -504,8 +603,7 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
 
     # ---- front hair: cap down to the hairline, bangs, strands ----
     if not bald:
-        t = np.radians(np.linspace(184, 356, 24))
-        top = np.stack([CX + (rx + 2) * np.cos(t), FY - 2 + (ry + 4) * np.sin(t)], 1)
+        top = np.stack([CX + (rx + 2) * _FH_COS, FY - 2 + (ry + 4) * _FH_SIN], 1)
         xs = np.linspace(CX + rx + 2, CX - rx - 2, 19)
         rel = (xs - CX) / rx
         if on["Receding_Hairline"]:
@@ -522,16 +620,21 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
             pen.poly(np.vstack([[(CX - rx - 2, FY - 20)], np.stack([bx, by], 1), [(CX + rx + 2, FY - 20)], top[::-1][2:-2]]),
                      hair_c)
         if straight or wavy:
-            yy01 = np.linspace(0, 1, 8)
-            for k in range(-5, 6):
-                x = CX + k * rx / 6.0
+            kxs = [CX + k * rx / 6.0 for k in range(-5, 6)]
+            if not on["Bangs"]:
+                bots = np.interp(np.array(kxs), xs[::-1], hl[::-1]).tolist()  # elementwise as scalar calls
+            for k, x in zip(range(-5, 6), kxs):
                 y_top = FY - (ry + 2) * math.sqrt(max(0.0, 1 - ((x - CX) / (rx + 2)) ** 2)) + 4
-                y_bot = (EYE_Y - 19) if on["Bangs"] else float(np.interp(x, xs[::-1], hl[::-1])) - 3
+                y_bot = (EYE_Y - 19) if on["Bangs"] else bots[k + 5] - 3
                 if y_bot - y_top < 4:
                     continue
-                yy = y_top + (y_bot - y_top) * yy01
-                xx = x + (2.8 * np.sin(yy / 3.5 + s.wave_phase + k) if wavy else 0 * yy)
-                pen.line(np.stack([xx, yy], 1), strand_c, 4)
+                if wavy:
+                    yy = y_top + (y_bot - y_top) * _YY01
+                    pen._line_flat(_zip_flat((x + 2.8 * np.sin(yy / 3.5 + s.wave_phase + k)).tolist(), yy.tolist()),
+                                   strand_c, 4)
+                else:
+                    d = y_bot - y_top
+                    pen._line_flat([v for t01 in _YY01_LIST for v in (x, y_top + d * t01)], strand_c, 4)
 
     # ---- eyebrows ----
     brow_c = _c(brow)
@@ -608,18 +711,20 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     bulge = np.sqrt(1 - q)
     upper_top = mid - gap / 2 - lip_h * bulge - 0.5
     lower_bot = mid + gap / 2 + (lip_h + 1.5) * bulge + 0.5
-    X = CX + xs
+    X = (CX + xs).tolist()
+    Xr = X[::-1]
+    ut, lb = upper_top.tolist(), lower_bot.tolist()
+    mu, ml = (mid - gap / 2).tolist(), (mid + gap / 2).tolist()
     if gap > 0:
-        pen.poly(np.vstack([np.stack([X, mid - gap / 2], 1), np.stack([X, mid + gap / 2], 1)[::-1]]), (60, 10, 20))
+        pen._poly_flat(_zip_flat(X, mu) + _zip_flat(Xr, ml[::-1]), (60, 10, 20))
         if on["Smiling"]:
-            tt = np.stack([X, mid - gap / 2], 1)[2:-2]
-            pen.poly(np.vstack([tt, (tt + [0, 3.5])[::-1]]), (250, 250, 245))
-    pen.poly(np.vstack([np.stack([X, upper_top], 1), np.stack([X, mid - gap / 2], 1)[::-1]]), lip_c)
-    pen.poly(np.vstack([np.stack([X, mid + gap / 2], 1), np.stack([X, lower_bot], 1)[::-1]]), lip_c)
+            pen._poly_flat(_zip_flat(X[2:-2], mu[2:-2]) + _zip_flat([x + 0 for x in Xr[2:-2]], [y + 3.5 for y in mu[-3:1:-1]]),
+                           (250, 250, 245))
+    pen._poly_flat(_zip_flat(X, ut) + _zip_flat(Xr, mu[::-1]), lip_c)
+    pen._poly_flat(_zip_flat(X, ml) + _zip_flat(Xr, lb[::-1]), lip_c)
     if gap == 0:
-        pen.line(np.stack([X, mid], 1), _c(lip * 0.55), 2)
-    outline = np.vstack([np.stack([X, upper_top], 1), np.stack([X, lower_bot], 1)[::-1], [(X[0], upper_top[0])]])
-    pen.line(outline, _c(np.minimum(lip, skin) * 0.6), 2)
+        pen._line_flat(_zip_flat(X, mid.tolist()), _c(lip * 0.55), 2)
+    pen._line_flat(_zip_flat(X, ut) + _zip_flat(Xr, lb[::-1]) + [X[0], ut[0]], _c(np.minimum(lip, skin) * 0.6), 2)
     if on["Mustache"]:
         cy = MOUTH_Y - curve * 0.5
         pen.poly([(CX - half - 4, cy + 2), (CX - 6, MOUTH_Y - lip_h - 10), (CX + 6, MOUTH_Y - lip_h - 10),
@@ -651,7 +756,7 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
         col = _c(s.metal if s.necklace_type == 0 else s.vivid[3])
         ny = sh_y - 10
         pen.arc(CX, ny - 5, neck_w + 6, 15, 10, 170, col, 4)
-        for tt in np.linspace(0.2, np.pi - 0.2, 7):
+        for tt in _NECKLACE_T:
             pen.ellipse(CX + (neck_w + 6) * math.cos(tt), ny - 5 + 15 * math.sin(tt), 4.5, 4.5, fill=col,
                         outline=(255, 255, 255), width=1, n=10)
     if on["Wearing_Hat"]:
@@ -686,7 +791,7 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
 
 
 def _image_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(index)])))  # = default_rng
 
 
 def _label_rng(seed: int) -> np.random.Generator:

@@ -91,3 +91,27 @@ def sweep_lam(model, classifier, images: torch.Tensor, lams, *, domains=None, pr
                                                        progress=progress) for lam in lams}
     best = max(results, key=lambda lam: results[lam].cis)
     return best, results
+
+
+def plot_sweep(results: dict, path: str, title: str = "CIS over lam") -> str:
+    """The paper's Fig. 4/6 axes: rs on x, ts on y, one point per lam (CIS grows towards the upper right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lams = sorted(results)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot([results[l].rs for l in lams], [results[l].ts for l in lams], "o-")
+    for lam in lams:
+        r = results[lam]
+        ax.annotate(f"λ={lam:g}\nCIS {r.cis:+.3f}", (r.rs, r.ts), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    ax.set_xlabel("rs (reconstruction score)")
+    ax.set_ylabel("ts (transfer score)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

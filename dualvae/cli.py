@@ -33,7 +33,7 @@ def _load_images(data: str, split: str, num: int, image_size: int):
 
     s = load_split(data, split, image_size=image_size, limit=num, progress=False)
     if len(s.images) == 0:
-        raise SystemExit(f"dualvae: the {split} split of {data} has no images")
+        raise ValueError(f"the {split} split of {data} has no images")
     return to_unit_range(s.images), s
 
 
@@ -53,8 +53,8 @@ def _train_config(a):
 
     return TrainConfig(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                        label_lr=a.label_lr, label_optimizer=a.label_optimizer, alpha=a.alpha,
-                       missing_ratio=a.missing_ratio, recon_sigma=a.recon_sigma, latent_dim=a.latent_dim, width=a.width,
-                       limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers)
+                       missing_ratio=a.missing_ratio, recon_sigma=a.recon_sigma, latent_dim=a.latent_dim,
+                       width=a.width, limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers)
 
 
 def cmd_train(a) -> None:
@@ -91,10 +91,6 @@ def cmd_transfer(a) -> None:
           f"lam={a.lam:g}): {path}")
 
 
-def _cis_json(result, model) -> dict:
-    return result.as_dict(model.attr_names)
-
-
 def cmd_cis(a) -> None:
     from dualvae.cis import conditional_inception_score
     from dualvae.classifier import AttributeClassifier
@@ -103,7 +99,7 @@ def cmd_cis(a) -> None:
     model, clf = DualVAE.load(a.model), AttributeClassifier.load(a.classifier)
     images, _ = _load_images(a.data, a.split, a.num_images, model.config.image_size)
     r = conditional_inception_score(model, clf, images, domains=_domains_arg(a.domains), lam=a.lam, progress=True)
-    out = _cis_json(r, model)
+    out = r.as_dict(model.attr_names)
     _write_json(a.out, out)
     print(f"CIS = {r.cis:.4f} (ts {r.ts:.4f}, rs {r.rs:.4f}) on {len(images)} {a.split} images, "
           f"{len(r.domains)} domains, lam={a.lam:g}: {a.out}")
@@ -130,7 +126,7 @@ def cmd_demo(a) -> None:
     """synth -> train DualVAE -> train classifier -> transfer grid -> lam on val -> CIS on test."""
     import torch
 
-    from dualvae.cis import conditional_inception_score, sweep_lam
+    from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier, ClassifierConfig
     from dualvae.data.synth import write_preview, write_synth_celeba
     from dualvae.model import DualVAE
@@ -158,19 +154,29 @@ def cmd_demo(a) -> None:
           f"classifier ({a.classifier_steps} steps)")
     threads = torch.get_num_threads()
     clf_threads = max(1, threads // 3)
-    ctx = multiprocessing.get_context("spawn")  # fork after OpenMP has run can hang the child
-    with ctx.Pool(1) as pool:
-        clf_job = pool.apply_async(_train_classifier_with_threads, (clf_cfg, clf_threads))
+    # A plain (non-daemonic) process, so that its split loading may use a decoding pool of its own.
+    clf_proc = multiprocessing.get_context("spawn").Process(  # fork after OpenMP has run can hang the child
+        target=_train_classifier_with_threads, args=(clf_cfg, clf_threads), name="train-classifier")
+    clf_proc.start()
+    try:
         torch.set_num_threads(max(1, threads - clf_threads))
-        try:
-            model_path = train(TrainConfig(data=data, out=os.path.join(out, "run"), steps=a.steps,
-                                           batch_size=a.batch_size, width=a.width, missing_ratio=a.missing_ratio,
-                                           seed=a.seed))
-        finally:
-            torch.set_num_threads(threads)
-        stage("train")
-        print("[3/5] waiting for the attribute classifier")
-        clf_path, report = clf_job.get()
+        model_path = train(TrainConfig(data=data, out=os.path.join(out, "run"), steps=a.steps,
+                                       batch_size=a.batch_size, width=a.width, missing_ratio=a.missing_ratio,
+                                       seed=a.seed))
+    except BaseException:
+        clf_proc.terminate()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    stage("train")
+    print("[3/5] waiting for the attribute classifier")
+    clf_proc.join()
+    if clf_proc.exitcode != 0:
+        raise RuntimeError(f"training the attribute classifier failed (exit code {clf_proc.exitcode}); "
+                           f"its traceback is printed above")
+    clf_path = clf_cfg.out
+    with open(os.path.splitext(clf_path)[0] + ".json") as f:
+        report = json.load(f)
     stage("classifier")
     print(f"  classifier test AUC: mean {report['mean_auc']:.3f}, min {report['min_auc']:.3f} "
           f"(report: {os.path.splitext(clf_path)[0] + '.json'})")
@@ -182,13 +188,15 @@ def cmd_demo(a) -> None:
         best_lam, sweep = sweep_lam(model, clf, val_images, a.lams, domains=a.domains, progress=True)
     for lam, r in sweep.items():
         print(f"  val lam={lam:<5g} ts {r.ts:+.4f}  rs {r.rs:+.4f}  CIS {r.cis:+.4f}")
+    sweep_png = plot_sweep(sweep, os.path.join(out, "lam_sweep_val.png"),
+                           title=f"DualVAE, {len(val_images)} val images, {a.domains} domains")
     grid = write_transfer_grid(model, test_images[:8], os.path.join(out, "transfer_grid.png"), lam=best_lam,
                                domains=a.domains)
     stage("lam_sweep_and_grid")
     print(f"[5/5] CIS on {len(test_images)} test images, {a.domains} domains, lam={best_lam:g}")
     result = conditional_inception_score(model, clf, test_images, domains=a.domains, lam=best_lam, progress=True)
     stage("cis")
-    cis = _cis_json(result, model)
+    cis = result.as_dict(model.attr_names)
     cis.update(lam_chosen_on="val", val_sweep={str(k): {"ts": v.ts, "rs": v.rs, "cis": v.cis} for k, v in sweep.items()},
                classifier_test_mean_auc=report["mean_auc"], classifier_test_min_auc=report["min_auc"],
                seconds=timings, total_seconds=round(time.time() - t_start, 1))
@@ -199,7 +207,7 @@ def cmd_demo(a) -> None:
     for what, path in [("data", data), ("synth preview", preview), ("model", model_path),
                        ("loss plot", os.path.join(out, "run", "loss.png")), ("classifier", clf_path),
                        ("classifier report", os.path.splitext(clf_path)[0] + ".json"), ("transfer grid", grid),
-                       ("CIS", cis_path)]:
+                       ("lam sweep (val)", sweep_png), ("CIS", cis_path)]:
         print(f"  {what:<18} {path}")
 
 
@@ -276,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--missing-ratio", type=float, default=0.0)
     d.add_argument("--num-images", type=int, default=160, help="test images for CIS")
     d.add_argument("--val-images", type=int, default=64, help="validation images for choosing lam")
-    d.add_argument("--lams", type=_lams_arg, default=[16.0, 24.0, 32.0, 48.0, 64.0, 96.0],
+    d.add_argument("--lams", type=_lams_arg, default=[16.0, 24.0, 32.0, 40.0, 48.0, 64.0],
                    help="lam candidates, e.g. 16,32,64")
     d.add_argument("--domains", type=int, default=40)
     d.add_argument("--seed", type=int, default=0)

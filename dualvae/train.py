@@ -24,7 +24,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm import tqdm
@@ -56,7 +56,6 @@ class TrainConfig:
     log_every: int = 25
     workers: int | None = None
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def draw_label_mask(shape: tuple[int, int], missing_ratio: float, seed: int) -> torch.Tensor:
