@@ -56,7 +56,7 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
     domains: None (all of the model's labels), a count k (the first k), or a list of indices/names.
     """
     f = classifier.probs if hasattr(classifier, "probs") else classifier
-    domain_idx = _resolve_domains(model, domains)
+    domain_idx = resolve_domains(model, domains)
     dom = torch.tensor(domain_idx, device=images.device)
     Ms, f0s = [], []
     for j in tqdm(range(len(images)), desc=f"CIS lam={lam:g}", disable=not progress, dynamic_ncols=True):
@@ -72,7 +72,8 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
                      f_original=torch.stack(f0s))
 
 
-def _resolve_domains(model, domains) -> list[int]:
+def resolve_domains(model, domains) -> list[int]:
+    """Domain indices from None (all), a count k (the first k in the label order), or a list of indices/names."""
     if isinstance(domains, int) and not isinstance(domains, bool):
         n_labels = model.config.num_labels if hasattr(model, "config") else None
         if domains < 1 or (n_labels is not None and domains > n_labels):

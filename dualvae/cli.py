@@ -81,14 +81,15 @@ def _print_classifier_report(report: dict) -> None:
 
 
 def cmd_transfer(a) -> None:
+    from dualvae.cis import resolve_domains
     from dualvae.model import DualVAE
     from dualvae.transfer import write_transfer_grid
 
     model = DualVAE.load(a.model)
     images, _ = _load_images(a.data, a.split, a.num_images, model.config.image_size)
-    path = write_transfer_grid(model, images, a.out, domains=_domains_arg(a.domains), lam=a.lam)
-    print(f"transfer grid ({len(images)} images x {len(model.domain_indices(_domains_arg(a.domains)))} domains, "
-          f"lam={a.lam:g}): {path}")
+    domains = resolve_domains(model, _domains_arg(a.domains))
+    path = write_transfer_grid(model, images, a.out, domains=domains, lam=a.lam)
+    print(f"transfer grid ({len(images)} images x {len(domains)} domains, lam={a.lam:g}): {path}")
 
 
 def cmd_cis(a) -> None:

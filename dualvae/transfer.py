@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from dualvae.cis import resolve_domains
+
 
 def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W, C) uint8."""
@@ -52,8 +54,9 @@ def save_grid_png(path: str, tiles: torch.Tensor, column_names: list[str] | None
 
 def write_transfer_grid(model, images: torch.Tensor, path: str, *, domains=None, lam: float = 1.0,
                         attr_names: list[str] | None = None) -> str:
-    """Transfer `images` to every domain and save the grid PNG (columns: original, then one per domain)."""
-    idx = model.domain_indices(domains)
+    """Transfer `images` to each domain and save the grid PNG (columns: original, then one per domain).
+    `domains`: None (all), a count k (the first k), or a list of indices/names."""
+    idx = resolve_domains(model, domains)
     names = attr_names or model.attr_names
     tiles = transfer_rows(model, images, idx, lam)
     header = ["original", *[(names[i] if names else str(i)) for i in idx]]
