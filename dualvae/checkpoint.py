@@ -35,3 +35,12 @@ def load_checkpoint(path: str, map_location="cpu", kind: str | None = None) -> d
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"checkpoint {path} holds {found!r}, expected a {kind!r} checkpoint")
     return ckpt
+
+
+def load_model(cls, path: str, kind: str, map_location="cpu"):
+    """Rebuild `cls(**config)` from a checkpoint of `kind`, load its weights and attribute names; eval mode."""
+    ckpt = load_checkpoint(path, map_location=map_location, kind=kind)
+    model = cls(**ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    model.attr_names = ckpt.get("attr_names")
+    return model.eval()

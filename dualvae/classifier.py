@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dualvae.checkpoint import load_checkpoint, save_atomic
+from dualvae.checkpoint import load_model, save_atomic
 
 
 class AttributeClassifier(nn.Module):
@@ -46,11 +46,8 @@ class AttributeClassifier(nn.Module):
 
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "AttributeClassifier":
-        ckpt = load_checkpoint(path, map_location=map_location, kind="classifier")
-        model = cls(**ckpt["config"])
-        model.load_state_dict(ckpt["model"])
-        model.attr_names = ckpt.get("attr_names")
-        return model.eval()
+        """The classifier of a checkpoint written by `dualvae train-classifier`, in eval mode."""
+        return load_model(cls, path, "classifier", map_location)
 
 
 def binary_auc(scores: torch.Tensor, targets: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dualvae import kernels
-from dualvae.checkpoint import load_checkpoint
+from dualvae.checkpoint import load_model
 
 
 @dataclass
@@ -137,11 +137,7 @@ class DualVAE(nn.Module):
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "DualVAE":
         """The model of a checkpoint written by `dualvae train` (RUN_DIR/model.pt), in eval mode."""
-        ckpt = load_checkpoint(path, map_location=map_location, kind="dualvae")
-        model = cls(**ckpt["config"])
-        model.load_state_dict(ckpt["model"])
-        model.attr_names = ckpt.get("attr_names")
-        return model.eval()
+        return load_model(cls, path, "dualvae", map_location)
 
     def checkpoint_state(self) -> dict:
         return {"kind": "dualvae", "config": asdict(self.config), "model": self.state_dict(),
