@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", required=True)
     g.add_argument("--split", default="test", choices=["train", "val", "test"])
     g.add_argument("--num-images", type=int, default=8)
-    g.add_argument("--lam", type=float, default=2.0)
+    g.add_argument("--lam", type=float, default=32.0,
+                   help="lam of Eq. 3, in latent units (32: the demo's choice on val; pick yours on val)")
     g.add_argument("--domains", default=None, help="a count (first k) or names separated by commas; default all")
     g.add_argument("--out", required=True, help="PNG path")
     g.set_defaults(func=cmd_transfer)
@@ -271,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--split", default="test", choices=["train", "val", "test"])
     k.add_argument("--num-images", type=int, default=160)
     k.add_argument("--domains", default="40", help="a count (first k) or names separated by commas")
-    k.add_argument("--lam", type=float, default=2.0)
+    k.add_argument("--lam", type=float, default=32.0,
+                   help="lam of Eq. 3, in latent units (32: the demo's choice on val; pick yours on val)")
     k.add_argument("--out", required=True, help="cis.json path")
     k.set_defaults(func=cmd_cis)
 
