@@ -1,6 +1,7 @@
 """Checkpoints written atomically: a crash mid-write leaves the previous file intact, never half a file."""
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -21,6 +22,21 @@ def save_atomic(obj, path: str) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def write_text_atomic(path: str, text: str) -> str:
+    """Write a text file through a temporary file and a rename: readers see the old file or the new one."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str, obj) -> str:
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def load_checkpoint(path: str, map_location="cpu", kind: str | None = None) -> dict:

@@ -6,7 +6,6 @@ attribute. Its per-attribute accuracy and AUC on the test split are reported wit
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dualvae.checkpoint import load_model, save_atomic
+from dualvae.checkpoint import load_model, save_atomic, write_json_atomic
 
 
 class AttributeClassifier(nn.Module):
@@ -149,6 +148,5 @@ def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -
                   config=asdict(cfg))
     save_atomic({"kind": "classifier", "config": model.config, "model": model.state_dict(),
                  "attr_names": model.attr_names, "report": report}, cfg.out)
-    with open(os.path.splitext(cfg.out)[0] + ".json", "w") as f:
-        json.dump(report, f, indent=2)
+    write_json_atomic(os.path.splitext(cfg.out)[0] + ".json", report)
     return cfg.out, report

@@ -93,6 +93,7 @@ def cmd_transfer(a) -> None:
 
 
 def cmd_cis(a) -> None:
+    from dualvae.checkpoint import write_json_atomic
     from dualvae.cis import conditional_inception_score
     from dualvae.classifier import AttributeClassifier
     from dualvae.model import DualVAE
@@ -101,17 +102,9 @@ def cmd_cis(a) -> None:
     images, _ = _load_images(a.data, a.split, a.num_images, model.config.image_size)
     r = conditional_inception_score(model, clf, images, domains=_domains_arg(a.domains), lam=a.lam, progress=True)
     out = r.as_dict(model.attr_names)
-    _write_json(a.out, out)
+    write_json_atomic(a.out, out)
     print(f"CIS = {r.cis:.4f} (ts {r.ts:.4f}, rs {r.rs:.4f}) on {len(images)} {a.split} images, "
           f"{len(r.domains)} domains, lam={a.lam:g}: {a.out}")
-
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _train_classifier_with_threads(cfg, threads: int):
@@ -127,6 +120,7 @@ def cmd_demo(a) -> None:
     """synth -> train DualVAE -> train classifier -> transfer grid -> lam on val -> CIS on test."""
     import torch
 
+    from dualvae.checkpoint import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier, ClassifierConfig
     from dualvae.data.synth import write_preview, write_synth_celeba
@@ -202,7 +196,7 @@ def cmd_demo(a) -> None:
                classifier_test_mean_auc=report["mean_auc"], classifier_test_min_auc=report["min_auc"],
                seconds=timings, total_seconds=round(time.time() - t_start, 1))
     cis_path = os.path.join(out, "cis.json")
-    _write_json(cis_path, cis)
+    write_json_atomic(cis_path, cis)
     print(f"\nCIS = {result.cis:.4f} (ts {result.ts:.4f}, rs {result.rs:.4f}), test split, lam={best_lam:g}, "
           f"{time.time() - t_start:.0f} s in all")
     for what, path in [("data", data), ("synth preview", preview), ("model", model_path),

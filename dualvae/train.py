@@ -21,7 +21,7 @@ whole training label matrix, and saved in the checkpoint.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from dualvae import kernels
-from dualvae.checkpoint import save_atomic
+from dualvae.checkpoint import save_atomic, write_json_atomic, write_text_atomic
 from dualvae.data import labels_to_binary, load_split, to_unit_range
 from dualvae.model import DualVAE
 
@@ -87,8 +87,7 @@ def make_optimizers(model: DualVAE, cfg: TrainConfig):
 def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig) -> dict:
     """One iteration of Algorithm 1 on a batch: the VAE step with g, then the label step with g_e."""
     # VAE step: maximize the ELBO (Eq. 1) over encoder + decoder.
-    mu, logvar = model.encode(x)
-    z, kl = kernels.reparameterize_kl(mu, logvar, eps)
+    z, kl, _, _ = model.sample_latent(x, eps)
     recon = gaussian_recon_nll(model.decode(z), x, cfg.recon_sigma)
     vae_loss = (recon + kl).mean()
     g.zero_grad(set_to_none=True)
@@ -96,8 +95,7 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig) -> dic
     g.step()
 
     # Label step: maximize alpha * sum_ij I_ij log p(y_ij | z_j, u_i) over encoder + U, same eps.
-    mu, logvar = model.encode(x)
-    z, _ = kernels.reparameterize_kl(mu, logvar, eps)
+    z, _, _, _ = model.sample_latent(x, eps)
     nll = kernels.dual_bce(z, model.U, y, mask, reduction="sum")
     g_e.zero_grad(set_to_none=True)
     (cfg.alpha * nll).backward()
@@ -105,7 +103,7 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig) -> dic
 
     with torch.no_grad():
         observed = mask.sum().clamp_min(1)
-        correct = (((z @ model.U.t()) > 0).to(y.dtype) == y).to(mask.dtype).mul(mask).sum()
+        correct = ((model.label_logits(z) > 0).to(y.dtype) == y).to(mask.dtype).mul(mask).sum()
     return {"recon": recon.mean().item(), "kl": kl.mean().item(), "neg_elbo": vae_loss.item(),
             "label_bce": nll.item() / observed.item(), "label_acc": (correct / observed).item()}
 
@@ -152,20 +150,18 @@ def train(cfg: TrainConfig) -> str:
             save_atomic(state, ckpt_path)
             _write_log(log_path, rows)
     _plot_log(rows, os.path.join(cfg.out, "loss.png"))
-    with open(os.path.join(cfg.out, "train_config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2)
+    write_json_atomic(os.path.join(cfg.out, "train_config.json"), asdict(cfg))
     return ckpt_path
 
 
 def _write_log(path: str, rows: list[dict]) -> None:
     if not rows:
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def _plot_log(rows: list[dict], path: str) -> None:

@@ -14,6 +14,7 @@ import warnings
 
 import torch
 
+from . import reference
 from .reference import dual_bce, reparameterize_kl
 
 __all__ = ["reparameterize_kl", "dual_bce", "kl_standard_normal", "has_compiled_ops"]
@@ -50,4 +51,4 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Per-row KL to N(0, I): the compiled op on CPU when built, else the reference formula."""
     if _COMPILED and mu.device.type == "cpu":
         return torch.ops.dualvae.kl_standard_normal(mu, logvar)
-    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+    return reference.kl_standard_normal(mu, logvar)

@@ -64,8 +64,12 @@ def reparameterize_kl(
             raise ValueError(f"{op}: eps has shape {tuple(eps.shape)}, expected {tuple(mu.shape)} (mu's)")
     _check_same_device(op, mu=mu, logvar=logvar, eps=eps)
     z = mu + torch.exp(0.5 * logvar) * eps
-    kl = -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
-    return z, kl
+    return z, kl_standard_normal(mu, logvar)
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(N(mu, diag(exp(logvar))) || N(0, I)) = -1/2 * sum_k (1 + logvar - mu^2 - exp(logvar))."""
+    return -0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
 
 
 def dual_bce(
