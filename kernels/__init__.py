@@ -1,7 +1,7 @@
 """dualvae.kernels: the fused VAE ops and their pure-PyTorch references.
 
-Public API (one signature per op, several backends later): `reparameterize_kl`, `dual_bce`.
-The model calls these names only, so swapping a backend is a one-line change here.
+Public API (ops.py): `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, each op with
+backend="auto" | "triton" | "reference" | "cpu". The pure-PyTorch definitions are in `reference`.
 
 The compiled CPU library (kernels/csrc, built by CMake through setup.py) is loaded on import when present;
 `has_compiled_ops()` says whether it was. Without it everything still works on the reference path.
@@ -15,9 +15,9 @@ import warnings
 import torch
 
 from . import reference
-from .reference import dual_bce, reparameterize_kl
 
-__all__ = ["reparameterize_kl", "dual_bce", "kl_standard_normal", "has_compiled_ops"]
+__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "BACKENDS", "kl_standard_normal",
+           "has_compiled_ops", "reference"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BUILD_HINT = (
@@ -40,6 +40,9 @@ def _load_compiled() -> bool:
 
 
 _COMPILED = _load_compiled()
+
+# After the compiled library: its TORCH_LIBRARY defines the dualvae namespace that ops.py adds to.
+from .ops import BACKENDS, PackedLabels, dual_bce, pack_labels, reparameterize_kl  # noqa: E402
 
 
 def has_compiled_ops() -> bool:

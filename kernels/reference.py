@@ -7,6 +7,8 @@ y (B, n) labels in {0, 1}, mask (B, n) the indicator I (1 = label observed).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -40,7 +42,8 @@ def reparameterize_kl(
     z = mu + exp(logvar / 2) * eps,   eps ~ N(0, I)
     kl_j = KL(N(mu_j, diag(exp(logvar_j))) || N(0, I)) = -1/2 * sum_k (1 + logvar_jk - mu_jk^2 - exp(logvar_jk))
 
-    With eps=None, eps is drawn here: from a generator seeded with `seed` when given (same seed, same z),
+    With eps=None, eps is drawn here: with `seed`, from the counter-based Philox stream of `philox_randn`
+    (the very numbers the Triton kernel draws in-kernel, so every backend gives the same z for a seed),
     else from torch's global RNG. Returns (z with mu's shape, kl of shape (B,)).
     """
     op = "reparameterize_kl"
@@ -52,10 +55,7 @@ def reparameterize_kl(
         raise ValueError(f"{op}: mu must be 2-D (B, d), got shape {tuple(mu.shape)}")
     if eps is None:
         if seed is not None:
-            if isinstance(seed, float) or not isinstance(seed, int):
-                raise ValueError(f"{op}: seed must be an int, got {seed!r}")
-            gen = torch.Generator(device=mu.device).manual_seed(seed)
-            eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+            eps = philox_randn(check_seed(seed, op), 0, tuple(mu.shape), mu.device).to(mu.dtype)
         else:
             eps = torch.randn_like(mu)
     else:
@@ -65,6 +65,74 @@ def reparameterize_kl(
     _check_same_device(op, mu=mu, logvar=logvar, eps=eps)
     z = mu + torch.exp(0.5 * logvar) * eps
     return z, kl_standard_normal(mu, logvar)
+
+
+# -- counter-based normal numbers --------------------------------------------------------------------
+# Philox4x32-10 (Salmon et al., SC'11) written in int64 tensor arithmetic, bit for bit the generator behind
+# triton.language.randn: key = the 64-bit seed split in two 32-bit halves, counter = (offset_lo, offset_hi, 0, 0),
+# then Box-Muller on the first two outputs. Element k of a (B, d) draw uses counter offset + k (row-major), so
+# a kernel can regenerate any element from (seed, offset, k) instead of storing eps.
+_M32 = 0xFFFFFFFF
+_PHILOX_KEY_A, _PHILOX_KEY_B = 0x9E3779B9, 0xBB67AE85
+_PHILOX_ROUND_A, _PHILOX_ROUND_B = 0xD2511F53, 0xCD9E8D57
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed, op: str) -> int:
+    """The seed as an int in [0, 2**63): ValueError naming `seed` for non-integers, NaN/inf, out of range."""
+    if isinstance(seed, torch.Tensor) and seed.numel() == 1 and not seed.is_floating_point():
+        seed = int(seed.item())
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, float) and not math.isfinite(seed):
+            raise ValueError(f"{op}: seed must be a finite integer, got {seed!r}")
+        if isinstance(seed, float) and seed.is_integer():
+            seed = int(seed)
+        else:
+            raise ValueError(f"{op}: seed must be an int, got {seed!r}")
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{op}: seed must lie in [0, 2**63), got {seed}")
+    return seed
+
+
+def _umul32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of the 64-bit product of the constant a and uint32 values b (int64 tensor),
+    without overflowing int64: b is split in 16-bit halves."""
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    p_lo, p_hi = a * b_lo, a * b_hi  # each < 2**48
+    mid = p_lo + ((p_hi & 0xFFFF) << 16)  # < 2**49
+    return (p_hi >> 16) + (mid >> 32), mid & _M32
+
+
+def philox_randint4x(seed: int, counters: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 of counters (int64 tensor, used as (lo, hi) 32-bit words) under the 64-bit key `seed`.
+    Returns the four uint32 outputs as int64 tensors."""
+    c0, c1 = counters & _M32, (counters >> 32) & _M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for _ in range(10):
+        hi_b, lo_b = _umul32(_PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _umul32(_PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _PHILOX_KEY_A) & _M32, (k1 + _PHILOX_KEY_B) & _M32
+    return c0, c1, c2, c3
+
+
+def _uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
+    signed = torch.where(x >= 2**31, x - 2**32, x)  # the int32 bit pattern
+    signed = torch.where(signed < 0, -signed - 1, signed)
+    return signed.to(torch.float32) * torch.tensor(4.6566127342e-10, dtype=torch.float32)
+
+
+def philox_randn(seed: int, offset: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
+    """Standard normal float32 numbers, element k (row-major) from counter offset + k: triton's tl.randn."""
+    numel = math.prod(shape)
+    counters = torch.arange(numel, dtype=torch.int64, device=device) + offset
+    i1, i2, _, _ = philox_randint4x(seed, counters)
+    u1 = torch.clamp_min(_uint_to_uniform(i1), 1.0e-7)
+    th = torch.tensor(6.283185307179586, dtype=torch.float32) * _uint_to_uniform(i2)
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    return (r * torch.cos(th)).reshape(shape)
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

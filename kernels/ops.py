@@ -1,0 +1,338 @@
+"""The public fused ops: argument checks, backend choice, torch.library custom ops with fake impls and autograd.
+
+Backends
+    "triton"     the Triton kernels (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+    "reference"  the pure-PyTorch definitions (reference.py), differentiated by torch's autograd.
+    "cpu"        the compiled CPU kernels; until they exist it runs the reference.
+    "auto"       triton for CUDA tensors, cpu for CPU tensors, reference for float64.
+
+The Triton path goes through four `dualvae::` custom ops (forward and backward of each op), registered with fake
+implementations and autograd, so `torch.library.opcheck` passes and `torch.compile(fullgraph=True)` traces them
+as single nodes without graph breaks.
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .reference import REDUCTIONS, check_seed
+
+try:
+    from . import triton_kernels as _tk
+except ImportError:  # no triton on this platform: the triton backend is unavailable, the others work
+    _tk = None
+
+BACKENDS = ("auto", "triton", "reference", "cpu")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# packed labels
+# ---------------------------------------------------------------------------------------------------------
+class PackedLabels(NamedTuple):
+    """Labels and their observed-mask at 2 bits per entry: entry j of row b lives in words[b, j // 16] at bits
+    2*(j % 16) (the label) and 2*(j % 16) + 1 (1 = observed). A (B, n) label matrix costs B * ceil(n/16) * 4
+    bytes: n/4 bytes a row instead of 8n for float32 labels and mask."""
+
+    words: Tensor  # (B, ceil(n / 16)) int32
+    n: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.words.shape[0], self.n)
+
+    @property
+    def device(self) -> torch.device:
+        return self.words.device
+
+    def to(self, device) -> "PackedLabels":
+        return PackedLabels(self.words.to(device), self.n)
+
+    def unpack(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """(y, mask) as (B, n) tensors of `dtype`."""
+        B = self.words.shape[0]
+        shifts = torch.arange(0, 32, 2, device=self.words.device)
+        codes = (self.words.to(torch.int64).unsqueeze(-1) >> shifts) & 3  # (B, words, 16)
+        codes = codes.reshape(B, -1)[:, : self.n]
+        return (codes & 1).to(dtype), (codes >> 1).to(dtype)
+
+
+def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
+    """Pack (B, n) labels in {0, 1} and an optional observed-mask (nonzero = observed) into 2 bits an entry."""
+    op = "pack_labels"
+    if not isinstance(y, Tensor) or y.dim() != 2:
+        raise ValueError(f"{op}: y must be a 2-D (B, n) tensor, got {_describe(y)}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.shape != y.shape:
+            raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected {tuple(y.shape)} (y's)")
+        reference._check_same_device(op, y=y, mask=mask)
+    _check_labels(op, y)
+    B, n = y.shape
+    codes = y.to(torch.int64)
+    codes = codes + 2 * ((mask != 0).to(torch.int64) if mask is not None else torch.ones_like(codes))
+    width = -(-n // 16) * 16
+    codes = torch.nn.functional.pad(codes, (0, width - n)).reshape(B, -1, 16)
+    shifts = torch.arange(0, 32, 2, device=y.device)
+    words = (codes << shifts).sum(-1)  # < 2**32
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # same bits as uint32
+    return PackedLabels(words.contiguous(), n)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checks
+# ---------------------------------------------------------------------------------------------------------
+def _describe(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
+
+
+def _check_labels(op: str, y: Tensor) -> None:
+    if y.is_complex():
+        raise ValueError(f"{op}: y must be real labels in {{0, 1}}, got dtype {y.dtype}")
+    if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError(f"{op}: y must hold labels in {{0, 1}}, got values outside it")
+
+
+def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if dtype not in TRITON_DTYPES:
+            return "reference"
+        backend = "triton" if device.type == "cuda" and _tk is not None else "cpu"
+    if backend == "cpu":
+        # The compiled CPU kernels are not written yet: the reference is the CPU path until they are.
+        return "reference"
+    if backend == "triton":
+        if _tk is None:
+            raise ValueError(f"{op}: backend 'triton' needs the triton package, which is not installed")
+        if device.type != "cuda" and not _tk.INTERPRET:
+            raise ValueError(f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), "
+                             f"got tensors on {device}")
+        if dtype not in TRITON_DTYPES:
+            raise ValueError(f"{op}: backend 'triton' takes float32, bfloat16 or float16 inputs, got {dtype}; "
+                             f"use backend='reference' for {dtype}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reparameterize_kl
+# ---------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("dualvae::reparameterize_kl", mutates_args=())
+def _reparam_kl_op(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, offset: int,
+                   backend: str) -> tuple[Tensor, Tensor]:
+    return _tk.reparam_kl_fwd(mu, logvar, eps, seed, offset)
+
+
+@_reparam_kl_op.register_fake
+def _(mu, logvar, eps, seed, offset, backend):
+    return torch.empty_like(mu), mu.new_empty(mu.shape[0], dtype=torch.float32)
+
+
+@torch.library.custom_op("dualvae::reparameterize_kl_backward", mutates_args=())
+def _reparam_kl_bwd_op(dz: Tensor, dkl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int,
+                       offset: int, need_deps: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    dmu, dlogvar, deps = _tk.reparam_kl_bwd(dz.contiguous(), dkl.contiguous().float(), mu, logvar, eps, seed,
+                                            offset, need_deps)
+    return dmu, dlogvar, deps if deps is not None else mu.new_empty(0)
+
+
+@_reparam_kl_bwd_op.register_fake
+def _(dz, dkl, mu, logvar, eps, seed, offset, need_deps, backend):
+    return torch.empty_like(mu), torch.empty_like(logvar), torch.empty_like(mu) if need_deps else mu.new_empty(0)
+
+
+def _reparam_setup(ctx, inputs, output):
+    mu, logvar, eps, seed, offset, backend = inputs
+    ctx.save_for_backward(mu, logvar, eps)
+    ctx.seed, ctx.offset, ctx.backend = seed, offset, backend
+
+
+def _reparam_backward(ctx, dz, dkl):
+    mu, logvar, eps = ctx.saved_tensors
+    need_deps = eps is not None and ctx.needs_input_grad[2]
+    dmu, dlogvar, deps = torch.ops.dualvae.reparameterize_kl_backward(
+        dz, dkl, mu, logvar, eps, ctx.seed, ctx.offset, need_deps, ctx.backend)
+    return dmu, dlogvar, (deps if need_deps else None), None, None, None
+
+
+_reparam_kl_op.register_autograd(_reparam_backward, setup_context=_reparam_setup)
+
+
+def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, seed: int | None = None,
+                      offset: int = 0, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """z = mu + exp(logvar / 2) * eps and the per-row KL(q || N(0, I)), in one pass over mu and logvar.
+
+    eps: a tensor like mu, or None to draw it. With `seed` (int in [0, 2**63)), element k of a row-major (B, d)
+    draw is Philox normal number offset + k, the same on every backend (reference.philox_randn), and the Triton
+    backward regenerates it instead of keeping a B x d tensor. With neither eps nor seed, a seed is drawn from
+    torch's global generator (so torch.manual_seed governs it; under torch.compile pass seed or eps).
+    Returns (z in mu's dtype, kl (B,) in float32 on the fused backends).
+    """
+    op = "reparameterize_kl"
+    reference._check_float("mu", mu, op)
+    reference._check_float("logvar", logvar, op)
+    if mu.dim() != 2:
+        raise ValueError(f"{op}: mu must be 2-D (B, d), got shape {tuple(mu.shape)}")
+    if logvar.shape != mu.shape:
+        raise ValueError(f"{op}: logvar has shape {tuple(logvar.shape)}, expected {tuple(mu.shape)} (mu's)")
+    if eps is not None:
+        reference._check_float("eps", eps, op)
+        if eps.shape != mu.shape:
+            raise ValueError(f"{op}: eps has shape {tuple(eps.shape)}, expected {tuple(mu.shape)} (mu's)")
+    reference._check_same_device(op, mu=mu, logvar=logvar, eps=eps)
+    if logvar.dtype != mu.dtype or (eps is not None and eps.dtype != mu.dtype):
+        raise ValueError(f"{op}: mu, logvar and eps must share one dtype, got mu {mu.dtype}, logvar {logvar.dtype}"
+                         + (f", eps {eps.dtype}" if eps is not None else ""))
+    if seed is not None:
+        seed = check_seed(seed, op)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**62:
+        raise ValueError(f"{op}: offset must be an int in [0, 2**62), got {offset!r}")
+    backend = _resolve_backend(op, backend, mu.device, mu.dtype)
+    if eps is None and seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if backend == "reference":
+        if eps is None:
+            eps = reference.philox_randn(seed, offset, tuple(mu.shape), mu.device).to(mu.dtype)
+        return reference.reparameterize_kl(mu, logvar, eps)
+    return torch.ops.dualvae.reparameterize_kl(mu.contiguous(), logvar.contiguous(),
+                                               eps.contiguous() if eps is not None else None,
+                                               seed if seed is not None else 0, offset, backend)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dual_bce
+# ---------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("dualvae::dual_bce", mutates_args=())
+def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
+                 packed: bool, reduction: str, need_dz: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,))."""
+    if not packed:
+        _check_labels("dual_bce", labels)  # here, not in the wrapper: this runs on real data even when compiled
+    rows, cnt, dz = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+    count = cnt.sum()
+    if reduction == "none":
+        loss = rows
+    elif reduction == "sum":
+        loss = rows.sum()
+    else:
+        loss = rows.sum() / count.clamp_min(1.0)
+    return loss, count, dz if dz is not None else z.new_empty(0, dtype=torch.float32)
+
+
+@_dual_bce_op.register_fake
+def _(z, U, labels, mask, bias, n, packed, reduction, need_dz, backend):
+    B, d = z.shape
+    loss = z.new_empty(B if reduction == "none" else (), dtype=torch.float32)
+    dz = z.new_empty((B, d) if need_dz else (0,), dtype=torch.float32)
+    return loss, z.new_empty((), dtype=torch.float32), dz
+
+
+@torch.library.custom_op("dualvae::dual_bce_backward", mutates_args=())
+def _dual_bce_bwd_op(gscale: Tensor, z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor],
+                     bias: Optional[Tensor], n: int, packed: bool, need_db: bool,
+                     backend: str) -> tuple[Tensor, Tensor]:
+    """(dU fp32 (n, d), db fp32 (n,) or (0,)) for per-row upstream gradient scales gscale (B,)."""
+    du, db = _tk.dual_bce_bwd(gscale.contiguous().float(), z, U, labels, mask, bias, n, packed, need_db)
+    return du, db if db is not None else z.new_empty(0, dtype=torch.float32)
+
+
+@_dual_bce_bwd_op.register_fake
+def _(gscale, z, U, labels, mask, bias, n, packed, need_db, backend):
+    return U.new_empty(U.shape, dtype=torch.float32), U.new_empty((n,) if need_db else (0,), dtype=torch.float32)
+
+
+def _dual_bce_setup(ctx, inputs, output):
+    z, U, labels, mask, bias, n, packed, reduction, need_dz, backend = inputs
+    _, count, dz = output
+    ctx.save_for_backward(z, U, labels, mask, bias, count, dz)
+    ctx.n, ctx.packed, ctx.reduction, ctx.need_dz, ctx.backend = n, packed, reduction, need_dz, backend
+
+
+def _dual_bce_backward(ctx, g_loss, g_count, g_dz):
+    z, U, labels, mask, bias, count, dz_unscaled = ctx.saved_tensors
+    B = z.shape[0]
+    g_loss = g_loss.float()
+    if ctx.reduction == "none":
+        gscale = g_loss
+    elif ctx.reduction == "sum":
+        gscale = g_loss.expand(B)
+    else:
+        gscale = (g_loss / count.clamp_min(1.0)).expand(B)
+    dz = dU = db = None
+    if ctx.needs_input_grad[0]:
+        if not ctx.need_dz:
+            raise RuntimeError("dual_bce: z needs a gradient but the forward ran without one "
+                               "(z.requires_grad was False or grad mode was off)")
+        dz = (gscale[:, None] * dz_unscaled).to(z.dtype)
+    need_db = bias is not None and ctx.needs_input_grad[4]
+    if ctx.needs_input_grad[1] or need_db:
+        du32, db32 = torch.ops.dualvae.dual_bce_backward(gscale, z, U, labels, mask, bias, ctx.n, ctx.packed,
+                                                         need_db, ctx.backend)
+        dU = du32.to(U.dtype) if ctx.needs_input_grad[1] else None
+        db = db32.to(bias.dtype) if need_db else None
+    return dz, dU, None, None, db, None, None, None, None, None
+
+
+_dual_bce_op.register_autograd(_dual_bce_backward, setup_context=_dual_bce_setup)
+
+
+def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None = None, *,
+             bias: Tensor | None = None, reduction: str = "sum", backend: str = "auto") -> Tensor:
+    """Masked Bernoulli NLL of the dual head, sum_ij mask_ij * BCE(sigmoid(z_i . u_j + b_j), y_ij).
+
+    y: (B, n) labels in {0, 1} with an optional (B, n) mask (1 = observed), or a PackedLabels from
+    `pack_labels` (then mask must be None). reduction: "sum", "mean" (over observed entries; 0 with zero
+    gradients when none is observed) or "none" (per row, (B,)). U and bias are cast to z's dtype.
+    The fused backends never form the B x n logits (see triton_kernels.py) and return the loss in float32.
+    """
+    op = "dual_bce"
+    reference._check_float("z", z, op)
+    reference._check_float("U", U, op)
+    if z.dim() != 2:
+        raise ValueError(f"{op}: z must be 2-D (B, d), got shape {tuple(z.shape)}")
+    if U.dim() != 2 or U.shape[1] != z.shape[1]:
+        raise ValueError(f"{op}: U has shape {tuple(U.shape)}, expected (n, {z.shape[1]})")
+    B, n = z.shape[0], U.shape[0]
+    packed = isinstance(y, PackedLabels)
+    if packed:
+        if mask is not None:
+            raise ValueError(f"{op}: mask must be None when y is PackedLabels (the mask is packed in it)")
+        if y.shape != (B, n) or y.words.dtype != torch.int32 or y.words.shape[1] != -(-n // 16):
+            raise ValueError(f"{op}: packed y is for shape {y.shape} ({y.words.dtype} words "
+                             f"{tuple(y.words.shape)}), expected ({B}, {n})")
+        labels = y.words
+    else:
+        if not isinstance(y, Tensor) or y.shape != (B, n):
+            raise ValueError(f"{op}: y has shape {_describe(y)}, expected ({B}, {n})")
+        if mask is not None and (not isinstance(mask, Tensor) or mask.shape != (B, n)):
+            raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected ({B}, {n})")
+        labels = y
+    if bias is not None:
+        reference._check_float("bias", bias, op)
+        if bias.shape != (n,):
+            raise ValueError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({n},)")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    reference._check_same_device(op, z=z, U=U, y=labels, mask=mask, bias=bias)
+    backend = _resolve_backend(op, backend, z.device, z.dtype)
+    if backend == "reference":
+        if packed:
+            y, mask = y.unpack(z.dtype)
+        return reference.dual_bce(z, U, y, mask, bias=bias, reduction=reduction)
+    if U.dtype != z.dtype:
+        U = U.to(z.dtype)
+    if bias is not None and bias.dtype != z.dtype:
+        bias = bias.to(z.dtype)
+    if not packed:
+        labels = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
+        if mask is not None and mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)
+    need_dz = torch.is_grad_enabled() and z.requires_grad
+    loss, _, _ = torch.ops.dualvae.dual_bce(
+        z.contiguous(), U.contiguous(), labels.contiguous(), mask.contiguous() if mask is not None else None,
+        bias.contiguous() if bias is not None else None, n, packed, reduction, need_dz, backend)
+    return loss
