@@ -6,15 +6,27 @@ so M is n x n with row i the change of every attribute probability when transfer
     rs  = -avg(|notdiag(M)|)       reconstruction score: every other attribute should stay
     CIS = ts + rs
 ts and rs are averaged over the images. f is the attribute classifier (probabilities in [0, 1]).
-This is the plain loop over images (each image's n transfers go through the model as one batch of n copies);
-the batched one-pass evaluator is a separate issue.
+
+Two evaluators behind `conditional_inception_score`, which agree to 1e-5 (tests/test_cis.py):
+- batched=True (default): one pass. The N x n x len(lam) (image, domain, lam) triples stream through the model's
+  `transfer_all` and the classifier in chunks of `max_batch`; ts and rs are reduced chunk by chunk, and no more
+  than one chunk of transferred images is ever held, so memory follows the chunk size, not N x n.
+- batched=False: the reference loop, one image at a time (its n transfers as one batch of n copies).
 """
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+from torch import nn
 from tqdm import tqdm
+
+from dualvae import batching
+
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -24,13 +36,40 @@ class CISResult:
     cis: float
     lam: float
     domains: list[int]
-    M: torch.Tensor  # (N, n_dom, n_dom): M[j, i, k] = f_k(x_j^(i)) - f_k(x_j)
+    M: torch.Tensor | None  # (N, n_dom, n_dom): M[j, i, k] = f_k(x_j^(i)) - f_k(x_j); None with keep_M=False
     f_original: torch.Tensor  # (N, n_dom): f(x_j) on the chosen domains
 
     def as_dict(self, domain_names=None) -> dict:
         names = [domain_names[d] for d in self.domains] if domain_names else None
-        return {"ts": self.ts, "rs": self.rs, "cis": self.cis, "lam": self.lam, "num_images": int(self.M.shape[0]),
-                "domains": names or self.domains}
+        return {"ts": self.ts, "rs": self.rs, "cis": self.cis, "lam": self.lam,
+                "num_images": int(self.f_original.shape[0]), "domains": names or self.domains}
+
+
+class BatchTransferModel(Protocol):
+    """What the batched evaluator needs from a transfer model m (DualVAE, and the baselines alike):
+
+        transfer_all(x, domains, lam, max_batch=None) -> (N, len(domains), C, H, W), out[j, k] = m^{domains[k]}(x_j)
+
+    `domains` is a list of label indices, `lam` one number (a model without a lam may ignore it), `max_batch` the
+    most rows the model should push through its network at once. Optional: `domain_indices(domains)` (names to
+    indices) and `config.num_labels`. A model with only the loop's `transfer(x, domains, lam)` (one domain per
+    image) is used through `transfer_all_of`.
+    """
+
+    def transfer_all(self, x: torch.Tensor, domains: list[int], lam: float = 1.0,
+                     max_batch: int | None = None) -> torch.Tensor: ...
+
+
+def transfer_all_of(model):
+    """`model.transfer_all`, or one built from `model.transfer` (each image repeated once per domain)."""
+    if hasattr(model, "transfer_all"):
+        return model.transfer_all
+
+    def transfer_all(x, domains, lam=1.0, max_batch=None):
+        out = model.transfer(x.repeat_interleave(len(domains), dim=0), list(domains) * len(x), lam)
+        return out.view(len(x), len(domains), *out.shape[1:])
+
+    return transfer_all
 
 
 def scores_from_M(M: torch.Tensor) -> tuple[float, float]:
@@ -46,30 +85,154 @@ def scores_from_M(M: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def conditional_inception_score(model, classifier, images: torch.Tensor, *, domains=None, lam: float = 1.0,
-                                progress: bool = False) -> CISResult:
+def conditional_inception_score(model, classifier, images: torch.Tensor, *, domains=None, lam=1.0,
+                                batched: bool = True, max_batch: int | None = None, precision: str = "fp32",
+                                keep_M: bool = True, progress: bool = False):
     """Algorithm 2 over `images` (N, C, H, W) in [-1, 1].
 
-    model: anything with `transfer(x, domains, lam)` taking one domain per image of x (DualVAE's signature) and,
-           for `domains` given by name, `domain_indices`;
+    model: batched, a `BatchTransferModel` (or anything with the loop's `transfer`); the loop needs
+           `transfer(x, domains, lam)` taking one domain per image of x (DualVAE's signature). For `domains` given
+           by name, `domain_indices`.
     classifier: callable (B, C, H, W) -> attribute probabilities (B, n_labels) (f), or a module with `probs`.
     domains: None (all of the model's labels), a count k (the first k), or a list of indices/names.
+    lam: one number -> a CISResult; a list of numbers -> {lam: CISResult}, all of them from one pass.
+    batched: the one-pass evaluator (default) or the per-image reference loop.
+    max_batch: triples per chunk (batched); default from the free memory on a GPU, a fixed size on a CPU.
+    precision: "fp32", or "bf16" (autocast; M, ts, rs are still reduced in fp32/fp64).
+    keep_M: batched only; False drops M (result.M is None) and keeps only ts and rs.
+    Models (and the classifier) that are nn.Modules must be in eval mode: BatchNorm in train mode would make the
+    scores depend on the batch.
     """
+    lams, single = _check_lams(lam)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
+        raise ValueError(f"CIS: images must be a non-empty (N, C, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"CIS: precision must be one of {PRECISIONS}, got {precision!r}")
+    batching.check_max_batch(max_batch, "CIS")
     f = classifier.probs if hasattr(classifier, "probs") else classifier
+    for what, obj in (("model", model), ("classifier", getattr(f, "__self__", classifier))):
+        if isinstance(obj, nn.Module) and obj.training:
+            raise ValueError(f"CIS: {what} is in training mode (BatchNorm would use batch statistics); call .eval()")
     domain_idx = resolve_domains(model, domains)
+    with _autocast(images.device, precision):
+        if batched:
+            results = _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress)
+        else:
+            results = {lam_: _cis_loop(model, f, images, domain_idx, lam_, progress) for lam_ in lams}
+    return results[lams[0]] if single else results
+
+
+def _check_lams(lam) -> tuple[list[float], bool]:
+    single = not isinstance(lam, (list, tuple))
+    lams = [lam] if single else list(lam)
+    if not lams or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                       for v in lams):
+        raise ValueError(f"CIS: lam must be a finite number or a non-empty list of them, got {lam!r}")
+    lams = [float(v) for v in lams]
+    if len(set(lams)) != len(lams):
+        raise ValueError(f"CIS: lam has repeated values: {lam!r}")
+    return lams, single
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _cis_loop(model, f, images, domain_idx, lam, progress) -> CISResult:
+    """The reference: per image, its n transfers as one batch of n copies, then f on them."""
     dom = torch.tensor(domain_idx, device=images.device)
     Ms, f0s = [], []
     for j in tqdm(range(len(images)), desc=f"CIS lam={lam:g}", disable=not progress, dynamic_ncols=True):
         x = images[j:j + 1]
-        f_x = f(x)[0, dom]  # (n_dom,)
+        f_x = f(x)[0, dom].float()  # (n_dom,)
         x_t = model.transfer(x.expand(len(domain_idx), *x.shape[1:]), domain_idx, lam)  # row i: x^(i)
-        M = f(x_t)[:, dom] - f_x  # M_i = f(x^(i)) - f(x)
-        Ms.append(M.float().cpu())
-        f0s.append(f_x.float().cpu())
+        M = f(x_t)[:, dom].float() - f_x  # M_i = f(x^(i)) - f(x)
+        Ms.append(M.cpu())
+        f0s.append(f_x.cpu())
     M = torch.stack(Ms)
     ts, rs = scores_from_M(M)
     return CISResult(ts=ts, rs=rs, cis=ts + rs, lam=float(lam), domains=domain_idx, M=M,
                      f_original=torch.stack(f0s))
+
+
+def _work_items(n_images: int, n_dom: int, n_lams: int, chunk: int):
+    """(lam index, image slice, domain slice) covering every triple once, each item at most `chunk` triples:
+    blocks of whole images (all domains) when n_dom <= chunk, else one image and `chunk` domains at a time."""
+    for l in range(n_lams):
+        if n_dom <= chunk:
+            per = chunk // n_dom
+            for a in range(0, n_images, per):
+                yield l, slice(a, min(a + per, n_images)), slice(0, n_dom)
+        else:
+            for j in range(n_images):
+                for a in range(0, n_dom, chunk):
+                    yield l, slice(j, j + 1), slice(a, min(a + chunk, n_dom))
+
+
+def _packed(items, n_dom: int, chunk: int):
+    """Consecutive work items grouped so that each group holds at most `chunk` triples (one classifier call)."""
+    group, size = [], 0
+    for item in items:
+        rows = (item[1].stop - item[1].start) * (item[2].stop - item[2].start)
+        if group and size + rows > chunk:
+            yield group, size
+            group, size = [], 0
+        group.append(item)
+        size += rows
+    if group:
+        yield group, size
+
+
+def _default_chunk(model, f, images, domain_idx, transfer_all) -> int:
+    def per_row():
+        x1 = images[:1]
+        modules = [model, getattr(f, "__self__", f)]
+        return (batching.activation_bytes_per_row(lambda x: transfer_all(x, domain_idx[:1], 1.0, max_batch=1), x1, modules[:1])
+                + batching.activation_bytes_per_row(f, x1, modules[1:]))
+
+    return batching.max_batch_for(images.device, per_row)
+
+
+def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress) -> dict[float, CISResult]:
+    N, n, L = len(images), len(domain_idx), len(lams)
+    cl = torch.channels_last
+    transfer_all = transfer_all_of(model)
+    chunk = max_batch or _default_chunk(model, f, images, domain_idx, transfer_all)
+    dom = torch.tensor(domain_idx, device=images.device)
+    f0 = torch.cat([f(images[a:a + chunk].contiguous(memory_format=cl))[:, dom].float()
+                    for a in range(0, N, chunk)])  # f(x) on the originals, (N, n)
+    eye = torch.eye(n, dtype=torch.bool, device=images.device)
+    diag_sum = torch.zeros(L, dtype=torch.float64, device=images.device)  # on the device: no sync per chunk
+    off_sum = torch.zeros(L, dtype=torch.float64, device=images.device)
+    M = torch.zeros(L, N, n, n) if keep_M else None
+    bar = tqdm(total=N * n * L, desc=f"CIS {L} lam x {N} images x {n} domains", unit="transfer",
+               disable=not progress, dynamic_ncols=True)
+    for group, rows in _packed(_work_items(N, n, L, chunk), n, chunk):
+        x_t = [transfer_all(images[js], domain_idx[ks], lams[l], max_batch=chunk).flatten(0, 1)
+               for l, js, ks in group]
+        probs = f(torch.cat(x_t).contiguous(memory_format=cl))[:, dom].float()  # one classifier pass per chunk
+        start = 0
+        for l, js, ks in group:
+            b, k = js.stop - js.start, ks.stop - ks.start
+            Mb = probs[start:start + b * k].view(b, k, n) - f0[js, None, :]  # M_i = f(x^(i)) - f(x)
+            start += b * k
+            on = eye[ks].expand(b, k, n)
+            diag_sum[l] += Mb[on].double().sum()
+            off_sum[l] += Mb[~on].double().abs().sum()
+            if keep_M:
+                M[l, js, ks] = Mb.cpu()
+        bar.update(rows)
+    bar.close()
+    out = {}
+    for l, lam in enumerate(lams):
+        ts = (diag_sum[l] / (N * n)).item()
+        rs = -(off_sum[l] / (N * n * (n - 1))).item() if n > 1 else 0.0
+        out[lam] = CISResult(ts=ts, rs=rs, cis=ts + rs, lam=lam, domains=domain_idx,
+                             M=M[l] if keep_M else None, f_original=f0.cpu())
+    return out
 
 
 def resolve_domains(model, domains) -> list[int]:
@@ -86,10 +249,12 @@ def resolve_domains(model, domains) -> list[int]:
     return [int(d) for d in domains]
 
 
-def sweep_lam(model, classifier, images: torch.Tensor, lams, *, domains=None, progress: bool = False):
-    """CIS at each lam; returns (best lam, {lam: CISResult}). Used to choose lam on the validation split."""
-    results = {float(lam): conditional_inception_score(model, classifier, images, domains=domains, lam=lam,
-                                                       progress=progress) for lam in lams}
+def sweep_lam(model, classifier, images: torch.Tensor, lams, *, domains=None, progress: bool = False,
+              **kwargs):
+    """CIS at each lam, all from one pass; returns (best lam, {lam: CISResult}). Used to choose lam on the
+    validation split. `kwargs` go to `conditional_inception_score` (batched, max_batch, precision, ...)."""
+    results = conditional_inception_score(model, classifier, images, domains=domains, lam=list(lams),
+                                          progress=progress, **kwargs)
     best = max(results, key=lambda lam: results[lam].cis)
     return best, results
 
