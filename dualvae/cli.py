@@ -94,17 +94,28 @@ def cmd_transfer(a) -> None:
 
 def cmd_cis(a) -> None:
     from dualvae.checkpoint import write_json_atomic
-    from dualvae.cis import conditional_inception_score
+    from dualvae.cis import conditional_inception_score, plot_sweep
     from dualvae.classifier import AttributeClassifier
     from dualvae.model import DualVAE
 
+    if not a.lam:
+        raise ValueError("--lam: give at least one number")
     model, clf = DualVAE.load(a.model), AttributeClassifier.load(a.classifier)
     images, _ = _load_images(a.data, a.split, a.num_images, model.config.image_size)
-    r = conditional_inception_score(model, clf, images, domains=_domains_arg(a.domains), lam=a.lam, progress=True)
-    out = r.as_dict(model.attr_names)
-    write_json_atomic(a.out, out)
-    print(f"CIS = {r.cis:.4f} (ts {r.ts:.4f}, rs {r.rs:.4f}) on {len(images)} {a.split} images, "
-          f"{len(r.domains)} domains, lam={a.lam:g}: {a.out}")
+    results = conditional_inception_score(model, clf, images, domains=_domains_arg(a.domains), lam=a.lam,
+                                          batched=not a.loop, max_batch=a.max_batch, precision=a.precision,
+                                          progress=True)
+    entries = [results[lam].as_dict(model.attr_names) for lam in results]
+    write_json_atomic(a.out, entries[0] if len(entries) == 1 else entries)  # one lam: the object as before
+    print(f"{'lam':>8}  {'ts':>8}  {'rs':>8}  {'CIS':>8}")
+    for r in results.values():
+        print(f"{r.lam:>8g}  {r.ts:>8.4f}  {r.rs:>8.4f}  {r.cis:>8.4f}")
+    n_dom = len(next(iter(results.values())).domains)
+    print(f"{len(images)} {a.split} images, {n_dom} domains, {'loop' if a.loop else 'batched'} {a.precision}: "
+          f"{a.out}")
+    if a.plot:
+        title = f"CIS, {len(images)} {a.split} images, {n_dom} domains"
+        print(f"plot (rs on x, ts on y, one point per lam): {plot_sweep(results, a.plot, title=title)}")
 
 
 def _train_classifier_with_threads(cfg, threads: int):
@@ -259,16 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="PNG path")
     g.set_defaults(func=cmd_transfer)
 
-    k = sub.add_parser("cis", help="conditional inception score (Algorithm 2)")
+    k = sub.add_parser("cis", help="conditional inception score (Algorithm 2), one pass over one or several lam")
     k.add_argument("--model", required=True)
     k.add_argument("--classifier", required=True)
     k.add_argument("--data", required=True)
     k.add_argument("--split", default="test", choices=["train", "val", "test"])
     k.add_argument("--num-images", type=int, default=160)
     k.add_argument("--domains", default="40", help="a count (first k) or names separated by commas")
-    k.add_argument("--lam", type=float, default=32.0,
-                   help="lam of Eq. 3, in latent units (32: the demo's choice on val; pick yours on val)")
-    k.add_argument("--out", required=True, help="cis.json path")
+    k.add_argument("--lam", type=_lams_arg, default=[32.0],
+                   help="lam of Eq. 3 in latent units, or several separated by commas (e.g. 16,32,64), all in one "
+                        "pass (32: the demo's choice on val; pick yours on val)")
+    k.add_argument("--out", required=True, help="cis.json path (one lam: an object; several: a list, one per lam)")
+    k.add_argument("--plot", default=None, help="also write this PNG: rs on x, ts on y, one point per lam")
+    k.add_argument("--max-batch", type=int, default=None,
+                   help="(image, domain, lam) triples per chunk (default: from free GPU memory; 128 on CPU)")
+    k.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast")
+    k.add_argument("--loop", action="store_true", help="the per-image reference loop instead of the batched pass")
     k.set_defaults(func=cmd_cis)
 
     d = sub.add_parser("demo", help="synth -> train -> classifier -> transfer grid -> CIS, on generated data")

@@ -44,6 +44,23 @@ def test_cli_pipeline(synth_root, tmp_path, capsys):
     assert set(cis) == {"ts", "rs", "cis", "lam", "num_images", "domains"}
     assert cis["num_images"] == 3 and cis["lam"] == 1.5 and len(cis["domains"]) == 5
     assert cis["cis"] == pytest.approx(cis["ts"] + cis["rs"])
+    printed = capsys.readouterr().out
+    assert "CIS" in printed and str(out) in printed
+
+    # a lam sweep in one pass: one entry per lam with the same keys, a table, and the rs/ts scatter
+    sweep, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    assert main(["cis", "--model", str(run / "model.pt"), "--classifier", str(clf), "--data", synth_root,
+                 "--num-images", "3", "--domains", "Smiling,Male", "--lam", "0.5,1,2", "--max-batch", "5",
+                 "--out", str(sweep), "--plot", str(png)]) == 0
+    entries = json.loads(sweep.read_text())
+    assert [e["lam"] for e in entries] == [0.5, 1.0, 2.0]
+    assert all(set(e) == set(cis) and e["domains"] == ["Smiling", "Male"] for e in entries)
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.split()[0] in ("0.5", "1", "2") for line in lines if line.strip()) == 3
+    assert Image.open(png).size[0] > 100
+    assert main(["cis", "--model", str(run / "model.pt"), "--classifier", str(clf), "--data", synth_root,
+                 "--lam", "1,1", "--out", str(sweep)]) == 2
+    assert "lam has repeated values" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
