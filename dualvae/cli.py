@@ -53,6 +53,7 @@ def _train_config(a):
 
     return TrainConfig(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                        label_lr=a.label_lr, label_optimizer=a.label_optimizer, alpha=a.alpha,
+                       kernel_backend=a.kernel_backend,
                        missing_ratio=a.missing_ratio, recon_sigma=a.recon_sigma, latent_dim=a.latent_dim,
                        width=a.width, limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers)
 
@@ -239,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="learning rate of g (encoder + decoder)")
     t.add_argument("--label-lr", type=float, default=1e-3, help="learning rate of g_e (encoder + U)")
     t.add_argument("--label-optimizer", choices=["adam", "sgd"], default="adam", help="g_e")
+    t.add_argument("--kernel-backend", choices=["auto", "triton", "reference", "cpu"], default="auto",
+                   help="dualvae.kernels backend for reparameterization+KL and the dual-head loss (default auto: "
+                        "Triton on CUDA, the CPU path on CPU)")
     t.add_argument("--recon-sigma", type=float, default=0.2, help="sigma of the Gaussian decoder")
     t.add_argument("--latent-dim", type=int, default=128)
     t.add_argument("--width", type=int, default=32, help="channels of the first conv (doubled per stage)")

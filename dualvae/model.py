@@ -76,8 +76,11 @@ class Decoder(nn.Module):
 
 class DualVAE(nn.Module):
     def __init__(self, image_size: int = 64, channels: int = 3, latent_dim: int = 128, num_labels: int = 40,
-                 width: int = 32):
+                 width: int = 32, kernel_backend: str = "auto"):
         super().__init__()
+        # Which dualvae.kernels backend computes the reparameterization + KL (and, in training, the dual-head
+        # loss): "auto" picks the fused kernels for the device. Not part of the checkpoint: a run choice.
+        self.kernel_backend = kernel_backend
         self.config = DualVAEConfig(image_size, channels, latent_dim, num_labels, width)
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
@@ -99,7 +102,7 @@ class DualVAE(nn.Module):
     def sample_latent(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         """(z, kl_per_row, mu, logvar) with z ~ q(z | x) by reparameterization."""
         mu, logvar = self.encode(x)
-        z, kl = kernels.reparameterize_kl(mu, logvar, eps)
+        z, kl = kernels.reparameterize_kl(mu, logvar, eps, backend=self.kernel_backend)
         return z, kl, mu, logvar
 
     def dual_vectors(self, domains) -> torch.Tensor:

@@ -44,6 +44,7 @@ class TrainConfig:
     lr: float = 1e-3  # g: Adam over encoder + decoder
     label_lr: float = 1e-3  # g_e over encoder + U
     label_optimizer: str = "adam"  # "adam" | "sgd"
+    kernel_backend: str = "auto"  # dualvae.kernels backend of the losses: auto | triton | reference | cpu
     alpha: float = 1.0
     missing_ratio: float = 0.0
     recon_sigma: float = 0.2  # sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units
@@ -96,7 +97,7 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig) -> dic
 
     # Label step: maximize alpha * sum_ij I_ij log p(y_ij | z_j, u_i) over encoder + U, same eps.
     z, _, _, _ = model.sample_latent(x, eps)
-    nll = kernels.dual_bce(z, model.U, y, mask, reduction="sum")
+    nll = kernels.dual_bce(z, model.U, y, mask, reduction="sum", backend=model.kernel_backend)
     g_e.zero_grad(set_to_none=True)
     (cfg.alpha * nll).backward()
     g_e.step()
@@ -120,7 +121,8 @@ def train(cfg: TrainConfig) -> str:
         raise ValueError(f"train: {n_train} training images in {cfg.data}, fewer than batch size {cfg.batch_size}")
     mask = draw_label_mask((n_train, n_labels), cfg.missing_ratio, cfg.seed)
 
-    model = DualVAE(cfg.image_size, images.shape[1], cfg.latent_dim, n_labels, cfg.width)
+    model = DualVAE(cfg.image_size, images.shape[1], cfg.latent_dim, n_labels, cfg.width,
+                    kernel_backend=cfg.kernel_backend)
     model.attr_names = list(split.attr_names)
     g, g_e = make_optimizers(model, cfg)
     model.train()

@@ -67,8 +67,10 @@ def test_reparameterize_kl_bad_input():
         ref.reparameterize_kl(torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="eps has shape"):
         ref.reparameterize_kl(mu, mu, torch.zeros(4, 3))
-    with pytest.raises(ValueError, match="seed must be an int"):
+    with pytest.raises(ValueError, match="seed must be a finite integer"):
         ref.reparameterize_kl(mu, mu, seed=float("nan"))
+    with pytest.raises(ValueError, match="seed must be an int"):
+        ref.reparameterize_kl(mu, mu, seed=2.5)
 
 
 MASKS = ["none", "all_zero", "all_one", "random"]
@@ -170,8 +172,11 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(ref.dual_bce(zt, U, y, mask), ref.dual_bce(z, U, y, mask))
 
 
-def test_public_api_is_the_reference_for_now():
-    assert kernels.dual_bce is ref.dual_bce and kernels.reparameterize_kl is ref.reparameterize_kl
+def test_public_api_on_cpu_defaults_to_the_reference():
+    z, U, y, mask, bias = _inputs(6, 4, 5, "random")
+    torch.testing.assert_close(kernels.dual_bce(z, U, y, mask, bias=bias), ref.dual_bce(z, U, y, mask, bias=bias))
+    mu, logvar = z[:, :3], z[:, 2:]
+    torch.testing.assert_close(kernels.reparameterize_kl(mu, logvar, seed=3), ref.reparameterize_kl(mu, logvar, seed=3))
 
 
 @pytest.mark.skipif(not kernels.has_compiled_ops(), reason="compiled CPU library not built")
