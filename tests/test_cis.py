@@ -1,5 +1,10 @@
 """CIS (Algorithm 2) on hand-computed examples, and on a real (random) DualVAE; the batched evaluator against
-the loop reference; DualVAE.transfer_all."""
+the loop reference; DualVAE.transfer_all; bench/cis.py --quick."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -224,3 +229,35 @@ def test_max_batch_from_memory_budget():
     # input 4 floats + the Linear's output 10 floats + the returned output 10 floats
     assert batching.activation_bytes_per_row(lin, torch.zeros(1, 4), [lin]) == (4 + 10 + 10) * 4
 
+
+def test_default_chunk_from_memory_budget(monkeypatch):
+    """The GPU default: bytes per row measured on one row, then a share of 1 MB of 'free memory' (here on CPU)."""
+    model, clf = tiny_pair()
+    asked, real = [], batching.max_batch_for
+
+    def fake_budget(device, bytes_per_row, cpu=batching.CPU_MAX_BATCH):
+        per_row = bytes_per_row() if callable(bytes_per_row) else bytes_per_row
+        asked.append(per_row)
+        return real("cuda", per_row, free_bytes=10**6)
+
+    monkeypatch.setattr(batching, "max_batch_for", fake_budget)
+    f = CountingClassifier(clf)
+    conditional_inception_score(model, f, torch.rand(40, 3, 16, 16), lam=1.0)
+    # the evaluator: one row of transfer + classifier (each more than a 16x16 image)
+    assert len(asked) == 1 and asked[0] > 2 * 3 * 16 * 16 * 4
+    assert max(f.sizes) == int(batching.GPU_MEMORY_FRACTION * 10**6 // asked[0]) < 40 * 5
+    # transfer_all on its own: one decoded row
+    assert model.transfer_all(torch.rand(2, 3, 16, 16)).shape == (2, 5, 3, 16, 16)
+    assert len(asked) == 2 and 3 * 16 * 16 * 4 < asked[1] < asked[0]
+
+
+def test_bench_quick_runs(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "bench", "cis.py"), "--quick", "--out-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (path,) = tmp_path.glob("cis-*-quick.json")
+    res = json.loads(path.read_text())
+    assert set(res["seconds"]) == {"literal_loop", "per_domain_loop", "loop_reference", "batched"}
+    assert res["agreement"]["max_abs_M_diff"] <= 1e-5
+    assert res["memory"]["rows"] and (tmp_path / path.name.replace(".json", ".png")).exists()
