@@ -1,0 +1,36 @@
+"""bench/kernels.py --quick runs end to end on CPU (Triton rows under the interpreter) and writes a complete report."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "bench", "kernels.py")
+
+
+def test_kernels_bench_quick(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--device", "cpu", "--out", str(tmp_path)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "kernels-cpu.json").read_text())
+    md = (tmp_path / "kernels-cpu.md").read_text()
+
+    for key in ("device_name", "torch", "triton", "python", "cpu_model", "threads", "loadavg_start", "skipped",
+                "memory_method", "sizes", "dtypes"):
+        assert key in report, key
+    unavailable = {impl.strip() for s in report["skipped"] if s["reason"] == "triton is not installed"
+                   for impl in s["impl"].split(",")}
+    rows = report["rows"]
+    assert not [r for r in rows if "error" in r], [r for r in rows if "error" in r]
+    for op, impls in report["impls"].items():
+        got = {r["impl"] for r in rows if r["op"] == op}
+        assert got == set(impls) - unavailable, (op, got, impls)
+    for r in rows:
+        assert r["median_ms"] > 0 and r["repeats"] >= 1
+        assert r["extra_peak_mib"] is not None
+        assert r["speedup_vs_eager"] is not None and r["speedup_vs_compile"] is not None
+        assert r["interpreted"] == (r["impl"] in ("ours", "ours-packed", "ours-seeded"))
+    assert "## dual_bce" in md and "## reparameterize_kl" in md and "eager ms / MiB" in md
