@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/cs
 	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
 	touch $@
 
-# Triton kernels (when present) run on CPU tensors under the interpreter; slow tests are left to test-slow.
+# First every Triton kernel is compiled for sm_80/sm_90 (no GPU needed; fails on any spill), then the tests run
+# with the Triton kernels on CPU tensors under the interpreter. Slow tests are left to test-slow.
 test: install
+	$(PY) -m dualvae.kernels.compile_check
 	DUALVAE_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -m "not slow and not gpu" -q
 
 test-slow: install

@@ -28,9 +28,12 @@ def _jobs(arches: list[int]) -> list[dict]:
     jobs = []
     for kernel, entries in tk.gpu_configs().items():
         for dtype, cfg in entries:
+            if kernel.startswith("reparam") and dtype == "fp16":
+                continue  # elementwise: fp16 compiles to bf16's code but for the conversions; bf16 stands for both
             variants = [{}]
             if kernel.startswith("dual_bce"):
-                variants = [{"PACKED": False}, {"PACKED": True}]  # the label loads differ: both are code paths
+                # Packed labels change only the label loads, the same code for every dtype: compiled with fp32.
+                variants = [{"PACKED": False}] + ([{"PACKED": True}] if dtype == "fp32" else [])
             for variant in variants:
                 for arch in arches:
                     jobs.append({"kernel": kernel, "dtype": dtype, "cfg": cfg, "variant": variant, "arch": arch})
@@ -43,7 +46,7 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
     from dualvae.kernels import triton_kernels as tk
 
     t = PTR[dtype]
-    blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_")}
+    blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}
     if kernel == "reparam_kl_fwd":
         sig = {"mu_ptr": t, "logvar_ptr": t, "eps_ptr": t, "z_ptr": t, "kl_ptr": "*fp32", "B": "i32", "D": "i32",
                "seed": "i64", "offset": "i64"}
@@ -59,7 +62,8 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
         lab = "*i32" if packed else "*fp32"
         common = {"z_ptr": t, "u_ptr": t, "b_ptr": t, "y_ptr": lab, "m_ptr": lab}
         if kernel == "dual_bce_fwd":
-            sig = {**common, "loss_ptr": "*fp32", "cnt_ptr": "*fp32", "dz_ptr": "*fp32", "B": "i32", "N": "i32",
+            sig = {**common, "loss_ptr": "*fp32", "cnt_ptr": "*fp32", "dz_ptr": "*fp32", "bad_ptr": "*i32",
+                   "B": "i32", "N": "i32",
                    "D": "i32", "N_WORDS": "i32", "n_per_split": "i32"}
             const = {"HAS_BIAS": True, "HAS_MASK": not packed, "PACKED": packed, "NEED_DZ": True}
             fn = tk._dual_bce_fwd_kernel
@@ -113,6 +117,7 @@ def compile_one(job: dict) -> dict:
 def _fmt_cfg(row: dict) -> str:
     c = row["cfg"]
     parts = [f"{k.removeprefix('BLOCK_')}={v}" for k, v in c.items() if k.startswith("BLOCK_")]
+    parts += ["K-loop"] if c.get("ONE_K") is False else []
     parts += [f"w{c['num_warps']}"] + ([f"s{c['num_stages']}"] if "num_stages" in c else [])
     parts += ["packed"] if row["variant"].get("PACKED") else []
     return " ".join(parts)

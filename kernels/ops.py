@@ -210,9 +210,9 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
 def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
                  packed: bool, reduction: str, need_dz: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,))."""
-    if not packed:
-        _check_labels("dual_bce", labels)  # here, not in the wrapper: this runs on real data even when compiled
-    rows, cnt, dz = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+    rows, cnt, dz, bad = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+    if bad:  # counted by the kernel as it reads the labels; checked here so it also holds when compiled
+        raise ValueError(f"dual_bce: y must hold labels in {{0, 1}}, got {bad} values outside it")
     count = cnt.sum()
     if reduction == "none":
         loss = rows

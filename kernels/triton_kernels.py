@@ -41,7 +41,6 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_D = 512  # largest latent size the dual_bce kernels hold in registers (a (BLOCK, d) fp32 accumulator)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -100,11 +99,12 @@ def _reparam_kl_bwd_kernel(
 
 
 def reparam_config(B: int, D: int, interpret: bool = INTERPRET) -> dict:
-    """Block shape for a (B, D) reparameterization: ~4K elements a program, whole rows when d <= 256."""
+    """Block shape for a (B, D) reparameterization: 1024 elements a program (8 a thread: Philox's ten rounds keep
+    many values live; 4096 elements a program spill), whole rows up to d = 128, else the row in 128 chunks."""
     if interpret:
         return {"BLOCK_B": 8, "BLOCK_D": min(64, triton.next_power_of_2(max(D, 1))), "num_warps": 4}
-    block_d = min(256, triton.next_power_of_2(max(D, 16)))
-    return {"BLOCK_B": max(1, 4096 // block_d), "BLOCK_D": block_d, "num_warps": 4 if block_d <= 128 else 8}
+    block_d = min(128, triton.next_power_of_2(max(D, 16)))
+    return {"BLOCK_B": 1024 // block_d, "BLOCK_D": block_d, "num_warps": 4}
 
 
 def reparam_kl_fwd(mu, logvar, eps, seed: int, offset: int):
@@ -175,23 +175,52 @@ def _bce_terms(logits, y):
 
 
 @triton.jit
+def _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
+                 HAS_BIAS: tl.constexpr, ONE_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_B, BLOCK_N) fp32 logits z[rows] . U[cols] + b[cols]. With ONE_K (d <= BLOCK_K) the caller's
+    resident z/U tiles are used; else the d axis is walked in BLOCK_K chunks (registers stay bounded for any d)."""
+    if ONE_K:
+        logits = tl.dot(z_tile, tl.trans(u_tile), input_precision=PRECISION)
+    else:
+        logits = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < D
+            zk = tl.load(z_ptr + rows[:, None].to(tl.int64) * D + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            uk = tl.load(u_ptr + cols[:, None].to(tl.int64) * D + ks[None, :], mask=col_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            logits = tl.dot(zk, tl.trans(uk), logits, input_precision=PRECISION)
+    if HAS_BIAS:
+        logits += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    return logits
+
+
+@triton.jit
 def _dual_bce_fwd_kernel(
-    z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, loss_ptr, cnt_ptr, dz_ptr,
+    z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, loss_ptr, cnt_ptr, dz_ptr, bad_ptr,
     B, N, D, N_WORDS, n_per_split,
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr, NEED_DZ: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ONE_K: tl.constexpr,
 ):
+    """Grid (row blocks, splits of n, chunks of d). Program (i, s, c) writes the loss and count partials of its
+    rows over split s (chunk 0 only) and the dz partial of columns c*BLOCK_K.. of its rows; unpacked labels
+    outside {0, 1} are counted into bad_ptr (checked on the host: no B x n validation pass, no temporaries)."""
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
+    pid_d = tl.program_id(2)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    dcols = tl.arange(0, BLOCK_D)
+    dcols = pid_d * BLOCK_K + tl.arange(0, BLOCK_K)
     row_ok = rows < B
     d_ok = dcols < D
     z = tl.load(z_ptr + rows[:, None].to(tl.int64) * D + dcols[None, :], mask=row_ok[:, None] & d_ok[None, :],
                 other=0.0)
     loss = tl.zeros([BLOCK_B], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_B], dtype=tl.float32)
-    dz = tl.zeros([BLOCK_B, BLOCK_D], dtype=tl.float32)
+    bad = tl.zeros([BLOCK_B], dtype=tl.int32)
+    dz = tl.zeros([BLOCK_B, BLOCK_K], dtype=tl.float32)
     n_lo = split * n_per_split
     n_hi = tl.minimum(n_lo + n_per_split, N)
     for n0 in range(n_lo, n_hi, BLOCK_N):
@@ -199,19 +228,23 @@ def _dual_bce_fwd_kernel(
         col_ok = cols < n_hi
         u = tl.load(u_ptr + cols[:, None].to(tl.int64) * D + dcols[None, :], mask=col_ok[:, None] & d_ok[None, :],
                     other=0.0)
-        logits = tl.dot(z, tl.trans(u), input_precision=PRECISION)
-        if HAS_BIAS:
-            logits += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z, u,
+                              HAS_BIAS, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
         ok = row_ok[:, None] & col_ok[None, :]
         y, w = _labels_tile(y_ptr, m_ptr, rows, cols, ok, N, N_WORDS, PACKED, HAS_MASK)
+        if not PACKED:
+            bad += tl.sum(tl.where(ok & (y != 0.0) & (y != 1.0), 1, 0), axis=1)
         bce, resid = _bce_terms(logits, y)
         loss += tl.sum(w * bce, axis=1)
         cnt += tl.sum(w, axis=1)
         if NEED_DZ:
             dz += tl.dot((w * resid).to(u.dtype), u, input_precision=PRECISION)
     out = split.to(tl.int64) * B + rows
-    tl.store(loss_ptr + out, loss, mask=row_ok)
-    tl.store(cnt_ptr + out, cnt, mask=row_ok)
+    if pid_d == 0:
+        tl.store(loss_ptr + out, loss, mask=row_ok)
+        tl.store(cnt_ptr + out, cnt, mask=row_ok)
+        if not PACKED:
+            tl.store(bad_ptr + out, bad, mask=row_ok)
     if NEED_DZ:
         tl.store(dz_ptr + out[:, None] * D + dcols[None, :], dz, mask=row_ok[:, None] & d_ok[None, :])
 
@@ -221,19 +254,21 @@ def _dual_bce_bwd_kernel(
     z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, gscale_ptr, du_ptr, db_ptr,
     B, N, D, N_WORDS, b_per_split,
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, PACKED: tl.constexpr, NEED_DB: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ONE_K: tl.constexpr,
 ):
+    """Grid (column blocks of U, splits of B, chunks of d): the dU partial of columns c*BLOCK_K.. of its rows of
+    U over split s, and (chunk 0) the db partial."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
+    pid_d = tl.program_id(2)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    dcols = tl.arange(0, BLOCK_D)
+    dcols = pid_d * BLOCK_K + tl.arange(0, BLOCK_K)
     col_ok = cols < N
     d_ok = dcols < D
     u = tl.load(u_ptr + cols[:, None].to(tl.int64) * D + dcols[None, :], mask=col_ok[:, None] & d_ok[None, :],
                 other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-    du = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    du = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
     b_lo = split * b_per_split
     b_hi = tl.minimum(b_lo + b_per_split, B)
@@ -242,9 +277,8 @@ def _dual_bce_bwd_kernel(
         row_ok = rows < b_hi
         z = tl.load(z_ptr + rows[:, None].to(tl.int64) * D + dcols[None, :], mask=row_ok[:, None] & d_ok[None, :],
                     other=0.0)
-        logits = tl.dot(z, tl.trans(u), input_precision=PRECISION)
-        if HAS_BIAS:
-            logits += bias[None, :]
+        logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z, u,
+                              HAS_BIAS, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
         ok = row_ok[:, None] & col_ok[None, :]
         y, w = _labels_tile(y_ptr, m_ptr, rows, cols, ok, N, N_WORDS, PACKED, HAS_MASK)
         _, resid = _bce_terms(logits, y)
@@ -256,7 +290,8 @@ def _dual_bce_bwd_kernel(
     out = split.to(tl.int64) * N + cols
     tl.store(du_ptr + out[:, None] * D + dcols[None, :], du, mask=col_ok[:, None] & d_ok[None, :])
     if NEED_DB:
-        tl.store(db_ptr + out, db, mask=col_ok)
+        if pid_d == 0:
+            tl.store(db_ptr + out, db, mask=col_ok)
 
 
 def _sm_count(device) -> int:
@@ -266,21 +301,23 @@ def _sm_count(device) -> int:
 
 
 def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
-    """Tile shape for the dual_bce kernels. The (BLOCK, BLOCK_D) fp32 accumulator and the z/U tiles must fit
-    the register file without spills (compile_check proves it for every entry of gpu_configs())."""
-    block_d = max(16, triton.next_power_of_2(D))
+    """Tile shape for the dual_bce kernels: BLOCK_B rows of z x BLOCK_N rows of U per tile, the d axis in BLOCK_K
+    chunks (one chunk when d <= BLOCK_K; else the logits walk the chunks and the grid gets a chunk axis for the
+    dz/dU accumulators). Chosen so the fp32 accumulators and the three-pass TF32 operands of fp32 fit the
+    register file without spills: compile_check proves it for every entry of gpu_configs()."""
+    dp = max(16, triton.next_power_of_2(D))
     if interpret:
-        return {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_D": block_d, "num_warps": 4, "num_stages": 1}
-    small = dtype in (torch.bfloat16, torch.float16)
-    if block_d <= 64:
-        blk = 64
-    elif block_d <= 128:
-        blk = 64 if small else 32
-    elif block_d <= 256:
-        blk = 32 if small else 16
-    else:
-        blk = 16
-    return {"BLOCK_B": blk, "BLOCK_N": blk, "BLOCK_D": block_d, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": min(dp, 32), "num_warps": 4, "num_stages": 1}
+    if dtype == torch.float32:
+        # three-pass TF32 splits each operand in two: about twice the operand registers of bf16
+        if dp <= 64:  # (ptxas spills a few bytes at d <= 32 with two stages on sm_80; three do not)
+            return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 8, "num_stages": 3 if dp <= 32 else 2}
+        if dp == 128:
+            return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
+        return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}
+    if dp <= 128:
+        return {"BLOCK_B": 64, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 8, "num_stages": 2}
+    return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -291,9 +328,12 @@ def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
     """Every (dtype, launch config) the launchers can pick on a GPU, per kernel: what compile_check compiles.
     Configs are chosen by shape (a table, not run-time autotuning), so this list is exhaustive."""
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
-    reparam = {tuple(sorted(reparam_config(1, d, interpret=False).items())) for d in (16, 32, 64, 128, 256, 512)}
-    bce = {(_dtype_name(dt), tuple(sorted(dual_bce_config(1, 1, d, dt, interpret=False).items())))
-           for dt in dtypes for d in (16, 32, 64, 128, 256, MAX_D)}
+    reparam = {tuple(sorted(reparam_config(1, d, interpret=False).items())) for d in (16, 32, 64, 128)}
+    bce = set()
+    for dt in dtypes:
+        for d in (16, 32, 64, 128, 256):  # every larger d takes the d = 256 config
+            cfg = dual_bce_config(1, 1, d, dt, interpret=False)
+            bce.add((_dtype_name(dt), tuple(sorted({**cfg, "ONE_K": d <= cfg["BLOCK_K"]}.items()))))
     reparam_list = [(_dtype_name(dt), dict(c)) for dt in dtypes for c in sorted(reparam)]
     bce_list = [(name, dict(c)) for name, c in sorted(bce)]
     return {"reparam_kl_fwd": reparam_list, "reparam_kl_bwd": reparam_list,
@@ -320,7 +360,8 @@ def _label_args(labels, mask):
 
 
 def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, splits: int | None = None):
-    """(per-row loss (B,) fp32, observed count per row (B,) fp32, unscaled dz (B, d) fp32 or None)."""
+    """(per-row loss (B,) fp32, observed count per row (B,) fp32, unscaled dz (B, d) fp32 or None,
+    number of labels outside {0, 1} (int, unpacked labels only))."""
     B, D = z.shape
     dev = z.device
     cfg = dual_bce_config(B, n, D, z.dtype)
@@ -328,16 +369,19 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, 
     n_per_split = triton.cdiv(triton.cdiv(max(n, 1), S), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     S = triton.cdiv(max(n, 1), n_per_split)
     loss = torch.empty(S, B, dtype=torch.float32, device=dev)
+    chunks = triton.cdiv(D, cfg["BLOCK_K"])
     cnt = torch.empty(S, B, dtype=torch.float32, device=dev)
+    bad = torch.zeros(S, B, dtype=torch.int32, device=dev)
     dz = torch.empty(S, B, D, dtype=torch.float32, device=dev) if need_dz else None
     if B and n:
         y_arg, m_arg = _label_args(labels, mask)
-        grid = (triton.cdiv(B, cfg["BLOCK_B"]), S)
+        grid = (triton.cdiv(B, cfg["BLOCK_B"]), S, chunks)
         _dual_bce_fwd_kernel[grid](
-            z, U, bias if bias is not None else z, y_arg, m_arg, loss, cnt, dz if need_dz else loss,
+            z, U, bias if bias is not None else z, y_arg, m_arg, loss, cnt, dz if need_dz else loss, bad,
             B, n, D, labels.shape[1] if packed else n, n_per_split,
             HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PACKED=packed, NEED_DZ=need_dz,
-            PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+            PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            ONE_K=D <= cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     else:
@@ -345,7 +389,7 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, 
         cnt.zero_()
         if need_dz:
             dz.zero_()
-    return loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None)
+    return loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None), int(bad.sum()) if not packed else 0
 
 
 def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, packed: bool, need_db: bool, splits: int | None = None):
@@ -357,15 +401,17 @@ def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, packed: bool, need_db
     b_per_split = triton.cdiv(triton.cdiv(max(B, 1), S), cfg["BLOCK_B"]) * cfg["BLOCK_B"]
     S = triton.cdiv(max(B, 1), b_per_split)
     du = torch.empty(S, n, D, dtype=torch.float32, device=dev)
+    chunks = triton.cdiv(D, cfg["BLOCK_K"])
     db = torch.empty(S, n, dtype=torch.float32, device=dev) if need_db else None
     if B and n:
         y_arg, m_arg = _label_args(labels, mask)
-        grid = (triton.cdiv(n, cfg["BLOCK_N"]), S)
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), S, chunks)
         _dual_bce_bwd_kernel[grid](
             z, U, bias if bias is not None else z, y_arg, m_arg, gscale, du, db if need_db else du,
             B, n, D, labels.shape[1] if packed else n, b_per_split,
             HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PACKED=packed, NEED_DB=need_db,
-            PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+            PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+            ONE_K=D <= cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
     else:
