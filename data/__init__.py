@@ -1,4 +1,4 @@
-"""dualvae.data: CelebA format, generated CelebA-format data."""
+"""dualvae.data: CelebA format, generated CelebA-format data, loaders (DALI, PIL, HDF5 cache)."""
 from .celeba import (
     ATTR_FILE,
     CELEBA_ATTRIBUTES,
@@ -26,8 +26,32 @@ from .celeba import (
     write_celeba_landmarks,
     write_celeba_partition,
 )
+from .loader import (
+    BACKENDS,
+    Loader,
+    MissingBackendError,
+    StaleCacheError,
+    draw_label_mask,
+    epoch_order,
+    make_loader,
+    prepare,
+    read_cache_info,
+    shard_batches,
+    source_fingerprint,
+)
 
 __all__ = [
+    "BACKENDS",
+    "Loader",
+    "MissingBackendError",
+    "StaleCacheError",
+    "draw_label_mask",
+    "epoch_order",
+    "make_loader",
+    "prepare",
+    "read_cache_info",
+    "shard_batches",
+    "source_fingerprint",
     "ATTR_FILE",
     "CELEBA_ATTRIBUTES",
     "CELEBA_HEIGHT",

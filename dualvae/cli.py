@@ -1,4 +1,4 @@
-"""`dualvae` command line: synth | train | train-classifier | transfer | cis | demo."""
+"""`dualvae` command line: synth | prepare | train | train-classifier | transfer | cis | demo."""
 from __future__ import annotations
 
 import argparse
@@ -55,7 +55,25 @@ def _train_config(a):
                        label_lr=a.label_lr, label_optimizer=a.label_optimizer, alpha=a.alpha,
                        kernel_backend=a.kernel_backend,
                        missing_ratio=a.missing_ratio, recon_sigma=a.recon_sigma, latent_dim=a.latent_dim,
-                       width=a.width, limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers)
+                       width=a.width, limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers,
+                       data_backend=a.data_backend, skip_corrupt=a.skip_corrupt)
+
+
+def cmd_prepare(a) -> None:
+    from dualvae.data import prepare
+
+    t0 = time.time()
+    r = prepare(a.celeba, a.out, image_size=a.image_size, workers=a.workers, skip_corrupt=a.skip_corrupt,
+                force=a.force)
+    if r["up_to_date"]:
+        print(f"{r['out']} is up to date with {a.celeba} (same fingerprint); nothing to do (--force rewrites it)")
+        return
+    dt = time.time() - t0
+    print(f"wrote {r['images']} images ({a.image_size}x{a.image_size}) to {r['out']} in {dt:.1f} s "
+          f"({r['images'] / max(dt, 1e-9):.0f} images/s)")
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} corrupt image(s): {', '.join(r['skipped'][:10])}"
+              f"{' ...' if len(r['skipped']) > 10 else ''}")
 
 
 def cmd_train(a) -> None:
@@ -135,6 +153,7 @@ def cmd_demo(a) -> None:
     from dualvae.checkpoint import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier, ClassifierConfig
+    from dualvae.data import prepare
     from dualvae.data.synth import write_preview, write_synth_celeba
     from dualvae.model import DualVAE
     from dualvae.train import TrainConfig, train
@@ -167,7 +186,10 @@ def cmd_demo(a) -> None:
     clf_proc.start()
     try:
         torch.set_num_threads(max(1, threads - clf_threads))
-        model_path = train(TrainConfig(data=data, out=os.path.join(out, "run"), steps=a.steps,
+        # The data are decoded once (DALI) into an HDF5 cache; training then gathers batches from memory.
+        cache = os.path.join(out, "data-64.h5")
+        prepare(data, cache, image_size=64, progress=False)
+        model_path = train(TrainConfig(data=cache, out=os.path.join(out, "run"), steps=a.steps,
                                        batch_size=a.batch_size, width=a.width, missing_ratio=a.missing_ratio,
                                        seed=a.seed))
     except BaseException:
@@ -230,8 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preview", action="store_true", help="also write OUT/preview.png, a contact sheet")
     s.set_defaults(func=cmd_synth)
 
+    r = sub.add_parser("prepare", help="decode a CelebA root once (DALI) into an HDF5 cache of uint8 images")
+    r.add_argument("--celeba", required=True, help="CelebA-format root")
+    r.add_argument("--out", required=True, help="cache file (.h5), written atomically")
+    r.add_argument("--image-size", type=int, default=64)
+    r.add_argument("--workers", type=int, default=None, help="DALI decoding threads (default: all cores)")
+    r.add_argument("--skip-corrupt", action="store_true",
+                   help="leave corrupt/truncated JPEGs out (logged and counted) instead of stopping")
+    r.add_argument("--force", action="store_true", help="rewrite the cache even if it is up to date")
+    r.set_defaults(func=cmd_prepare)
+
     t = sub.add_parser("train", help="train DualVAE with Algorithm 1")
-    t.add_argument("--data", required=True, help="CelebA-format root")
+    t.add_argument("--data", required=True, help="CelebA-format root, or a cache written by `dualvae prepare`")
+    t.add_argument("--data-backend", choices=["dali", "pil", "hdf5"], default=None,
+                   help="batches from DALI (default for a root), the PIL DataLoader, or the HDF5 cache "
+                        "(default for a cache file)")
+    t.add_argument("--skip-corrupt", action="store_true", help="leave corrupt JPEGs out instead of stopping")
     t.add_argument("--out", required=True, help="run folder (model.pt, log.csv, loss.png)")
     t.add_argument("--steps", type=int, default=3000)
     t.add_argument("--batch-size", type=int, default=64)
@@ -248,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=int, default=32, help="channels of the first conv (doubled per stage)")
     t.add_argument("--limit", type=int, default=None, help="use only the first N training images")
     t.add_argument("--ckpt-every", type=int, default=1000)
-    t.add_argument("--workers", type=int, default=None, help="JPEG decoding processes")
+    t.add_argument("--workers", type=int, default=None,
+                   help="JPEG decoding threads (DALI) or DataLoader workers (pil); default: all cores")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train)
 
@@ -314,7 +351,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"dualvae {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from dualvae import kernels
 from dualvae.checkpoint import save_atomic, write_json_atomic, write_text_atomic
-from dualvae.data import labels_to_binary, load_split, to_unit_range
+from dualvae.data import draw_label_mask, make_loader
 from dualvae.model import DualVAE
 
 
@@ -55,16 +55,10 @@ class TrainConfig:
     seed: int = 0
     ckpt_every: int = 1000
     log_every: int = 25
-    workers: int | None = None
+    workers: int | None = None  # DALI threads / DataLoader workers
+    data_backend: str | None = None  # dualvae.data.make_loader backend: dali | pil | hdf5 (None: dali, hdf5 for a cache)
+    skip_corrupt: bool = False
     progress: bool = True
-
-
-def draw_label_mask(shape: tuple[int, int], missing_ratio: float, seed: int) -> torch.Tensor:
-    """The indicator I of Algorithm 1 (True = observed), each entry missing with probability missing_ratio."""
-    if not 0.0 <= missing_ratio < 1.0:
-        raise ValueError(f"missing_ratio must be in [0, 1), got {missing_ratio}")
-    gen = torch.Generator().manual_seed(seed + 7919)  # its own stream: independent of batch order
-    return torch.rand(shape, generator=gen) >= missing_ratio
 
 
 def gaussian_recon_nll(x_hat: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -110,38 +104,41 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig) -> dic
 
 
 def train(cfg: TrainConfig) -> str:
-    """Train DualVAE on the training split of a CelebA-format root; returns the path of out/model.pt."""
+    """Train DualVAE on the training split of a CelebA-format root or a cache written by `dualvae prepare`;
+    returns the path of out/model.pt."""
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
-    split = load_split(cfg.data, "train", image_size=cfg.image_size, limit=cfg.limit, workers=cfg.workers,
-                       progress=cfg.progress)
-    images, labels = split.images, labels_to_binary(split.labels)
-    n_train, n_labels = labels.shape
-    if n_train < cfg.batch_size:
+    # Batches come from make_loader: epoch e visits the split in an order that is a pure function of (seed, e);
+    # the missing-label mask I is a pure function of (seed, missing_ratio) over the whole split.
+    loader = make_loader(cfg.data, "train", image_size=cfg.image_size, batch_size=cfg.batch_size, device="cpu",
+                         backend=cfg.data_backend, shuffle=True, seed=cfg.seed, missing_ratio=cfg.missing_ratio,
+                         drop_last=True, skip_corrupt=cfg.skip_corrupt, threads=cfg.workers, limit=cfg.limit)
+    n_train, n_labels = loader.num_images, len(loader.attr_names)
+    if len(loader) == 0:
         raise ValueError(f"train: {n_train} training images in {cfg.data}, fewer than batch size {cfg.batch_size}")
-    mask = draw_label_mask((n_train, n_labels), cfg.missing_ratio, cfg.seed)
+    mask = loader.label_mask
 
-    model = DualVAE(cfg.image_size, images.shape[1], cfg.latent_dim, n_labels, cfg.width,
-                    kernel_backend=cfg.kernel_backend)
-    model.attr_names = list(split.attr_names)
+    model = DualVAE(cfg.image_size, 3, cfg.latent_dim, n_labels, cfg.width, kernel_backend=cfg.kernel_backend)
+    model.attr_names = list(loader.attr_names)
     g, g_e = make_optimizers(model, cfg)
     model.train()
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    batches_per_epoch = n_train // cfg.batch_size
+    gen = torch.Generator().manual_seed(cfg.seed)  # eps
     log_path = os.path.join(cfg.out, "log.csv")
     ckpt_path = os.path.join(cfg.out, "model.pt")
     rows, t0 = [], time.time()
-    order = None
+    epoch, batches = 0, iter(loader.epoch(0))
     bar = tqdm(range(cfg.steps), desc="train DualVAE", disable=not cfg.progress, dynamic_ncols=True)
     for step in bar:
-        pos = step % batches_per_epoch
-        if pos == 0:
-            order = torch.randperm(n_train, generator=gen)
-        idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        x = to_unit_range(images[idx])
-        eps = torch.randn(len(idx), cfg.latent_dim, generator=gen)
-        stats = train_step(model, g, g_e, x, labels[idx], mask[idx].float(), eps, cfg)
+        batch = next(batches, None)
+        while batch is None or len(batch[0]) == 0:  # end of an epoch (or a batch of corrupt files skipped)
+            if batch is None:
+                epoch += 1
+                batches = iter(loader.epoch(epoch))
+            batch = next(batches, None)
+        x, y, m = batch
+        eps = torch.randn(len(x), cfg.latent_dim, generator=gen)
+        stats = train_step(model, g, g_e, x, y, m, eps, cfg)
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             rows.append({"step": step, "time_s": round(time.time() - t0, 2), **stats})
             bar.set_postfix(recon=f"{stats['recon']:.0f}", kl=f"{stats['kl']:.0f}", acc=f"{stats['label_acc']:.3f}")
@@ -151,6 +148,7 @@ def train(cfg: TrainConfig) -> str:
                          train_config=asdict(cfg))
             save_atomic(state, ckpt_path)
             _write_log(log_path, rows)
+    loader.close()
     _plot_log(rows, os.path.join(cfg.out, "loss.png"))
     write_json_atomic(os.path.join(cfg.out, "train_config.json"), asdict(cfg))
     return ckpt_path

@@ -1,0 +1,731 @@
+"""Batches at speed: `make_loader` over a CelebA root (DALI or PIL) or an HDF5 cache, and `prepare` (the cache).
+
+Every backend applies the preprocessing of data/celeba.py (center square crop, which for CelebA's 178x218 is the
+face square rows 20:198; bilinear antialiased resize; [-1, 1]) and yields
+`(images float32 [B, 3, S, S] in [-1, 1], labels float32 [B, n] in {0, 1}, mask float32 [B, n])` on `device`.
+
+* Order: epoch e of a loader visits the split in `epoch_order(N, seed, e)` (a pure function of (seed, epoch));
+  shard k of K takes positions k, k + K, k + 2K, ... of that order, so the shards of an epoch are disjoint and
+  together cover the split once; each shard cuts its share into batches (the last, short one dropped with
+  drop_last).
+* Mask: `draw_label_mask((N, n), missing_ratio, seed)` over the whole split (N = the split's size in the source
+  list, corrupt files included), indexed by split position: the same on every shard, every backend and every
+  resume.
+* Backends: "dali" decodes with NVIDIA DALI (GPU `mixed` decoder on device="cuda", its CPU mode with `threads`
+  threads otherwise); "pil" is a torch DataLoader with `threads` worker processes decoding with PIL (the
+  reference); "hdf5" reads a cache written by `prepare`, holding the split in memory (in GPU memory when it
+  fits) so that a batch is an index gather.
+* Bad input: a corrupt or truncated JPEG raises CelebAFormatError naming the file; with skip_corrupt it is
+  logged, counted (`loader.skipped`) and left out of its batch, which is then shorter; labels and mask stay
+  aligned. A missing image or a file missing from the partition list raises, naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .celeba import (
+    ATTR_FILE,
+    IMAGE_DIR,
+    PARTITION_FILE,
+    CelebAFormatError,
+    _check_images_exist,
+    _split_id,
+    load_celeba_image,
+    read_celeba_attributes,
+    read_celeba_partition,
+    split_indices,
+)
+
+log = logging.getLogger("dualvae.data")
+
+BACKENDS = ("dali", "hdf5", "pil")
+CACHE_FORMAT = 1
+# Rows per HDF5 chunk: 16 images of 3x64x64 = 192 KiB. Small enough that a random batch reads little it does
+# not need, large enough that reading a whole split is a few thousand chunk reads.
+CACHE_CHUNK_ROWS = 16
+
+
+class StaleCacheError(ValueError):
+    """The cache's fingerprint no longer matches its source CelebA root."""
+
+
+class MissingBackendError(ImportError):
+    """A backend's package is not installed (or not available on this platform)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure functions: order, shards, mask
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def draw_label_mask(shape: tuple[int, int], missing_ratio: float, seed: int) -> torch.Tensor:
+    """The indicator I of Algorithm 1 (True = observed), each entry missing with probability missing_ratio."""
+    if not 0.0 <= missing_ratio < 1.0:
+        raise ValueError(f"missing_ratio must be in [0, 1), got {missing_ratio}")
+    gen = torch.Generator().manual_seed(seed + 7919)  # its own stream: independent of batch order
+    return torch.rand(shape, generator=gen) >= missing_ratio
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """Split positions in the order epoch `epoch` visits them: a pure function of (n, seed, epoch)."""
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([int(seed), int(epoch), 0x5EED]).permutation(n).astype(np.int64)
+
+
+def shard_batches(n: int, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True, shard_id: int = 0,
+                  num_shards: int = 1, drop_last: bool = True) -> list[np.ndarray]:
+    """The batches (arrays of split positions) of one shard in one epoch."""
+    mine = epoch_order(n, seed, epoch, shuffle)[shard_id::num_shards]
+    stop = len(mine) - len(mine) % batch_size if drop_last else len(mine)
+    return [mine[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The source list: which files, which labels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_source_list(root: str) -> tuple[list[str], list[str], torch.Tensor, np.ndarray]:
+    """(filenames, attr_names, labels int8 -1/+1, partition int8) of a CelebA root, every row checked: the
+    attribute and partition files must list the same files (a mismatch raises ValueError naming the file)."""
+    filenames, attr_names, labels = read_celeba_attributes(root, check_images=False)
+    partition = read_celeba_partition(root)
+    for split in (0, 1, 2):  # raises naming the first attribute-file row missing from the partition
+        split_indices(filenames, partition, split)
+    if len(partition) != len(filenames):
+        listed = set(filenames)
+        extra = next(name for name in partition if name not in listed)
+        raise ValueError(f"{extra} is in {os.path.join(root, PARTITION_FILE)} but not in "
+                         f"{os.path.join(root, ATTR_FILE)}: the attribute and partition files do not match")
+    parts = np.array([partition[f] for f in filenames], dtype=np.int8)
+    return filenames, attr_names, labels, parts
+
+
+def source_fingerprint(root: str, filenames=None) -> str:
+    """sha256 over the attribute and partition files' bytes and each listed image's name, size and mtime."""
+    h = hashlib.sha256()
+    for name in (ATTR_FILE, PARTITION_FILE):
+        with open(os.path.join(root, name), "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
+    if filenames is None:
+        filenames = read_celeba_attributes(root, check_images=False)[0]
+    image_dir = os.path.join(root, IMAGE_DIR)
+    for name in filenames:
+        try:
+            st = os.stat(os.path.join(image_dir, name))
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{name}\0missing\n".encode())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# JPEG checks shared by the backends
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _looks_complete(data: bytes) -> bool:
+    """Cheap test on bytes already read: a JPEG starts with SOI (FFD8) and ends with EOI (FFD9)."""
+    return data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9"
+
+
+def _decode_error(path: str) -> str | None:
+    """Why PIL cannot decode `path` (None when it can): the arbiter for files DALI or the byte check reject."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means "corrupt", reported with its reason
+        return f"{type(e).__name__}: {e}"
+
+
+def _corrupt(path: str, reason: str) -> CelebAFormatError:
+    return CelebAFormatError(f"cannot decode image {path}: {reason} (pass --skip-corrupt / skip_corrupt=True "
+                             f"to leave corrupt images out)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DALI
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _import_dali():
+    try:
+        import nvidia.dali as dali  # noqa: F401
+        import nvidia.dali.fn  # noqa: F401
+        import nvidia.dali.types  # noqa: F401
+    except ImportError as e:
+        why = ("NVIDIA DALI has no build for this platform (Linux x86_64/aarch64 only)"
+               if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64")
+               else "install it with `pip install nvidia-dali-cuda120` (make install does)")
+        raise MissingBackendError(f"data backend 'dali' needs the package nvidia-dali-cuda120, which is not "
+                                  f"importable ({e}); {why}, or use the PIL DataLoader: --data-backend pil "
+                                  f"(make_loader(..., backend='pil'))") from None
+    return nvidia.dali
+
+
+class DaliDecoder:
+    """Decode batches of JPEG file paths with DALI -> uint8 [B, 3, S, S] (normalize=False) or float32 in
+    [-1, 1] (normalize=True), on the CPU (device="cpu", `threads` threads) or the GPU ("cuda": `mixed` decoder,
+    crop/resize/normalize on the GPU). Files are read by a background thread one batch ahead and DALI runs
+    asynchronously, so the next batch decodes while the caller uses the current one.
+
+    Corrupt files: the bytes are checked as they are read (SOI ... EOI); a suspect file, or a batch DALI fails
+    on, is decoded with PIL to name the culprit. skip_corrupt=False raises CelebAFormatError naming it; True
+    logs it, adds it to `self.skipped` and leaves it out of its batch (`decode` returns which entries were kept).
+    """
+
+    def __init__(self, image_size: int, max_batch: int, *, device: str = "cpu", threads: int | None = None,
+                 normalize: bool = True, skip_corrupt: bool = False):
+        self.dali = _import_dali()
+        self.image_size, self.max_batch, self.normalize = int(image_size), int(max_batch), normalize
+        self.device = torch.device(device)
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.skip_corrupt = skip_corrupt
+        self.skipped: list[str] = []
+        self._pipe = None
+        self._in_flight = 0
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="dali-read")
+
+    def _build(self):
+        dali = self.dali
+        fn, types = dali.fn, dali.types
+        gpu = self.device.type == "cuda"
+        size, normalize = self.image_size, self.normalize
+
+        @dali.pipeline_def(batch_size=self.max_batch, num_threads=self.threads,
+                           device_id=(self.device.index if self.device.index is not None
+                                      else torch.cuda.current_device()) if gpu else None,
+                           prefetch_queue_depth=1, exec_async=True, exec_pipelined=True)
+        def pipeline():
+            jpegs = fn.external_source(name="jpegs", dtype=types.UINT8)
+            # Center square: for CelebA's 178x218 that is rows 20:198 x all columns (data/celeba.py FACE_BOX);
+            # the decoder decodes only that region.
+            shape = fn.peek_image_shape(jpegs, dtype=types.INT32)
+            side = fn.cast(dali.math.min(shape[0], shape[1]), dtype=types.FLOAT)
+            images = fn.decoders.image_crop(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB,
+                                            crop_w=side, crop_h=side, crop_pos_x=0.5, crop_pos_y=0.5)
+            images = fn.resize(images, size=[size, size], interp_type=types.INTERP_LINEAR, antialias=True,
+                               dtype=types.UINT8)
+            if normalize:  # (x / 255 - 0.5) / 0.5 = x / 127.5 - 1, and HWC -> CHW, in one operator
+                return fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                                mean=[127.5] * 3, std=[127.5] * 3)
+            return fn.transpose(images, perm=[2, 0, 1])
+
+        pipe = pipeline()
+        pipe.build()
+        return pipe
+
+    def _read(self, paths: list[str]):
+        """Read the files' bytes; returns (arrays, kept positions). Suspect files are judged by PIL."""
+        arrays, kept = [], []
+        for k, p in enumerate(paths):
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                raise FileNotFoundError(f"CelebA image not found: {p}") from None
+            if not _looks_complete(data):
+                reason = _decode_error(p)
+                if reason is not None:
+                    self._bad(p, reason)
+                    continue
+            arrays.append(np.frombuffer(data, dtype=np.uint8))
+            kept.append(k)
+        return arrays, kept
+
+    def _bad(self, path: str, reason: str) -> None:
+        if not self.skip_corrupt:
+            raise _corrupt(path, reason)
+        log.warning("skipping corrupt image %s (%s)", path, reason)
+        self.skipped.append(path)
+
+    def _to_torch(self, out) -> torch.Tensor:
+        if self.device.type == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            tensor = out.as_tensor()
+            result = torch.empty(tensor.shape(), dtype=torch.float32 if self.normalize else torch.uint8,
+                                 device=self.device)
+            feed_ndarray(tensor, result, cuda_stream=torch.cuda.current_stream(self.device))
+            return result
+        return torch.from_numpy(np.array(out.as_array()))  # a copy: DALI reuses its output buffer
+
+    def decode(self, batches):
+        """For each list of paths in `batches` (any iterable), yield (images, kept): `kept` lists the positions
+        in the list whose images are in `images` (all of them unless skip_corrupt left some out)."""
+        self._drain()
+        it = iter(batches)
+        reads: deque = deque()
+
+        def read_ahead():
+            paths = next(it, None)
+            if paths is not None:
+                reads.append(self._reader.submit(self._read, paths))
+
+        read_ahead()
+        read_ahead()
+        if not reads:
+            return
+        # Schedule the first batch; then, each time one is taken, schedule the next before handing it over,
+        # so DALI decodes batch k + 1 while the caller works on batch k.
+        current = self._schedule(reads.popleft())
+        while current is not None:
+            read_ahead()
+            images = self._collect(*current)
+            following = self._schedule(reads.popleft()) if reads else None
+            yield images, current[1]
+            current = following
+
+    def _drain(self) -> None:
+        """Discard a batch left in flight by a caller that stopped iterating early."""
+        while self._in_flight:
+            self._in_flight -= 1
+            try:
+                self._pipe.outputs()
+            except RuntimeError:
+                self._pipe = None
+                self._in_flight = 0
+
+    def _schedule(self, read_future):
+        arrays, kept = read_future.result()
+        if arrays:
+            if self._pipe is None:
+                self._pipe = self._build()
+            self._pipe.feed_input("jpegs", arrays)
+            self._pipe.schedule_run()
+            self._in_flight += 1
+        return arrays, kept
+
+    def _collect(self, arrays, kept) -> torch.Tensor:
+        s = self.image_size
+        if not arrays:
+            dtype = torch.float32 if self.normalize else torch.uint8
+            return torch.empty((0, 3, s, s), dtype=dtype, device=self.device)
+        try:
+            self._in_flight -= 1
+            (out,) = self._pipe.outputs()
+            return self._to_torch(out)
+        except RuntimeError as e:
+            self._pipe = None  # a failed DALI pipeline cannot be used again
+            self._in_flight = 0
+            raise RuntimeError(f"DALI failed on a batch ({e}); decoding it with PIL to find the file") from e
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=False, cancel_futures=True)
+        self._pipe = None
+
+
+def _dali_decode_paths(decoder: DaliDecoder, path_batches: list[list[str]]):
+    """decoder.decode with recovery: when DALI fails on a batch, PIL finds the corrupt file; it is reported
+    (or, with skip_corrupt, skipped) and decoding resumes at that batch with a fresh pipeline."""
+    start = 0
+    while start < len(path_batches):
+        done = 0
+        try:
+            for images, kept in decoder.decode(path_batches[start:]):
+                yield images, kept
+                done += 1
+            return
+        except RuntimeError as e:
+            if not str(e).startswith("DALI failed"):
+                raise
+            paths = path_batches[start + done]
+            bad = [(p, r) for p in paths for r in [_decode_error(p)] if r is not None]
+            if not bad:
+                raise RuntimeError(f"DALI failed on a batch of {len(paths)} images that PIL decodes: "
+                                   f"{paths[0]} ... {paths[-1]}: {e.__cause__}") from e
+            for p, reason in bad:
+                decoder._bad(p, reason)  # raises unless skip_corrupt
+            bad_paths = {p for p, _ in bad}
+            # Redo this batch without the bad files; positions are those of the original list.
+            keep = [k for k, p in enumerate(paths) if p not in bad_paths]
+            for images, kept in decoder.decode([[paths[k] for k in keep]]):
+                yield images, [keep[k] for k in kept]
+            start += done + 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Split:
+    """One split: file paths (None for a cache), binary labels, and each row's position in the source split."""
+
+    paths: list[str] | None
+    labels: torch.Tensor  # float32 (N, n), 0/1
+    positions: np.ndarray  # int64 (N,), position of each row in the source list's split
+    split_size: int  # size of the split in the source list (the mask's rows)
+    attr_names: list[str]
+    filenames: list[str]
+
+
+class Loader:
+    """Iterable of (images, labels, mask) batches; see make_loader. Iterating runs the current epoch
+    (`set_epoch`, or `epoch(e)` for one epoch without changing it); each full pass advances it by one."""
+
+    def __init__(self, split: _Split, *, batch_size: int, device, shuffle: bool, seed: int, shard_id: int,
+                 num_shards: int, missing_ratio: float, drop_last: bool, skip_corrupt: bool):
+        self.split = split
+        self.batch_size, self.device = batch_size, torch.device(device)
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.shard_id, self.num_shards = shard_id, num_shards
+        self.skip_corrupt = skip_corrupt
+        self.current_epoch = 0
+        self.attr_names, self.filenames = split.attr_names, split.filenames
+        self.missing_ratio = missing_ratio
+        full_mask = draw_label_mask((split.split_size, len(split.attr_names)), missing_ratio, seed)
+        self.label_mask = full_mask[torch.from_numpy(split.positions)]  # bool (N, n), row-aligned with the split
+        self._labels = split.labels.to(self.device)
+        self._mask = self.label_mask.to(self.device, torch.float32)
+        self.last_indices: torch.Tensor | None = None  # rows (into this split) of the batch last yielded
+
+    @property
+    def num_images(self) -> int:
+        return len(self.split.labels)
+
+    @property
+    def skipped(self) -> list[str]:
+        return []
+
+    def batch_rows(self, epoch: int) -> list[np.ndarray]:
+        """The rows of each batch of this shard in `epoch` (before any corrupt file is left out)."""
+        return shard_batches(self.num_images, self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                             shard_id=self.shard_id, num_shards=self.num_shards, drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        mine = len(range(self.shard_id, self.num_images, self.num_shards))
+        return mine // self.batch_size if self.drop_last else -(-mine // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.current_epoch = int(epoch)
+
+    def __iter__(self):
+        epoch = self.current_epoch
+        yield from self.epoch(epoch)
+        self.current_epoch = epoch + 1
+
+    def epoch(self, epoch: int):
+        for rows, images in self._batches(self.batch_rows(epoch)):
+            idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+            self.last_indices = idx
+            dev_idx = idx.to(self.device)
+            yield images, self._labels[dev_idx], self._mask[dev_idx]
+
+    def _batches(self, batches):  # -> (rows, images float32 on device)
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class DaliLoader(Loader):
+    def __init__(self, split: _Split, *, threads: int | None = None, image_size: int, **kw):
+        super().__init__(split, **kw)
+        self.decoder = DaliDecoder(image_size, self.batch_size, device=str(self.device), threads=threads,
+                                   normalize=True, skip_corrupt=self.skip_corrupt)
+
+    @property
+    def skipped(self) -> list[str]:
+        return self.decoder.skipped
+
+    def _batches(self, batches):
+        paths = self.split.paths
+        for rows, (images, kept) in zip(batches, _dali_decode_paths(self.decoder, [[paths[r] for r in b]
+                                                                                   for b in batches])):
+            yield rows[kept], images
+
+    def close(self) -> None:
+        self.decoder.close()
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    def __init__(self, paths: list[str], image_size: int, skip_corrupt: bool):
+        self.paths, self.image_size, self.skip_corrupt = paths, image_size, skip_corrupt
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        try:
+            return row, torch.from_numpy(load_celeba_image(self.paths[row], self.image_size).transpose(2, 0, 1).copy())
+        except CelebAFormatError as e:
+            if not self.skip_corrupt:
+                raise CelebAFormatError(f"{e} (pass --skip-corrupt / skip_corrupt=True to leave corrupt images "
+                                        f"out)") from None
+            return row, None
+
+
+def _pil_collate(items):
+    good = [(r, im) for r, im in items if im is not None]
+    bad = [r for r, im in items if im is None]
+    rows = np.array([r for r, _ in good], dtype=np.int64)
+    images = torch.stack([im for _, im in good]) if good else None
+    return rows, images, bad
+
+
+class PilLoader(Loader):
+    """The reference: a torch DataLoader, `threads` worker processes decoding with PIL (0: in this process)."""
+
+    def __init__(self, split: _Split, *, threads: int | None = None, image_size: int, **kw):
+        super().__init__(split, **kw)
+        self.image_size = image_size
+        self.workers = (os.cpu_count() or 1) if threads is None else threads
+        self._skipped: list[str] = []
+
+    @property
+    def skipped(self) -> list[str]:
+        return self._skipped
+
+    def _batches(self, batches):
+        ds = _PilDataset(self.split.paths, self.image_size, self.skip_corrupt)
+        dl = torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
+                                         collate_fn=_pil_collate, pin_memory=self.device.type == "cuda",
+                                         persistent_workers=False,
+                                         prefetch_factor=4 if self.workers else None)
+        s = self.image_size
+        for rows, images, bad in dl:
+            for r in bad:
+                path = self.split.paths[r]
+                log.warning("skipping corrupt image %s", path)
+                self._skipped.append(path)
+            if images is None:
+                images = torch.empty((0, 3, s, s), dtype=torch.uint8)
+            yield rows, images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+class Hdf5Loader(Loader):
+    """The split of a cache, resident in memory (GPU memory on device="cuda" when it fits in half the free
+    memory, else pinned CPU memory); a batch is an index gather."""
+
+    def __init__(self, split: _Split, images: torch.Tensor, **kw):
+        super().__init__(split, **kw)
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+            images = images.to(self.device) if images.numel() < 0.5 * free else images.pin_memory()
+        self.images = images
+        self.resident = images.device
+
+    def _batches(self, batches):
+        for rows in batches:
+            idx = torch.from_numpy(rows)
+            x = self.images[idx.to(self.images.device)]
+            yield rows, x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# HDF5 cache
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _import_h5py():
+    try:
+        import h5py
+    except ImportError as e:
+        raise MissingBackendError(f"the HDF5 cache needs the package h5py ({e}): pip install h5py") from None
+    return h5py
+
+
+def is_cache_file(source: str) -> bool:
+    return os.path.isfile(source)
+
+
+def read_cache_info(path: str) -> dict:
+    """The cache's attributes: format, image_size, source, fingerprint, attr_names, split_sizes, skipped."""
+    h5py = _import_h5py()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ValueError(f"{path} is not a readable HDF5 cache written by `dualvae prepare` ({e})") from None
+    with f:
+        if f.attrs.get("dualvae_cache_format") is None:
+            raise ValueError(f"{path} is not a cache written by `dualvae prepare` (no dualvae_cache_format)")
+        return {k: (json.loads(v) if k in ("attr_names", "split_sizes", "skipped") else
+                    (v.item() if hasattr(v, "item") else v)) for k, v in f.attrs.items()}
+
+
+def check_cache_fresh(path: str, info: dict | None = None) -> None:
+    """Refuse a cache whose source root still exists but has changed since `prepare` (StaleCacheError)."""
+    info = info or read_cache_info(path)
+    src = str(info["source"])
+    if not os.path.isdir(src):
+        log.warning("cache %s: its source %s is not here; its freshness cannot be checked", path, src)
+        return
+    try:
+        now = source_fingerprint(src)
+    except (FileNotFoundError, ValueError) as e:
+        now = f"unreadable ({e})"
+    if now != info["fingerprint"]:
+        raise StaleCacheError(
+            f"stale cache {path}: its source {src} has changed since it was prepared (the list of files, their "
+            f"sizes or times, or the attribute/partition files differ). Re-run `dualvae prepare --celeba {src} "
+            f"--out {path} --image-size {info['image_size']}`")
+
+
+def _load_cache_split(path: str, split, image_size: int, limit: int | None, verify: bool):
+    h5py = _import_h5py()
+    info = read_cache_info(path)
+    if int(info["image_size"]) != image_size:
+        raise ValueError(f"cache {path} holds {info['image_size']}x{info['image_size']} images, not "
+                         f"{image_size}x{image_size}: prepare one with --image-size {image_size}")
+    if verify:
+        check_cache_fresh(path, info)
+    sid = _split_id(split)
+    with h5py.File(path, "r") as f:
+        rows = np.flatnonzero(f["partition"][:] == sid)
+        if limit is not None:
+            rows = rows[:limit]
+        sel = slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else slice(0, 0)
+        contiguous = len(rows) == 0 or rows[-1] - rows[0] + 1 == len(rows)
+        images = f["images"][sel] if contiguous else f["images"][rows]
+        labels = f["labels"][sel] if contiguous else f["labels"][rows]
+        positions = f["split_position"][sel] if contiguous else f["split_position"][rows]
+        filenames = [n.decode() if isinstance(n, bytes) else n for n in f["filenames"][sel if contiguous else rows]]
+    split_size = int(info["split_sizes"][sid]) if limit is None else (int(positions.max()) + 1 if len(positions) else 0)
+    return _Split(None, torch.from_numpy((labels > 0).astype(np.float32)), positions.astype(np.int64), split_size,
+                  list(info["attr_names"]), filenames), torch.from_numpy(np.ascontiguousarray(images))
+
+
+def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = None, *, skip_corrupt: bool = False,
+            batch_size: int = 256, device: str | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Decode every image of a CelebA root once with DALI and write the cache `out` (HDF5): images uint8
+    (N, 3, S, S) in chunks of CACHE_CHUNK_ROWS rows, labels int8 -1/+1, partition, split positions, file names,
+    and attributes: attribute names, image size, the source path and its fingerprint, split sizes, skipped files.
+
+    The file appears only when complete (written to a temporary file beside it, then renamed); an interrupted
+    or failed prepare leaves `out` as it was and no temporary file. A cache that is already up to date (same
+    fingerprint and size) is kept unless force. Returns a summary dict."""
+    from tqdm import tqdm
+
+    h5py = _import_h5py()
+    out = os.path.abspath(out)
+    filenames, attr_names, labels, parts = read_source_list(celeba)
+    _check_images_exist(celeba, os.path.join(celeba, ATTR_FILE), filenames)
+    fingerprint = source_fingerprint(celeba, filenames)
+    if os.path.exists(out) and not force:
+        try:
+            info = read_cache_info(out)
+        except ValueError:
+            info = {}
+        if info.get("fingerprint") == fingerprint and int(info.get("image_size", -1)) == image_size:
+            return {"out": out, "images": None, "skipped": info.get("skipped", []), "up_to_date": True}
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    decoder = DaliDecoder(image_size, batch_size, device=device, threads=workers, normalize=False,
+                          skip_corrupt=skip_corrupt)
+    image_dir = os.path.join(celeba, IMAGE_DIR)
+    n, s = len(filenames), image_size
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    split_position = np.zeros(n, dtype=np.int64)
+    for sid in (0, 1, 2):
+        rows = np.flatnonzero(parts == sid)
+        split_position[rows] = np.arange(len(rows))
+    split_sizes = [int((parts == sid).sum()) for sid in (0, 1, 2)]
+
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.tmp{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            images = f.create_dataset("images", shape=(n, 3, s, s), maxshape=(None, 3, s, s), dtype=np.uint8,
+                                      chunks=(min(CACHE_CHUNK_ROWS, max(n, 1)), 3, s, s))
+            kept_rows: list[np.ndarray] = []
+            w = 0
+            with tqdm(total=n, unit="img", desc=f"prepare {s}px cache", disable=not progress) as bar:
+                decoded = _dali_decode_paths(decoder, [[os.path.join(image_dir, filenames[r]) for r in b]
+                                                       for b in batches])
+                for b, (batch, kept) in zip(batches, decoded):
+                    batch = batch.cpu().numpy()
+                    images[w:w + len(batch)] = batch
+                    w += len(batch)
+                    kept_rows.append(np.asarray(b, dtype=np.int64)[kept])
+                    bar.update(len(b))
+            rows = np.concatenate(kept_rows) if kept_rows else np.zeros(0, np.int64)
+            images.resize(w, axis=0)
+            f.create_dataset("labels", data=labels.numpy()[rows])
+            f.create_dataset("partition", data=parts[rows])
+            f.create_dataset("split_position", data=split_position[rows])
+            f.create_dataset("filenames", data=np.array([filenames[r] for r in rows], dtype=h5py.string_dtype()))
+            f.attrs.update(dualvae_cache_format=CACHE_FORMAT, image_size=s, source=os.path.abspath(celeba),
+                           fingerprint=fingerprint, attr_names=json.dumps(list(attr_names)),
+                           split_sizes=json.dumps(split_sizes), skipped=json.dumps(decoder.skipped))
+        os.replace(tmp, out)
+    finally:
+        decoder.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if decoder.skipped:
+        log.warning("prepare: %d corrupt image(s) left out of %s", len(decoder.skipped), out)
+    return {"out": out, "images": int(len(rows)), "skipped": list(decoder.skipped), "up_to_date": False}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# make_loader
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def make_loader(source: str, split="train", *, image_size: int = 64, batch_size: int, device="cuda",
+                backend: str | None = "dali", shuffle: bool = True, seed: int = 0, shard_id: int = 0,
+                num_shards: int = 1, missing_ratio: float = 0.0, drop_last: bool = True,
+                skip_corrupt: bool = False, threads: int | None = None, limit: int | None = None,
+                verify_cache: bool = True) -> Loader:
+    """Batches of one split of `source` (a CelebA root, or a cache file written by `prepare`):
+    (images float32 [B, 3, S, S] in [-1, 1], labels float32 [B, n] in {0, 1}, mask float32 [B, n]) on `device`.
+
+    backend: "dali" | "pil" for a CelebA root, "hdf5" for a cache (None: "hdf5" for a file, "dali" for a folder).
+    threads: DALI threads / DataLoader workers (default: all cores). limit: the first `limit` images of the split.
+    The loader has len() (batches per epoch of this shard), set_epoch(e), epoch(e), label_mask (bool, the
+    split's rows), attr_names, filenames, last_indices and skipped; see the module docstring for the contract.
+    """
+    if backend is None:
+        backend = "hdf5" if is_cache_file(source) else "dali"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown data backend {backend!r}; expected one of {BACKENDS}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(num_shards, (int, np.integer)) and num_shards >= 1 and 0 <= shard_id < num_shards):
+        raise ValueError(f"need 0 <= shard_id < num_shards, got shard_id={shard_id!r}, num_shards={num_shards!r}")
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ValueError(f"limit must be None or a non-negative integer, got {limit!r}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but no CUDA device is available; use device='cpu'")
+    kw = dict(batch_size=int(batch_size), device=device, shuffle=shuffle, seed=seed, shard_id=int(shard_id),
+              num_shards=int(num_shards), missing_ratio=missing_ratio, drop_last=drop_last,
+              skip_corrupt=skip_corrupt)
+    if backend == "hdf5":
+        if not is_cache_file(source):
+            raise ValueError(f"backend 'hdf5' reads a cache file, and {source} is not one: write it with "
+                             f"`dualvae prepare --celeba {source} --out CACHE.h5`")
+        split_data, images = _load_cache_split(source, split, image_size, limit, verify_cache)
+        return Hdf5Loader(split_data, images, **kw)
+    if is_cache_file(source):
+        raise ValueError(f"{source} is a file (a cache?); backend {backend!r} reads a CelebA root folder "
+                         f"(use backend 'hdf5' for a cache)")
+    filenames, attr_names, labels, parts = read_source_list(source)
+    sid = _split_id(split)
+    rows = np.flatnonzero(parts == sid)
+    split_size = len(rows)
+    if limit is not None:
+        rows = rows[:limit]
+    _check_images_exist(source, os.path.join(source, ATTR_FILE), filenames, rows)
+    image_dir = os.path.join(source, IMAGE_DIR)
+    names = [filenames[r] for r in rows]
+    split_data = _Split([os.path.join(image_dir, nm) for nm in names],
+                        (labels[torch.from_numpy(rows)] > 0).to(torch.float32), np.arange(len(rows), dtype=np.int64),
+                        split_size if limit is None else len(rows), list(attr_names), names)
+    cls = DaliLoader if backend == "dali" else PilLoader
+    return cls(split_data, threads=threads, image_size=image_size, **kw)
