@@ -11,12 +11,15 @@ reparameterize_kl
 dual_bce
     Logits L = z U^T + b are made tile by tile in registers and never written to global memory.
 
-    forward, grid (row blocks of z, S splits of n): per tile L, the stable masked BCE
+    forward, grid (row blocks of z, S splits of n, chunks of d): per tile L, the stable masked BCE
     max(L, 0) - y L + log1p(exp(-|L|)), the observed count, and (when z needs a gradient) the unscaled
     dz += (mask * (sigmoid(L) - y)) @ U_tile. Partial sums per split go to (S, B) and (S, B, d) buffers that a
     deterministic torch.sum reduces: no atomics, results independent of scheduling.
-    backward, grid (column blocks of U, S' splits of B): recomputes L per tile and accumulates
+    backward, grid (column blocks of U, S' splits of B, chunks of d): recomputes L per tile and accumulates
     dU += G^T z and db += sum_rows G with G = gscale_row * mask * (sigmoid(L) - y); dz = gscale_row * dz_fwd.
+    The d axis: up to BLOCK_K (128 or 64) one chunk, the z and U tiles stay in registers. Beyond, each program
+    owns one BLOCK_K-wide chunk of the dz/dU accumulators and forms L by walking all chunks, so the register
+    footprint is that of d = BLOCK_K at any d, at the price of recomputing L once per chunk.
 
     Why dz in the forward and dU by recomputation (bytes, fp32, B=4096, n=65536, d=128):
     eager writes and re-reads the logits, probabilities and gradient: several B*n*4 = 1 GiB tensors. Full
