@@ -424,7 +424,7 @@ class Loader:
             idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             self.last_indices = idx
             dev_idx = idx.to(self.device)
-            yield images, self._labels[dev_idx], self._mask[dev_idx]
+            yield images, self._labels.index_select(0, dev_idx), self._mask.index_select(0, dev_idx)
 
     def _batches(self, batches):  # -> (rows, images float32 on device)
         raise NotImplementedError
@@ -505,7 +505,7 @@ class PilLoader(Loader):
                 self._skipped.append(path)
             if images is None:
                 images = torch.empty((0, 3, s, s), dtype=torch.uint8)
-            yield rows, images.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+            yield rows, images.to(self.device, non_blocking=True).div(127.5).sub_(1.0)
 
 
 class Hdf5Loader(Loader):
@@ -523,8 +523,8 @@ class Hdf5Loader(Loader):
     def _batches(self, batches):
         for rows in batches:
             idx = torch.from_numpy(rows)
-            x = self.images[idx.to(self.images.device)]
-            yield rows, x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+            x = self.images.index_select(0, idx.to(self.images.device))  # (much faster than [idx] on CPU)
+            yield rows, x.to(self.device, non_blocking=True).div(127.5).sub_(1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

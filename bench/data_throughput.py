@@ -1,0 +1,258 @@
+"""Data throughput: images/s of every make_loader backend on CelebA-format data from `dualvae synth`.
+
+Writes `<out>/data-<device>.json` and `<out>/data-<device>.md` (out defaults to bench/results) and prints the
+table. Rows, at 64x64 and batch 256 (full size) on the same generated root:
+
+  pil       torch DataLoader, K worker processes decoding with PIL (the reference path)
+  dali-cpu  DALI's CPU mode, K threads
+  hdf5      the cache written by `dualvae prepare`, split resident in memory, batches are index gathers
+  dali-gpu  DALI with the `mixed` (GPU) decoder; hdf5-gpu: the cache resident in GPU memory (CUDA only)
+
+Each backend runs `--epochs` epochs of the train split (shuffled, drop_last); the first batch (pipeline build,
+worker start) is timed apart as `first_batch_s` and images/s counts the rest, each batch consumed (summed) on
+its device. Also measured: the training step's consumption rate (DualVAE width 32, batch 256, Algorithm 1, on
+the device), so `targets` can compare DALI with it (GPU target: DALI >= 3x the step's rate), `prepare`'s time,
+and the data part of `make demo` before and after it switched to make_loader (load_split + index gathers vs
+prepare + the hdf5 loader; 800 batches of 64).
+
+    .venv/bin/python bench/data_throughput.py                      # full size: 8192 generated images
+    .venv/bin/python bench/data_throughput.py --quick --out /tmp/d  # CI-sized (tests/test_bench_data.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+DEFAULT_OUT = os.path.join(HERE, "results")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+        return m.group(1).strip() if m else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_loader(make, epochs: int, device: str) -> dict:
+    """Run `epochs` epochs of a fresh loader; the first batch is timed apart."""
+    t0 = time.perf_counter()
+    ld = make()
+    build_s = time.perf_counter() - t0
+    images, first_s, t_start, sink = 0, None, None, 0.0
+    t_first = time.perf_counter()
+    for e in range(epochs):
+        for x, y, m in ld.epoch(e):
+            sink += float(x[:, :, 0, 0].sum()) + float(y.sum()) + float(m.sum())  # consume on the device
+            if first_s is None:
+                _sync(device)
+                first_s = time.perf_counter() - t_first
+                t_start = time.perf_counter()
+                continue
+            images += len(x)
+    _sync(device)
+    dt = time.perf_counter() - t_start
+    ld.close()
+    return {"images": images, "seconds": round(dt, 3), "images_per_s": round(images / dt, 1) if dt > 0 else None,
+            "first_batch_s": round(first_s, 3), "setup_s": round(build_s, 3), "batches_per_epoch": len(ld)}
+
+
+def train_step_rate(device: str, batch: int, image_size: int, steps: int, width: int = 32) -> float:
+    """Images/s Algorithm 1 consumes at this batch size (DualVAE width 32, latent 128, 40 labels)."""
+    from dualvae.model import DualVAE
+    from dualvae.train import TrainConfig, make_optimizers, train_step
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(data="", out="", width=width)
+    model = DualVAE(image_size, 3, cfg.latent_dim, 40, cfg.width).to(device).train()
+    g, g_e = make_optimizers(model, cfg)
+    x = torch.rand(batch, 3, image_size, image_size, device=device) * 2 - 1
+    y = (torch.rand(batch, 40, device=device) > 0.5).float()
+    m = torch.ones_like(y)
+    eps = torch.randn(batch, cfg.latent_dim, device=device)
+    train_step(model, g, g_e, x, y, m, eps, cfg)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, g, g_e, x, y, m, eps, cfg)
+    _sync(device)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def demo_data_part(root: str, cache_dir: str, threads: int, steps: int = 800, batch: int = 64,
+                   repeats: int = 3) -> dict:
+    """The data work of `make demo`'s DualVAE training, before (load_split of the train split + index gathers,
+    the old trainer) and after (prepare of all splits + the hdf5 loader): decode, then `steps` batches. The two
+    alternate `repeats` times (the machine is shared; the minimum of each is the comparison)."""
+    from dualvae.data import labels_to_binary, load_split, make_loader, prepare, to_unit_range
+
+    def before():
+        split = load_split(root, "train", image_size=64, workers=threads, progress=False)
+        images, labels = split.images, labels_to_binary(split.labels)
+        gen = torch.Generator().manual_seed(0)
+        n = len(images)
+        for step in range(steps):
+            pos = step % (n // batch)
+            if pos == 0:
+                order = torch.randperm(n, generator=gen)
+            idx = order[pos * batch:(pos + 1) * batch]
+            x, y = to_unit_range(images[idx]), labels[idx]
+
+    def after():
+        cache = os.path.join(cache_dir, "demo.h5")
+        t = time.perf_counter()
+        prepare(root, cache, image_size=64, workers=threads, progress=False, force=True)
+        prep.append(time.perf_counter() - t)
+        ld = make_loader(cache, "train", batch_size=batch, device="cpu", backend="hdf5")
+        it, epoch = iter(ld.epoch(0)), 0
+        for _ in range(steps):
+            b = next(it, None)
+            if b is None:
+                epoch += 1
+                it = iter(ld.epoch(epoch))
+                b = next(it)
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the demo, where DualVAE trains with 1 torch thread beside the classifier
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    prep: list[float] = []
+    for _ in range(repeats):
+        for name, fn in (("before", before), ("after", after)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(round(time.perf_counter() - t, 2))
+    torch.set_num_threads(threads_before)
+    return {"steps": steps, "batch": batch, "repeats": repeats,
+            "before_load_split_plus_gathers_s": min(times["before"]),
+            "after_prepare_plus_hdf5_loader_s": min(times["after"]), "of_which_prepare_s": round(min(prep), 2),
+            "all_s": times,
+            "torch_threads": 1,
+            "note": "prepare decodes all splits (train+val+test) with DALI; load_split decoded the train split "
+                    "only, with a PIL process pool"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CI-sized: 96 images, batch 16, 1 epoch")
+    ap.add_argument("--data", default=None, help="an existing CelebA-format root (default: generate one)")
+    ap.add_argument("--num", type=int, default=None, help="images to generate (default 8192; quick 96)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 256 (quick 16)")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="K: DALI threads = DataLoader workers (default: cores)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per backend (default 2; quick 1)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--no-demo", action="store_true", help="skip the demo data-part comparison")
+    a = ap.parse_args(argv)
+
+    import nvidia.dali
+
+    from dualvae.data import make_loader, prepare
+    from dualvae.data.synth import write_synth_celeba
+
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = a.threads or os.cpu_count() or 1
+    num = a.num or (96 if a.quick else 8192)
+    batch = a.batch_size or (16 if a.quick else 256)
+    epochs = a.epochs or (1 if a.quick else 2)
+    size = a.image_size
+    dev_name = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    report = {"device": device, "device_name": _cpu_model() if device == "cpu" else torch.cuda.get_device_name(),
+              "cpu_model": _cpu_model(), "cores": os.cpu_count(), "threads": threads, "image_size": size,
+              "batch_size": batch, "epochs": epochs, "quick": a.quick, "torch": torch.__version__,
+              "dali": nvidia.dali.__version__, "python": platform.python_version(),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "loadavg_start": os.getloadavg()}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = a.data
+        if root is None:
+            root = os.path.join(tmp, "synth")
+            t = time.perf_counter()
+            write_synth_celeba(root, num=num, seed=0, workers=threads)
+            report["synth_s"] = round(time.perf_counter() - t, 2)
+        cache = os.path.join(tmp, f"cache-{size}.h5")
+        t = time.perf_counter()
+        prepare(root, cache, image_size=size, workers=threads, progress=False)
+        prep_s = time.perf_counter() - t
+        from dualvae.data import read_cache_info
+
+        n_all = sum(read_cache_info(cache)["split_sizes"])
+        report.update(num_images=n_all, prepare_s=round(prep_s, 2), prepare_images_per_s=round(n_all / prep_s, 1))
+
+        def mk(backend, dev, src):
+            return lambda: make_loader(src, "train", image_size=size, batch_size=batch, device=dev, backend=backend,
+                                       seed=0, threads=threads)
+
+        plan = [("pil", "pil", "cpu", root), ("dali-cpu", "dali", "cpu", root), ("hdf5", "hdf5", "cpu", cache)]
+        if device == "cuda":
+            plan += [("dali-gpu", "dali", "cuda", root), ("hdf5-gpu", "hdf5", "cuda", cache)]
+        rows = []
+        for name, backend, dev, src in plan:
+            r = {"backend": name, "device": dev, "threads": threads if backend != "hdf5" else None,
+                 **time_loader(mk(backend, dev, src), epochs, dev)}
+            rows.append(r)
+            print(f"{name:<9} {r['images_per_s']:>10} images/s  (first batch {r['first_batch_s']} s)", flush=True)
+        report["rows"] = rows
+        report["train_split_images"] = rows[0]["batches_per_epoch"] * batch
+        step_rate = train_step_rate(device, batch, size, steps=1 if a.quick else (5 if device == "cpu" else 50),
+                                    width=8 if a.quick else 32)  # quick: a tiny model, only to run the code
+        report["train_step_images_per_s"] = round(step_rate, 1)
+        rate = {r["backend"]: r["images_per_s"] for r in rows}
+        report["targets"] = {
+            "dali_cpu_over_pil": round(rate["dali-cpu"] / rate["pil"], 3),
+            "dali_cpu_ge_pil": rate["dali-cpu"] >= rate["pil"],
+            "dali_cpu_over_train_step": round(rate["dali-cpu"] / step_rate, 2),
+        }
+        if device == "cuda":
+            report["targets"].update(dali_gpu_over_train_step=round(rate["dali-gpu"] / step_rate, 2),
+                                     dali_gpu_ge_3x_train_step=rate["dali-gpu"] >= 3 * step_rate)
+        if not a.no_demo and not a.quick:
+            report["demo_data_part"] = demo_data_part(root, tmp, threads)
+    report["loadavg_end"] = os.getloadavg()
+
+    os.makedirs(a.out, exist_ok=True)
+    base = os.path.join(a.out, f"data-{dev_name}")
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    md = [f"# Data throughput, {report['device_name']} ({device}), {report['date']}", "",
+          f"{report['num_images']} generated CelebA-format images ({report['train_split_images']} per train epoch "
+          f"at batch {batch}), {size}x{size}, K = {threads} threads/workers, {epochs} epoch(s) per backend, "
+          f"load average at start {report['loadavg_start'][0]:.2f}.", "",
+          "| backend | device | K | images/s | first batch s |", "|---|---|---|---|---|"]
+    for r in rows:
+        md.append(f"| {r['backend']} | {r['device']} | {r['threads'] or '-'} | {r['images_per_s']:.0f} | "
+                  f"{r['first_batch_s']} |")
+    md += ["", f"prepare (DALI, all splits): {report['prepare_images_per_s']:.0f} images/s; training step "
+           f"(DualVAE width 32, batch {batch}): {report['train_step_images_per_s']:.0f} images/s.", "",
+           "targets: " + ", ".join(f"{k} = {v}" for k, v in report["targets"].items())]
+    if "demo_data_part" in report:
+        d = report["demo_data_part"]
+        md += ["", f"demo data part ({d['steps']} batches of {d['batch']}): before (load_split + gathers) "
+               f"{d['before_load_split_plus_gathers_s']} s, after (prepare + hdf5 loader) "
+               f"{d['after_prepare_plus_hdf5_loader_s']} s (prepare {d['of_which_prepare_s']} s)"]
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"\nwrote {base}.json and {base}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
