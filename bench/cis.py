@@ -163,6 +163,31 @@ def load_images(a, p, n, device):
 
 
 # -- memory --------------------------------------------------------------------------------------------------------
+def _status_kib(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> tuple[int, str]:
+    """(bytes resident now, how the peak will be read): resets the kernel's VmHWM where Linux allows it, else
+    falls back on the process's ru_maxrss (then the baseline is the high-water mark so far)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _status_kib("VmRSS") * 1024, "VmHWM after resetting it (/proc/self/clear_refs), minus VmRSS before"
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss growth"
+
+
+def peak_rss(how: str) -> int:
+    if how.startswith("VmHWM"):
+        return _status_kib("VmHWM") * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def memory_probe(a, p, n_images, chunk) -> dict:
     """In this (fresh) process: peak memory the batched evaluator adds over what the images and networks hold."""
     device = torch.device(a.device)
@@ -174,37 +199,51 @@ def memory_probe(a, p, n_images, chunk) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
+        how = "cuda max_memory_allocated minus memory_allocated before"
     else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        before, how = reset_peak_rss()
     conditional_inception_score(model, clf, images, domains=domain_idx, lam=p["lam"], max_batch=chunk)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss(how)
     return {"images": n_images, "chunk": chunk, "triples": n_images * p["domains"],
             "peak_added_mib": round((peak - before) / 2**20, 1),
             "M_mib": round(n_images * p["domains"] ** 2 * 4 / 2**20, 2),
-            "measure": "cuda max_memory_allocated" if device.type == "cuda" else "RSS high-water mark (ru_maxrss)"}
+            "measure": how}
+
+
+MMAP_THRESHOLD = "262144"
 
 
 def memory_rows(a, p):
+    """Peak memory per (N, chunk), each in a fresh process. glibc's malloc raises its mmap threshold as large
+    blocks are freed, after which freed chunk buffers stay in a fragmented heap and the resident peak creeps up with
+    the number of chunks; a fixed MALLOC_MMAP_THRESHOLD_ turns that off and shows what the evaluator holds. Both
+    are recorded (the allocator's creep for the largest chunk only)."""
     rows = []
-    everything = [("chunk", c) for c in p["memory_chunks"]] + ([] if a.quick else [("all", None)])
+    runs = [(c, True) for c in p["memory_chunks"]]
+    if not a.quick:
+        runs += [("all", True), (p["memory_chunks"][-1], False)]
     for n in p["memory_images"]:
-        for kind, c in everything:
-            chunk = c if kind == "chunk" else n * p["domains"]  # all: every transferred image at once
-            cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", f"{n},{chunk}", "--device", a.device]
+        for c, fixed in runs:
+            chunk = n * p["domains"] if c == "all" else c  # all: every transferred image in one chunk
+            cmd = [sys.executable, os.path.abspath(__file__), "--memory-probe", f"{n},{chunk}", "--device", a.device,
+                   "--threads", str(torch.get_num_threads())]
             if a.quick:
                 cmd.append("--quick")
             if a.model:
                 cmd += ["--model", a.model, "--classifier", a.classifier]
             if a.data:
                 cmd += ["--data", a.data]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            env = dict(os.environ)
+            env.pop("MALLOC_MMAP_THRESHOLD_", None)
+            if fixed:
+                env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
             row = json.loads(out.strip().splitlines()[-1])
-            row["what"] = "one chunk of every transferred image (no chunking)" if kind == "all" else "chunked"
+            row["what"] = "no chunking: every transferred image at once" if c == "all" else "chunked"
+            row["malloc"] = f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}" if fixed else "glibc default"
             rows.append(row)
-            print(f"  memory: N={n:<4} chunk={chunk:<5} peak added {row['peak_added_mib']:>8.1f} MiB", flush=True)
+            print(f"  memory: N={n:<4} chunk={chunk:<5} {row['malloc']:<30} peak added "
+                  f"{row['peak_added_mib']:>8.1f} MiB", flush=True)
     return rows
 
 
@@ -230,7 +269,8 @@ def plot(res, path):
                  f"matmul peak {res['peak_gflops']['fp32']:.0f} GFLOP/s", fontsize=9)
     ax.invert_yaxis()
     for n in sorted({r["images"] for r in res["memory"]["rows"]}):
-        rows = sorted((r for r in res["memory"]["rows"] if r["images"] == n), key=lambda r: r["chunk"])
+        rows = sorted((r for r in res["memory"]["rows"] if r["images"] == n and r["malloc"] != "glibc default"),
+                      key=lambda r: r["chunk"])
         bx.plot([r["chunk"] for r in rows], [r["peak_added_mib"] for r in rows], "o-", label=f"N = {n}")
     bx.set_xscale("log", base=2)
     bx.set_xlabel("chunk (triples); the last point of each line holds all N x n at once")
@@ -254,12 +294,15 @@ def main(argv=None):
     ap.add_argument("--data", help="CelebA-format root: use its test images (default: random images)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 (autocast) measurement")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--max-load", type=float, default=None, help="first wait (up to 15 min) for a 1-min load below")
     ap.add_argument("--memory-probe", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if bool(a.model) != bool(a.classifier):
         ap.error("--model and --classifier go together")
     p = dict(QUICK if a.quick else FULL)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.memory_probe:
         n, chunk = (int(v) for v in a.memory_probe.split(","))
         print(json.dumps(memory_probe(a, p, n, chunk)))
@@ -289,11 +332,17 @@ def main(argv=None):
     methods = {"literal_loop": literal_loop, "per_domain_loop": per_domain_loop, "loop_reference": loop_reference,
                "batched": batched}
     batched(model, f, images[:2], domain_idx, lam)  # library init, outside the timings
-    seconds, Ms = {}, {}
-    for name, fn in methods.items():
-        med, all_s, Ms[name] = timed(lambda: fn(model, f, images, domain_idx, lam), p["repeats"], device)
-        seconds[name] = {"median": med, "runs": all_s}
-        print(f"  {name:<16} {med:8.2f} s  ({', '.join(f'{t:.2f}' for t in all_s)})", flush=True)
+    # Round robin (one run of each method per round), so that load from other processes on a shared machine
+    # falls on every method alike rather than on whichever ran when it came.
+    runs, loads, Ms = {name: [] for name in methods}, [], {}
+    for r in range(p["repeats"]):
+        for name, fn in methods.items():
+            sec, _, Ms[name] = timed(lambda: fn(model, f, images, domain_idx, lam), 1, device)
+            runs[name].append(sec)
+            loads.append(round(os.getloadavg()[0], 2))
+            print(f"  round {r + 1}/{p['repeats']}  {name:<16} {sec:8.2f} s  (load {os.getloadavg()[0]:.2f})",
+                  flush=True)
+    seconds = {name: {"median": statistics.median(t), "runs": t} for name, t in runs.items()}
     for name, s in seconds.items():
         s["speedup_vs_literal"] = seconds["literal_loop"]["median"] / s["median"]
         s["useful_gflops"] = useful / s["median"] / 1e9
@@ -318,8 +367,9 @@ def main(argv=None):
 
     bf16 = None
     if not a.no_bf16:
+        # one timed run: bf16 is a side measurement (an AVX2-only CPU has no bf16 arithmetic to speak of)
         med, all_s, _ = timed(lambda: conditional_inception_score(model, f, images, domains=domain_idx, lam=lam,
-                                                                   precision="bf16"), p["repeats"], device)
+                                                                   precision="bf16"), 1, device)
         r16 = conditional_inception_score(model, f, images, domains=domain_idx, lam=lam, precision="bf16")
         r32 = conditional_inception_score(model, f, images, domains=domain_idx, lam=lam)
         bf16 = {"median": med, "runs": all_s, "speedup_vs_fp32_batched": seconds["batched"]["median"] / med,
@@ -339,7 +389,9 @@ def main(argv=None):
         "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "threads": torch.get_num_threads(),
         "gpu": None if device.type == "cpu" else torch.cuda.get_device_name(device),
         "load_average_1_5_15": {"before": [round(v, 2) for v in load_before],
-                                "after_timings": [round(v, 2) for v in load_after]},
+                                "after_timings": [round(v, 2) for v in load_after],
+                                "1min_after_each_timed_run": loads,
+                                "note": "this benchmark's own threads count in the load while it runs"},
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "sizes": {"images": N, "domains": n, "lams": [lam], "image_size": p["image_size"],
                   "dualvae_width": model.config.width, "latent_dim": model.config.latent_dim,
