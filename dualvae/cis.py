@@ -190,8 +190,9 @@ def _default_chunk(model, f, images, domain_idx, transfer_all) -> int:
     def per_row():
         x1 = images[:1]
         modules = [model, getattr(f, "__self__", f)]
-        return (batching.activation_bytes_per_row(lambda x: transfer_all(x, domain_idx[:1], 1.0, max_batch=1), x1, modules[:1])
-                + batching.activation_bytes_per_row(f, x1, modules[1:]))
+        one = lambda x: transfer_all(x, domain_idx[:1], 1.0, max_batch=1)  # noqa: E731
+        return batching.activation_bytes_per_row(one, x1, modules[:1]) + batching.activation_bytes_per_row(
+            f, x1, modules[1:])
 
     return batching.max_batch_for(images.device, per_row)
 
