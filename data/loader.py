@@ -249,8 +249,9 @@ class DaliDecoder:
     def _bad(self, path: str, reason: str) -> None:
         if not self.skip_corrupt:
             raise _corrupt(path, reason)
-        log.warning("skipping corrupt image %s (%s)", path, reason)
-        self.skipped.append(path)
+        if path not in self.skipped:  # (a batch DALI failed on is re-checked whole)
+            log.warning("skipping corrupt image %s (%s)", path, reason)
+            self.skipped.append(path)
 
     def _to_torch(self, out) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -478,34 +479,57 @@ def _pil_collate(items):
     return rows, images, bad
 
 
+class _EpochBatchSampler:
+    """The DataLoader's batch sampler: iterated in this process, it yields the batches set for the epoch, so
+    one DataLoader (and its persistent workers) serves every epoch."""
+
+    def __init__(self):
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self):
+        return iter([b.tolist() for b in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class PilLoader(Loader):
-    """The reference: a torch DataLoader, `threads` worker processes decoding with PIL (0: in this process)."""
+    """The reference: a torch DataLoader, `threads` worker processes decoding with PIL (0: in this process).
+    Workers start once per loader from a forkserver (forking this process, whose other threads may hold locks
+    - DALI's, OpenMP's - can deadlock the child) and persist across epochs."""
 
     def __init__(self, split: _Split, *, threads: int | None = None, image_size: int, **kw):
         super().__init__(split, **kw)
         self.image_size = image_size
         self.workers = (os.cpu_count() or 1) if threads is None else threads
         self._skipped: list[str] = []
+        self._sampler = _EpochBatchSampler()
+        ds = _PilDataset(self.split.paths, self.image_size, self.skip_corrupt)
+        extra = dict(multiprocessing_context="forkserver", persistent_workers=True, prefetch_factor=4) \
+            if self.workers else {}
+        self._dl = torch.utils.data.DataLoader(ds, batch_sampler=self._sampler, num_workers=self.workers,
+                                               collate_fn=_pil_collate, pin_memory=self.device.type == "cuda",
+                                               **extra)
 
     @property
     def skipped(self) -> list[str]:
         return self._skipped
 
     def _batches(self, batches):
-        ds = _PilDataset(self.split.paths, self.image_size, self.skip_corrupt)
-        dl = torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches], num_workers=self.workers,
-                                         collate_fn=_pil_collate, pin_memory=self.device.type == "cuda",
-                                         persistent_workers=False,
-                                         prefetch_factor=4 if self.workers else None)
+        self._sampler.batches = batches
         s = self.image_size
-        for rows, images, bad in dl:
+        for rows, images, bad in self._dl:
             for r in bad:
                 path = self.split.paths[r]
-                log.warning("skipping corrupt image %s", path)
-                self._skipped.append(path)
+                if path not in self._skipped:
+                    log.warning("skipping corrupt image %s", path)
+                    self._skipped.append(path)
             if images is None:
                 images = torch.empty((0, 3, s, s), dtype=torch.uint8)
             yield rows, images.to(self.device, non_blocking=True).div(127.5).sub_(1.0)
+
+    def close(self) -> None:
+        self._dl = None  # shuts the persistent workers down
 
 
 class Hdf5Loader(Loader):

@@ -264,9 +264,10 @@ def test_corrupt_jpeg_error_names_file_and_skip_corrupt(fresh_root, tmp_path, da
                      "truncated": data[: len(data) // 2],
                      "complete_markers": b"\xff\xd8" + os.urandom(600) + b"\xff\xd9"}[damage])
     path = tmp_path / "c.h5"
+    pil_workers = 1 if damage == "garbage" else 0  # worker processes once (their start costs seconds)
     for backend in ("dali", "pil"):
         with pytest.raises(CelebAFormatError, match=r"000006\.jpg"):
-            list(loader(fresh_root, backend, batch_size=4))
+            list(loader(fresh_root, backend, batch_size=4, threads=pil_workers if backend == "pil" else 1))
     with pytest.raises(CelebAFormatError, match=r"cannot decode image .*000006\.jpg.*skip-corrupt"):
         prepare(str(fresh_root), str(path), image_size=S, batch_size=4, progress=False)
     assert not os.listdir(tmp_path) or os.listdir(tmp_path) == ["celeba"]
@@ -281,7 +282,8 @@ def test_corrupt_jpeg_error_names_file_and_skip_corrupt(fresh_root, tmp_path, da
     full = draw_label_mask((16, len(ATTRS)), 0.3, seed=1)  # over the source split: aligned, corrupt row included
     assert torch.equal(h.label_mask, full[[i for i in range(16) if i != 5]])
     for backend in ("dali", "pil"):
-        ld = loader(fresh_root, backend, batch_size=4, drop_last=False, skip_corrupt=True, shuffle=False)
+        ld = loader(fresh_root, backend, batch_size=4, drop_last=False, skip_corrupt=True, shuffle=False,
+                    threads=pil_workers if backend == "pil" else 1)
         rows = check_batches(ld)
         assert sorted(rows) == [i for i in range(16) if i != 5]
         assert [os.path.basename(p) for p in ld.skipped] == ["000006.jpg"]
@@ -354,3 +356,16 @@ def test_train_from_cache_and_pil_cli(root, cache, tmp_path, capsys):
                      "--workers", "1", "--ckpt-every", "5"]) == 0, capsys.readouterr().err
         ckpt = torch.load(run / "model.pt", weights_only=False)
         assert torch.equal(ckpt["label_mask"], draw_label_mask((16, len(ATTRS)), 0.5, 0))
+
+
+def test_two_kinds_of_corrupt_file_in_one_batch(fresh_root, tmp_path):
+    """One file the byte check catches and one only DALI fails on, in the same batch: each skipped once."""
+    images = fresh_root / "img_align_celeba"
+    (images / "000002.jpg").write_bytes(b"garbage")
+    (images / "000003.jpg").write_bytes(b"\xff\xd8" + os.urandom(600) + b"\xff\xd9")
+    ld = loader(fresh_root, "dali", batch_size=4, drop_last=False, skip_corrupt=True, shuffle=False)
+    assert sorted(check_batches(ld)) == [0] + list(range(3, 16))
+    assert [os.path.basename(p) for p in ld.skipped] == ["000002.jpg", "000003.jpg"]
+    r = prepare(str(fresh_root), str(tmp_path / "c.h5"), image_size=S, batch_size=4, skip_corrupt=True,
+                progress=False)
+    assert r["images"] == N - 2 and len(r["skipped"]) == 2
