@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dualvae.checkpoint import write_json_atomic
+from dualvae.sysinfo import cpu_model
 from dualvae.cis import conditional_inception_score, resolve_domains, scores_from_M
 from dualvae.classifier import AttributeClassifier
 from dualvae.model import DualVAE
@@ -106,17 +107,6 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return "cuda-" + torch.cuda.get_device_name(device).lower().replace(" ", "-")
     return "cpu"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def flops_per_row(model, clf, image_size, device):

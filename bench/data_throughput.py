@@ -33,16 +33,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from dualvae.sysinfo import cpu_model  # noqa: E402  (after the path: runnable from a checkout)
+
 DEFAULT_OUT = os.path.join(HERE, "results")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-        return m.group(1).strip() if m else platform.processor()
-    except OSError:
-        return platform.processor()
 
 
 def _sync(device) -> None:
@@ -173,8 +166,8 @@ def main(argv=None) -> int:
     epochs = a.epochs or (1 if a.quick else 2)
     size = a.image_size
     dev_name = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    report = {"device": device, "device_name": _cpu_model() if device == "cpu" else torch.cuda.get_device_name(),
-              "cpu_model": _cpu_model(), "cores": os.cpu_count(), "threads": threads, "image_size": size,
+    report = {"device": device, "device_name": cpu_model() if device == "cpu" else torch.cuda.get_device_name(),
+              "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads": threads, "image_size": size,
               "batch_size": batch, "epochs": epochs, "quick": a.quick, "torch": torch.__version__,
               "dali": nvidia.dali.__version__, "python": platform.python_version(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "loadavg_start": os.getloadavg()}

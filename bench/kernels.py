@@ -55,6 +55,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dualvae.sysinfo import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
 MiB = float(1 << 20)
@@ -680,15 +682,6 @@ def markdown(report: dict) -> str:
 
 
 # --- environment ------------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _slug(name: str) -> str:
@@ -854,7 +847,7 @@ def write_report(rows: list[dict], copy_gbps: float | None, ctx: dict, partial: 
         "benchmark": "kernels",
         "partial": partial,
         "device": device,
-        "device_name": ctx["dev_name"] if device == "cuda" else f"CPU: {_cpu_model()}",
+        "device_name": ctx["dev_name"] if device == "cuda" else f"CPU: {cpu_model()}",
         "device_slug": ctx["slug"],
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "quick": ctx["quick"],
@@ -862,7 +855,7 @@ def write_report(rows: list[dict], copy_gbps: float | None, ctx: dict, partial: 
         "triton": _triton_version(),
         "python": platform.python_version(),
         "cuda": torch.version.cuda if device == "cuda" else None,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": settings["threads"],
         "loadavg_start": [round(v, 2) for v in ctx["load0"]],
