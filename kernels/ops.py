@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .reference import REDUCTIONS, check_seed
+from .reference import REDUCTIONS, check_labels, check_seed
 
 try:
     from . import triton_kernels as _tk
@@ -70,7 +70,7 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
         if not isinstance(mask, Tensor) or mask.shape != y.shape:
             raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected {tuple(y.shape)} (y's)")
         reference._check_same_device(op, y=y, mask=mask)
-    _check_labels(op, y)
+    check_labels(op, y)
     B, n = y.shape
     codes = y.to(torch.int64)
     codes = codes + 2 * ((mask != 0).to(torch.int64) if mask is not None else torch.ones_like(codes))
@@ -87,13 +87,6 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
 # ---------------------------------------------------------------------------------------------------------
 def _describe(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
-def _check_labels(op: str, y: Tensor) -> None:
-    if y.is_complex():
-        raise ValueError(f"{op}: y must be real labels in {{0, 1}}, got dtype {y.dtype}")
-    if y.numel() and not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError(f"{op}: y must hold labels in {{0, 1}}, got values outside it")
 
 
 def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:

@@ -30,6 +30,14 @@ def _check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
         raise ValueError(f"{op}: tensors must be on one device, got {seen}")
 
 
+def check_labels(op: str, y: torch.Tensor) -> None:
+    """ValueError naming `y` unless every entry is 0 or 1."""
+    if y.is_complex():
+        raise ValueError(f"{op}: y must be real labels in {{0, 1}}, got dtype {y.dtype}")
+    if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError(f"{op}: y must hold labels in {{0, 1}}, got values outside it")
+
+
 def reparameterize_kl(
     mu: torch.Tensor,
     logvar: torch.Tensor,
@@ -179,8 +187,7 @@ def dual_bce(
     if reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     _check_same_device(op, z=z, U=U, y=y, mask=mask, bias=bias)
-    if y.numel() and not bool(((y == 0) | (y == 1)).all()):
-        raise ValueError(f"{op}: y must hold labels in {{0, 1}}, got values outside it")
+    check_labels(op, y)
 
     logits = z @ U.t()
     if bias is not None:
