@@ -420,8 +420,9 @@ class Loader:
         yield from self.epoch(epoch)
         self.current_epoch = epoch + 1
 
-    def epoch(self, epoch: int):
-        for rows, images in self._batches(self.batch_rows(epoch)):
+    def epoch(self, epoch: int, start: int = 0, stop: int | None = None):
+        """The batches of `epoch`, from batch `start` (a resumed run skips what it consumed) up to `stop`."""
+        for rows, images in self._batches(self.batch_rows(epoch)[start:stop]):
             idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             self.last_indices = idx
             dev_idx = idx.to(self.device)

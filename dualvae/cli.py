@@ -55,8 +55,10 @@ def _train_config(a):
                        label_lr=a.label_lr, label_optimizer=a.label_optimizer, alpha=a.alpha,
                        kernel_backend=a.kernel_backend,
                        missing_ratio=a.missing_ratio, recon_sigma=a.recon_sigma, latent_dim=a.latent_dim,
-                       width=a.width, limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every, workers=a.workers,
-                       data_backend=a.data_backend, skip_corrupt=a.skip_corrupt)
+                       width=a.width, image_size=a.image_size, limit=a.limit, seed=a.seed, ckpt_every=a.ckpt_every,
+                       workers=a.workers, data_backend=a.data_backend, skip_corrupt=a.skip_corrupt, keep_ckpts=a.keep_ckpts,
+                       device=a.device, precision=a.precision, compile=a.compile, deterministic=a.deterministic,
+                       resume=a.resume, skip_nonfinite=a.skip_nonfinite)
 
 
 def cmd_prepare(a) -> None:
@@ -77,10 +79,15 @@ def cmd_prepare(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from dualvae.train import train
+    from dualvae.train import TrainingError, train
 
-    path = train(_train_config(a))
-    print(f"model: {path}\nloss log: {os.path.join(a.out, 'log.csv')}, plot: {os.path.join(a.out, 'loss.png')}")
+    try:
+        path = train(_train_config(a))
+    except TrainingError as exc:  # NaN/inf loss, out of memory: the message says what was kept and what to do
+        print(f"dualvae train: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote the files
+        print(f"model: {path}\nloss log: {os.path.join(a.out, 'log.csv')}, plot: {os.path.join(a.out, 'loss.png')}")
 
 
 def cmd_train_classifier(a) -> None:
@@ -282,8 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recon-sigma", type=float, default=0.2, help="sigma of the Gaussian decoder")
     t.add_argument("--latent-dim", type=int, default=128)
     t.add_argument("--width", type=int, default=32, help="channels of the first conv (doubled per stage)")
+    t.add_argument("--image-size", type=int, default=64, help="side of the square images (a power of two)")
     t.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--ckpt-every", type=int, default=1000)
+    t.add_argument("--ckpt-every", type=int, default=1000,
+                   help="write RUN_DIR/ckpt/step-N.pt (and update model.pt) every N steps and at the end")
+    t.add_argument("--keep-ckpts", type=int, default=3, help="step checkpoints kept (the newest K)")
+    t.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue a run: 'auto' takes the newest valid checkpoint in RUN_DIR/ckpt (falling back to "
+                        "the previous one if it is corrupt; starts fresh if there is none), or a checkpoint path")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the GPU of this process (LOCAL_RANK under torchrun) when there is one, else CPU")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="autocast dtype (fp16 adds a GradScaler)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model + losses")
+    t.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only: repeatable runs, and resumes equal to uninterrupted runs")
+    t.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip (and count) an optimizer step whose loss is NaN/inf instead of stopping the run")
     t.add_argument("--workers", type=int, default=None,
                    help="JPEG decoding threads (DALI) or DataLoader workers (pil); default: all cores")
     t.add_argument("--seed", type=int, default=0)

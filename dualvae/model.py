@@ -102,6 +102,8 @@ class DualVAE(nn.Module):
     def sample_latent(self, x: torch.Tensor, eps: torch.Tensor | None = None):
         """(z, kl_per_row, mu, logvar) with z ~ q(z | x) by reparameterization."""
         mu, logvar = self.encode(x)
+        if eps is not None and eps.dtype != mu.dtype:  # under autocast mu is bf16/fp16, eps drawn in fp32
+            eps = eps.to(mu.dtype)
         z, kl = kernels.reparameterize_kl(mu, logvar, eps, backend=self.kernel_backend)
         return z, kl, mu, logvar
 

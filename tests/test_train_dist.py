@@ -1,0 +1,254 @@
+"""Training at scale and under faults: torchrun (gloo, 2 processes) == one process on the same global batch,
+SIGKILL + --resume auto == an uninterrupted run, fallback past a corrupt checkpoint, NaN stop/skip, SIGTERM,
+out-of-memory message, mixed precision, torch.compile."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from dualvae.checkpoint import load_checkpoint
+from dualvae.cli import main
+from dualvae.model import DualVAE
+from dualvae.train import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
+
+# 40 training images, global batch 8: 5 steps an epoch; tiny nets so that a step takes a few ms.
+TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=40, progress=False, deterministic=True)
+TINY_ARGS = ["--image-size", "16", "--width", "8", "--latent-dim", "16", "--batch-size", "8", "--limit", "40"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainscale")
+    assert main(["synth", "--out", str(root / "data"), "--num", "80", "--seed", "3", "--workers", "1"]) == 0
+    assert main(["prepare", "--celeba", str(root / "data"), "--out", str(root / "d16.h5"), "--image-size", "16",
+                 "--workers", "1"]) == 0
+    return str(root / "d16.h5")
+
+
+@pytest.fixture(scope="module")
+def reference_run(cache, tmp_path_factory):
+    """An uninterrupted deterministic run of 12 steps with a checkpoint every 2 steps, all kept."""
+    out = str(tmp_path_factory.mktemp("ref") / "run")
+    train(TrainConfig(data=cache, out=out, steps=12, ckpt_every=2, keep_ckpts=10, **TINY))
+    return out
+
+
+def _params(path):
+    return load_checkpoint(path, kind="dualvae")["model"]
+
+
+def _assert_same_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _env():
+    # The child computes with as many threads as this process, so that its floating-point sums match bit for bit.
+    return {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(predicate, proc, timeout=60.0):
+    t0 = time.time()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early ({proc.returncode}): {proc.stderr.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the training process")
+        time.sleep(0.05)
+
+
+def test_torchrun_two_processes_equal_one_process(cache, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo, each rank 4 of the global 8 rows, BatchNorm over the global batch)
+    gives the single-process run on the same global batch: the same losses and parameters up to rounding."""
+    steps = 7  # crosses an epoch boundary (5 steps an epoch) with 2 shards
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(TrainConfig(data=cache, out=str(one), steps=steps, ckpt_every=3, **TINY))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(_free_port()), "-m", "dualvae", "train", "--data", cache, "--out", str(two),
+           "--steps", str(steps), "--ckpt-every", "3", "--deterministic", *TINY_ARGS]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("model:") == 1  # rank 0 reports (and writes) alone
+    a, b = load_checkpoint(str(one / "model.pt")), load_checkpoint(str(two / "model.pt"))
+    assert a["step"] == b["step"] == steps and b["world_size"] == 2 and len(b["rng"]) == 2
+    assert torch.equal(a["label_mask"], b["label_mask"])
+    for ra, rb in zip(a["log"], b["log"]):
+        for key in ("recon", "kl", "label_bce", "label_acc"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+    # A conv bias feeding BatchNorm has a zero gradient up to rounding, which Adam scales to lr-sized steps
+    # (see test_model_train): those biases, and the running means they shift, are compared loosely.
+    noise = {"encoder.conv.0.bias", "encoder.conv.3.bias", "decoder.deconv.0.bias"}
+    for k, va in a["model"].items():
+        vb = b["model"][k]
+        if not va.dtype.is_floating_point:
+            assert torch.equal(va, vb), k
+        elif k in noise or k.endswith("running_mean"):
+            torch.testing.assert_close(vb, va, rtol=0, atol=0.05, msg=k)
+        else:
+            torch.testing.assert_close(vb, va, rtol=1e-3, atol=2e-5, msg=k)
+    assert sorted(os.listdir(two / "ckpt")) == ["step-000000003.pt", "step-000000006.pt", "step-000000007.pt"]
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(cache, reference_run, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dualvae", "train", "--data", cache, "--out", str(out), "--steps", "400",
+           "--ckpt-every", "2", "--deterministic", *TINY_ARGS]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: any(int(p[-12:-3]) >= 4 for p in list_checkpoints(str(out / "ckpt"))), proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    newest = list_checkpoints(str(out / "ckpt"))[0]
+    ck = load_checkpoint(newest)
+    if not 0 < ck["epoch_position"] < ck["steps_per_epoch"]:  # resume mid-epoch: start from one that is
+        for p in list_checkpoints(str(out / "ckpt"))[:1]:
+            os.remove(p)
+        ck = load_checkpoint(list_checkpoints(str(out / "ckpt"))[0])
+    assert 0 < ck["epoch_position"] < ck["steps_per_epoch"] and ck["step"] < 12
+    train(TrainConfig(data=cache, out=str(out), steps=12, ckpt_every=2, resume="auto", **TINY))
+    assert f"resumed from {os.path.join(str(out), 'ckpt')}" in (out / "events.log").read_text()
+    _assert_same_params(_params(str(out / "model.pt")), _params(os.path.join(reference_run, "model.pt")))
+    assert len(list_checkpoints(str(out / "ckpt"))) == 3  # the newest --keep-ckpts (3) kept
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(cache, reference_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "ckpt").mkdir(parents=True)
+    for step in (2, 4):
+        name = f"step-{step:09d}.pt"
+        with open(os.path.join(reference_run, "ckpt", name), "rb") as f:
+            (out / "ckpt" / name).write_bytes(f.read())
+    newest = out / "ckpt" / "step-000000004.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated mid-write
+    train(TrainConfig(data=cache, out=str(out), steps=6, ckpt_every=2, resume="auto", **TINY))
+    log = (out / "events.log").read_text()
+    assert "step-000000004.pt could not be read" in log and "falling back to the previous checkpoint" in log
+    assert "resumed from" in log and "step-000000002.pt: step 2" in log
+    assert "falling back" in capsys.readouterr().err
+    _assert_same_params(_params(str(out / "model.pt")),
+                        _params(os.path.join(reference_run, "ckpt", "step-000000006.pt")))
+
+
+def test_resume_refuses_other_settings(cache, reference_run, tmp_path):
+    with pytest.raises(ValueError, match="batch_size 8 .checkpoint. vs 16"):
+        train(TrainConfig(data=cache, out=str(tmp_path), steps=14, resume=os.path.join(reference_run, "model.pt"),
+                          **{**TINY, "batch_size": 16}))
+
+
+def _inject_nan(monkeypatch, at_calls):
+    import dualvae.train as T
+
+    orig, calls = T.gaussian_recon_nll, [0]
+
+    def recon(x_hat, x, sigma):
+        calls[0] += 1
+        out = orig(x_hat, x, sigma)
+        return out * float("nan") if calls[0] in at_calls else out
+
+    monkeypatch.setattr(T, "gaussian_recon_nll", recon)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(cache, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _inject_nan(monkeypatch, {5})  # the VAE loss of step 5
+    args = ["train", "--data", cache, "--out", str(out), "--steps", "8", "--ckpt-every", "2", *TINY_ARGS]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    last = os.path.join(str(out), "ckpt", "step-000000004.pt")
+    assert "non-finite VAE (negative ELBO) loss (nan)" in err and "at step 5; stopped" in err
+    assert f"the last good checkpoint, {last}, is untouched" in err and "--skip-nonfinite" in err
+    assert list_checkpoints(str(out / "ckpt"))[0] == last
+    ck = load_checkpoint(str(out / "model.pt"))
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    DualVAE.load(last)
+    _inject_nan(monkeypatch, {1})
+    with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet"):  # the library's error
+        train(TrainConfig(data=cache, out=str(tmp_path / "again"), steps=8, **TINY))
+
+
+def test_skip_nonfinite_skips_and_counts(cache, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _inject_nan(monkeypatch, {3, 4})
+    train(TrainConfig(data=cache, out=str(out), steps=6, skip_nonfinite=True, **TINY))
+    ck = load_checkpoint(str(out / "model.pt"))
+    assert ck["step"] == 6 and ck["skipped_nonfinite"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert "skipped 2 optimizer step(s) with a non-finite loss" in (out / "events.log").read_text()
+
+
+def test_sigterm_writes_a_loadable_checkpoint_and_exits_cleanly(cache, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dualvae", "train", "--data", cache, "--out", str(out), "--steps", "100000",
+           "--ckpt-every", "100000", *TINY_ARGS]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        events = out / "events.log"
+        _wait_for(lambda: events.exists() and "started" in events.read_text(), proc)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    (ckpt,) = list_checkpoints(str(out / "ckpt"))
+    assert "SIGTERM: wrote checkpoint" in err and ckpt in err
+    model = DualVAE.load(str(out / "model.pt"))
+    ck = load_checkpoint(ckpt)
+    assert 0 < ck["step"] < 100000 and model.config.image_size == 16
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck["model"][k])
+
+
+def test_oom_names_the_batch_size(cache, tmp_path, monkeypatch):
+    from dualvae.train import LossFns
+
+    def oom(self, x, eps):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LossFns, "_vae", oom)
+    with pytest.raises(TrainingOOMError, match=r"out of memory at batch size 8 per process \(global --batch-size "
+                                               r"8, 1 process.*the largest batch that fits is unknown"):
+        train(TrainConfig(data=cache, out=str(tmp_path), steps=2, **TINY))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(cache, tmp_path, precision):
+    out = tmp_path / precision
+    train(TrainConfig(data=cache, out=str(out), steps=3, precision=precision, **TINY))
+    ck = load_checkpoint(str(out / "model.pt"))
+    assert all(torch.isfinite(torch.tensor([r["recon"], r["kl"], r["label_bce"]])).all() for r in ck["log"])
+    assert (ck["scaler"] is not None) == (precision == "fp16")
+    assert ck["model"]["U"].dtype == torch.float32  # autocast: parameters stay fp32
+
+
+@pytest.mark.slow  # ~50 s of inductor compilation on a 2-core CPU
+def test_compile_matches_eager(cache, tmp_path):
+    """--compile: both losses, with the dualvae:: Triton ops (interpreter on CPU), through
+    torch.compile(fullgraph=True), where a graph break would raise: the same losses as eager for a few steps."""
+    logs = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        train(TrainConfig(data=cache, out=str(out), steps=2, log_every=1, compile=compiled, kernel_backend="triton",
+                          **{**TINY, "deterministic": False}))
+        logs[compiled] = load_checkpoint(str(out / "model.pt"))["log"]
+    for a, b in zip(logs[False], logs[True]):
+        for key in ("recon", "kl", "label_bce"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
