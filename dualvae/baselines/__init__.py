@@ -1,1 +1,69 @@
-"""Baseline transfer models (CVAE, FaderNetworks, StarGAN) — see the experiments issue."""
+"""Baseline transfer models the paper compares DualVAE with: CVAE, FaderNetworks, StarGAN.
+
+Each has `transfer_all(x, domains, lam, max_batch)` (the `dualvae.cis.BatchTransferModel` protocol, so the CIS
+evaluator scores them as it scores DualVAE), `train_step(opts, x, y, mask, step, total_steps)` with masked-label
+losses, and `checkpoint_state()`. `fit` trains any of them on images in memory; `load` reads a checkpoint back.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from dualvae.baselines.cvae import CVAE, CVAEConfig
+from dualvae.baselines.fader import Fader, FaderConfig
+from dualvae.baselines.stargan import StarGAN, StarGANConfig
+
+MODELS = {"cvae": (CVAE, CVAEConfig), "fader": (Fader, FaderConfig), "stargan": (StarGAN, StarGANConfig)}
+
+
+def build(kind: str, **config):
+    if kind not in MODELS:
+        raise ValueError(f"unknown baseline {kind!r}; expected one of {sorted(MODELS)}")
+    cls, cfg_cls = MODELS[kind]
+    return cls(cfg_cls(**config))
+
+
+def load(path: str, map_location="cpu"):
+    """The baseline in a checkpoint written by `fit` (via save_atomic(model.checkpoint_state())), in eval mode."""
+    state = torch.load(path, map_location=map_location, weights_only=False)
+    model = build(state["kind"], **state["config"])
+    model.load_state_dict(state["model"])
+    model.attr_names = state.get("attr_names")
+    return model.eval()
+
+
+def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tensor | None, *, steps: int,
+        batch_size: int = 64, seed: int = 0, progress: bool = True, log_every: int = 25) -> list[dict]:
+    """Train `model` for `steps` steps on uint8 images (N, C, S, S) with 0/1 labels and the observed mask
+    (True = observed); epochs in an order drawn from `seed`. Returns the logged rows; leaves the model in eval mode.
+    """
+    from dualvae.data import to_unit_range
+
+    torch.manual_seed(seed)
+    n = len(images_u8)
+    bs = min(batch_size, n)
+    per_epoch = n // bs
+    gen = torch.Generator().manual_seed(seed)
+    opts = model.make_optimizers()
+    model.train()
+    rows, order, t0 = [], None, time.time()
+    bar = tqdm(range(steps), desc=f"train {model.kind}", disable=not progress, dynamic_ncols=True, leave=False)
+    for step in bar:
+        pos = step % per_epoch
+        if pos == 0:
+            order = torch.randperm(n, generator=gen)
+        idx = order[pos * bs:(pos + 1) * bs]
+        x = to_unit_range(images_u8[idx])
+        m = None if mask is None else mask[idx].float()
+        stats = model.train_step(opts, x, labels01[idx].float(), m, step=step, total_steps=steps)
+        if step % log_every == 0 or step == steps - 1:
+            rows.append({"step": step, "time_s": round(time.time() - t0, 2), **stats})
+            bar.set_postfix(loss=f"{stats['loss']:.3g}")
+    model.eval()
+    return rows
+
+
+__all__ = ["CVAE", "CVAEConfig", "Fader", "FaderConfig", "StarGAN", "StarGANConfig", "MODELS", "build", "load",
+           "fit"]

@@ -1,0 +1,120 @@
+"""What the three baselines share: the masked label loss, how missing labels are filled, the λ label shift,
+the batched transfer driver, checkpoints and a small in-memory training loop helper.
+
+Missing labels (mask I from `dualvae.data.draw_label_mask`, True = observed):
+- every classification loss is a masked BCE (`masked_bce`): a missing entry contributes neither loss nor gradient;
+- where a network is *conditioned* on y (CVAE's encoder/decoder, Fader's decoder, StarGAN's reconstruction
+  target), a missing entry is filled with the model's own prediction of it (`fill_missing`, detached), so the
+  value stored at a missing entry never reaches any gradient. At transfer time the source labels of a test image
+  are likewise the model's prediction (every model sees only x, as DualVAE does).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dualvae import batching
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits over the observed entries (mask 1); 0 (with a graph) when none is observed."""
+    if logits.shape != y.shape:
+        raise ValueError(f"masked_bce: logits have shape {tuple(logits.shape)}, y {tuple(y.shape)}")
+    if mask is None:
+        return F.binary_cross_entropy_with_logits(logits, y)
+    if mask.shape != y.shape:
+        raise ValueError(f"masked_bce: mask has shape {tuple(mask.shape)}, expected {tuple(y.shape)}")
+    m = mask.to(logits.dtype)
+    # where(): the value of y at a missing entry cannot leak into the loss, even as NaN.
+    y_obs = torch.where(m > 0, y.to(logits.dtype), torch.zeros_like(logits))
+    per = F.binary_cross_entropy_with_logits(logits, y_obs, reduction="none") * m
+    return per.sum() / m.sum().clamp_min(1.0)
+
+
+def fill_missing(y: torch.Tensor, mask: torch.Tensor | None, predicted: torch.Tensor) -> torch.Tensor:
+    """y at observed entries, the (detached) predicted probability at missing ones."""
+    if mask is None:
+        return y
+    return torch.where(mask.bool(), y, predicted.detach().to(y.dtype))
+
+
+def shift_label(y: torch.Tensor, domain: torch.Tensor, lam: float) -> torch.Tensor:
+    """Target labels for transfer to `domain` (one index per row): y_i + lam * (1 - y_i) on the target entry, the
+    rest unchanged. lam = 1 sets y_i to 1; lam scales the change of y_i (CVAE, Fader)."""
+    out = y.clone()
+    rows = torch.arange(len(y), device=y.device)
+    out[rows, domain] = y[rows, domain] + lam * (1.0 - y[rows, domain])
+    return out
+
+
+def check_transfer_input(who: str, x: torch.Tensor, channels: int, image_size: int, lam, max_batch) -> None:
+    if x.dim() != 4 or len(x) == 0 or tuple(x.shape[1:]) != (channels, image_size, image_size):
+        raise ValueError(f"{who}.transfer_all: x has shape {tuple(x.shape)}, expected "
+                         f"(N, {channels}, {image_size}, {image_size})")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+        raise ValueError(f"{who}.transfer_all: lam must be a finite number, got {lam!r}")
+    batching.check_max_batch(max_batch, f"{who}.transfer_all")
+
+
+def domain_list(domains, num_labels: int, who: str) -> list[int]:
+    if domains is None:
+        return list(range(num_labels))
+    if isinstance(domains, int):
+        domains = [domains]
+    out = [int(d) for d in domains]
+    bad = [d for d in out if not 0 <= d < num_labels]
+    if bad:
+        raise ValueError(f"{who}: domains {bad} out of range [0, {num_labels})")
+    return out
+
+
+@torch.no_grad()
+def transfer_all_rows(x: torch.Tensor, domains: list[int], max_batch: int | None, source_labels, transfer_rows):
+    """Drive a per-row transfer over every (image, domain) pair in chunks of `max_batch` rows.
+
+    source_labels(x) -> (N, n) labels of x; transfer_rows(x_rep, y_src_rep, dom_rep) -> images, one per row.
+    Returns (N, len(domains), C, H, W) with out[j, k] = transfer of x_j to domains[k].
+    """
+    max_batch = max_batch or batching.CPU_MAX_BATCH
+    y = torch.cat([source_labels(x[a:a + max_batch]) for a in range(0, len(x), max_batch)])
+    n_dom = len(domains)
+    dom = torch.tensor(domains, device=x.device)
+    rows_img = torch.arange(len(x), device=x.device).repeat_interleave(n_dom)
+    rows_dom = dom.repeat(len(x))
+    outs = []
+    for a in range(0, len(rows_img), max_batch):
+        j, d = rows_img[a:a + max_batch], rows_dom[a:a + max_batch]
+        outs.append(transfer_rows(x[j], y[j], d))
+    out = torch.cat(outs)
+    return out.view(len(x), n_dom, *out.shape[1:])
+
+
+def label_maps(y: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, n) -> (B, n, size, size): each label as a constant feature map."""
+    return y[:, :, None, None].expand(-1, -1, size, size)
+
+
+class TransferMixin:
+    """transfer_all (the batched CIS protocol) and transfer (the loop's: one domain per image) from a model's
+    `predict_labels(x)` (source labels of x) and `transfer_rows(x, y_src, domain, lam)` (one transfer per row)."""
+
+    def _domains(self, domains) -> list[int]:
+        return domain_list(domains, self.config.num_labels, type(self).__name__)
+
+    @torch.no_grad()
+    def transfer_all(self, x, domains=None, lam: float = 1.0, max_batch: int | None = None):
+        """(N, n_dom, C, H, W), out[j, k] = transfer of x_j to domains[k]; the source labels are predicted."""
+        cfg = self.config
+        check_transfer_input(type(self).__name__, x, cfg.channels, cfg.image_size, lam, max_batch)
+        return transfer_all_rows(x, self._domains(domains), max_batch, self.predict_labels,
+                                 lambda xr, yr, dr: self.transfer_rows(xr, yr, dr, lam))
+
+    @torch.no_grad()
+    def transfer(self, x, domain, lam: float = 1.0):
+        """Transfer each image of x to `domain` (an index, or one per image)."""
+        doms = self._domains([domain] * len(x) if isinstance(domain, int) else domain)
+        if len(doms) != len(x):
+            raise ValueError(f"transfer: {len(doms)} domains for {len(x)} images; give one, or one per image")
+        return self.transfer_rows(x, self.predict_labels(x), torch.tensor(doms, device=x.device), lam)

@@ -1,0 +1,175 @@
+"""StarGAN (Choi et al. 2017) at 64x64: one generator for every domain, a discriminator with an auxiliary
+attribute classifier, WGAN-GP.
+
+    G(x, c)   x joined to the target labels c as constant maps; conv 7x7, two stride-2 down-sampling convs,
+              `res_blocks` residual blocks, two stride-2 up-sampling transposed convs, conv 7x7, tanh
+              (InstanceNorm + ReLU, as the original; the original has 6 residual blocks)
+    D(x)      conv 4x4 stride 2 + LeakyReLU(0.01) down to 2x2; D_src (3x3 conv, a score map), D_cls (attribute
+              logits)
+    D loss    -D_src(x) + D_src(G(x, c)) + lam_cls * BCE(D_cls(x), y) + lam_gp * GP         (lam_gp = 10, lam_cls = 1)
+    G loss    -D_src(G(x, c)) + lam_cls * BCE(D_cls(G(x, c)), c) + lam_rec * |x - G(G(x, c), y)|_1  (lam_rec = 10)
+    G is updated once every `n_critic` D updates (5), Adam lr 1e-4, betas (0.5, 0.999).
+
+Missing labels: the BCE on real images is masked (a missing label teaches D_cls nothing); the source labels y
+(the reconstruction target, and the pool target labels are drawn from) are the observed value where observed and
+D_cls's own prediction, rounded, where missing; target labels c are the source labels of another image of the
+batch (the original's shuffle), so every entry of c is known and the BCE on fakes is not masked.
+Transfer to domain i: y = D_cls(x) rounded, c = y with c_i = 1, G(x, c). lam is ignored.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from dualvae.baselines import common
+
+
+@dataclass
+class StarGANConfig:
+    image_size: int = 64
+    channels: int = 3
+    num_labels: int = 40
+    g_width: int = 64
+    d_width: int = 64
+    res_blocks: int = 6
+    lambda_cls: float = 1.0
+    lambda_rec: float = 10.0
+    lambda_gp: float = 10.0
+    n_critic: int = 5
+    lr: float = 1e-4
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.InstanceNorm2d(c, affine=True), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.InstanceNorm2d(c, affine=True))
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: StarGANConfig):
+        super().__init__()
+        w, c = cfg.g_width, cfg.channels
+        layers = [nn.Conv2d(c + cfg.num_labels, w, 7, 1, 3, bias=False), nn.InstanceNorm2d(w, affine=True),
+                  nn.ReLU(inplace=True)]
+        for _ in range(2):
+            layers += [nn.Conv2d(w, 2 * w, 4, 2, 1, bias=False), nn.InstanceNorm2d(2 * w, affine=True),
+                       nn.ReLU(inplace=True)]
+            w *= 2
+        layers += [ResidualBlock(w) for _ in range(cfg.res_blocks)]
+        for _ in range(2):
+            layers += [nn.ConvTranspose2d(w, w // 2, 4, 2, 1, bias=False), nn.InstanceNorm2d(w // 2, affine=True),
+                       nn.ReLU(inplace=True)]
+            w //= 2
+        layers += [nn.Conv2d(w, c, 7, 1, 3, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x, c):
+        return self.net(torch.cat([x, common.label_maps(c, x.shape[-1])], 1))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: StarGANConfig):
+        super().__init__()
+        n = int(math.log2(cfg.image_size)) - 1  # down to 2x2
+        if cfg.image_size < 8 or 2 ** (n + 1) != cfg.image_size:
+            raise ValueError(f"StarGAN: image_size must be a power of two >= 8, got {cfg.image_size}")
+        layers, c_in, w = [], cfg.channels, cfg.d_width
+        for _ in range(n):
+            layers += [nn.Conv2d(c_in, w, 4, 2, 1), nn.LeakyReLU(0.01, inplace=True)]
+            c_in, w = w, min(w * 2, 2048)
+        self.main = nn.Sequential(*layers)
+        self.src = nn.Conv2d(c_in, 1, 3, 1, 1, bias=False)
+        self.cls = nn.Conv2d(c_in, cfg.num_labels, 2, bias=False)
+
+    def forward(self, x):
+        h = self.main(x)
+        return self.src(h), self.cls(h).flatten(1)
+
+
+class StarGAN(common.TransferMixin, nn.Module):
+    kind = "stargan"
+
+    def __init__(self, cfg: StarGANConfig | None = None, **kw):
+        super().__init__()
+        cfg = cfg or StarGANConfig(**kw)
+        self.config = cfg
+        self.G = Generator(cfg)
+        self.D = Discriminator(cfg)
+        self.attr_names: list[str] | None = None
+
+    def make_optimizers(self):
+        betas = (0.5, 0.999)
+        return {"g": torch.optim.Adam(self.G.parameters(), lr=self.config.lr, betas=betas),
+                "d": torch.optim.Adam(self.D.parameters(), lr=self.config.lr, betas=betas)}
+
+    def source_labels(self, x, y, mask=None):
+        """y where observed, D_cls's rounded prediction where missing (no gradient either way)."""
+        if mask is None:
+            return y
+        with torch.no_grad():
+            pred = (self.D(x)[1] > 0).to(y.dtype)
+        return common.fill_missing(y, mask, pred)
+
+    def gradient_penalty(self, x_real, x_fake):
+        a = torch.rand(len(x_real), 1, 1, 1, device=x_real.device)
+        x_hat = (a * x_real + (1 - a) * x_fake).requires_grad_(True)
+        out = self.D(x_hat)[0]
+        g = torch.autograd.grad(out.sum(), x_hat, create_graph=True)[0].flatten(1)
+        return ((g.norm(2, dim=1) - 1) ** 2).mean()
+
+    def d_loss(self, x, y, mask, c_trg):
+        cfg = self.config
+        src_real, cls_real = self.D(x)
+        with torch.no_grad():
+            x_fake = self.G(x, c_trg)
+        src_fake, _ = self.D(x_fake)
+        cls = common.masked_bce(cls_real, y, mask)
+        gp = self.gradient_penalty(x, x_fake)
+        loss = -src_real.mean() + src_fake.mean() + cfg.lambda_cls * cls + cfg.lambda_gp * gp
+        return loss, {"d_loss": loss.item(), "d_cls": cls.item(), "gp": gp.item()}
+
+    def g_loss(self, x, y_src, c_trg):
+        cfg = self.config
+        x_fake = self.G(x, c_trg)
+        src_fake, cls_fake = self.D(x_fake)
+        cls = common.masked_bce(cls_fake, c_trg)
+        rec = (x - self.G(x_fake, y_src)).abs().mean()
+        loss = -src_fake.mean() + cfg.lambda_cls * cls + cfg.lambda_rec * rec
+        return loss, {"g_loss": loss.item(), "g_cls": cls.item(), "g_rec": rec.item()}
+
+    def train_step(self, opts, x, y, mask=None, step: int = 0, total_steps: int = 1) -> dict:
+        """One D update; one G update too every n_critic-th step."""
+        y_src = self.source_labels(x, y, mask)
+        c_trg = y_src[torch.randperm(len(x), device=x.device)]
+        d, stats = self.d_loss(x, y, mask, c_trg)
+        opts["d"].zero_grad(set_to_none=True)
+        d.backward()
+        opts["d"].step()
+        stats["loss"] = stats["d_loss"]
+        if (step + 1) % self.config.n_critic == 0:
+            g, g_stats = self.g_loss(x, y_src, c_trg)
+            opts["g"].zero_grad(set_to_none=True)
+            g.backward()
+            opts["g"].step()
+            stats.update(g_stats)
+        return stats
+
+    @torch.no_grad()
+    def predict_labels(self, x):
+        return (self.D(x)[1] > 0).to(x.dtype)
+
+    def transfer_rows(self, x, y, domain, lam: float = 1.0):
+        """G(x, c), c = the source labels with c_i = 1, for each row. lam is ignored."""
+        return self.G(x, common.shift_label(y, domain, 1.0))
+
+    def checkpoint_state(self) -> dict:
+        return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),
+                "attr_names": self.attr_names}

@@ -1,0 +1,130 @@
+"""CVAE, FaderNetworks, StarGAN: shapes, a few training steps lower the loss on a fixed batch, transfer_all,
+missing labels change no gradient, checkpoints round-trip. Tiny networks at 16x16."""
+import pytest
+import torch
+
+from dualvae import baselines
+from dualvae.cis import conditional_inception_score
+
+N_LABELS, SIZE = 6, 16
+CONFIGS = {"cvae": dict(width=8, latent_dim=8),
+           "fader": dict(width=8, max_channels=32, ramp_steps=1, lambda_lat_dis=1e-2),
+           "stargan": dict(g_width=8, d_width=8, res_blocks=1, n_critic=1)}
+
+
+def make(kind, seed=0):
+    torch.manual_seed(seed)
+    return baselines.build(kind, image_size=SIZE, num_labels=N_LABELS, **CONFIGS[kind])
+
+
+def batch(seed=0, b=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, 3, SIZE, SIZE, generator=g) * 2 - 1
+    y = (torch.rand(b, N_LABELS, generator=g) > 0.5).float()
+    mask = (torch.rand(b, N_LABELS, generator=g) > 0.5).float()
+    return x, y, mask
+
+
+def fixed_losses(model, x, y, mask) -> dict:
+    """Every loss the model trains, on a fixed batch with fixed randomness (eps, dropout, GP mix, targets)."""
+    torch.manual_seed(123)
+    if model.kind == "cvae":
+        return {"loss": model.loss(x, y, mask)[0]}
+    if model.kind == "fader":
+        ae, pred, _ = model.ae_loss(x, y, mask, step=1)
+        return {"ae": ae, "pred": pred, "dis": model.dis_loss(x, y, mask)}
+    y_src = model.source_labels(x, y, mask)
+    c_trg = y_src.flip(0)
+    return {"d": model.d_loss(x, y, mask, c_trg)[0], "g": model.g_loss(x, y_src, c_trg)[0]}
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_shapes_and_transfer_all(kind):
+    model = make(kind).eval()
+    x, _, _ = batch(b=3)
+    out = model.transfer_all(x, [0, 2, 5], lam=1.5)
+    assert out.shape == (3, 3, 3, SIZE, SIZE)
+    assert out.abs().max() <= 1.0
+    # chunking does not change the result; domains=None is all of them
+    assert torch.allclose(model.transfer_all(x, [0, 2, 5], lam=1.5, max_batch=2), out, atol=1e-5)
+    assert model.transfer_all(x[:1], None, lam=1.0).shape == (1, N_LABELS, 3, SIZE, SIZE)
+    assert model.predict_labels(x).shape == (3, N_LABELS)
+    with pytest.raises(ValueError, match=r"x has shape \(3, 3, 8, 8\)"):
+        model.transfer_all(x[:, :, :8, :8], [0])
+    with pytest.raises(ValueError, match="domains \\[6\\] out of range"):
+        model.transfer_all(x, [6])
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_training_steps_lower_the_loss_on_a_fixed_batch(kind):
+    model = make(kind)
+    x, y, mask = batch(seed=1)
+    opts = model.make_optimizers()
+    model.train()
+    before = {k: v.item() for k, v in fixed_losses(model, x, y, mask).items()}
+    for step in range(8):
+        model.train_step(opts, x, y, mask, step=step, total_steps=8)
+    after = {k: v.item() for k, v in fixed_losses(model, x, y, mask).items()}
+    key = {"cvae": "loss", "fader": "ae", "stargan": "g"}[kind]
+    assert after[key] < before[key], (before, after)
+    if kind == "fader":
+        assert after["pred"] < before["pred"] and after["dis"] < before["dis"], (before, after)
+    if kind == "stargan":
+        assert after["d"] < before["d"], (before, after)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_missing_labels_change_no_gradient(kind):
+    x, y, mask = batch(seed=2)
+    y_other = torch.where(mask.bool(), y, 1 - y)  # differs from y at every missing entry only
+    grads = []
+    for labels in (y, y_other):
+        model = make(kind).train()
+        losses = fixed_losses(model, x, labels, mask)
+        grads.append(torch.autograd.grad(sum(losses.values()), [p for p in model.parameters()],
+                                         allow_unused=True))
+    for g1, g2 in zip(*grads):
+        assert (g1 is None) == (g2 is None)
+        if g1 is not None:
+            assert torch.equal(g1, g2)
+    # and the observed entries do matter (the test can fail)
+    model = make(kind).train()
+    flipped = fixed_losses(model, x, 1 - y, mask)
+    model = make(kind).train()
+    same = fixed_losses(model, x, y, mask)
+    assert any(not torch.equal(flipped[k], same[k]) for k in same)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_fit_save_load_and_cis(kind, tmp_path):
+    from dualvae.checkpoint import save_atomic
+
+    model = make(kind)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (16, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    labels = (torch.rand(16, N_LABELS, generator=g) > 0.5).float()
+    rows = baselines.fit(model, images, labels, torch.rand(16, N_LABELS, generator=g) > 0.9, steps=3,
+                         batch_size=8, progress=False, log_every=1)
+    assert [r["step"] for r in rows] == [0, 1, 2] and not model.training
+    path = save_atomic(model.checkpoint_state(), str(tmp_path / "m.pt"))
+    loaded = baselines.load(path)
+    x = images[:2].float() / 127.5 - 1
+    assert torch.equal(loaded.transfer_all(x, [1, 3], 2.0), model.transfer_all(x, [1, 3], 2.0))
+    f = lambda imgs: torch.sigmoid(imgs.mean((2, 3)).repeat(1, 2))  # noqa: E731  (B, 6) "classifier"
+    r = conditional_inception_score(loaded, f, x, domains=[0, 1, 2], lam=[1.0, 2.0])
+    loop = conditional_inception_score(loaded, f, x, domains=[0, 1, 2], lam=[1.0, 2.0], batched=False)
+    for lam in (1.0, 2.0):
+        assert abs(r[lam].cis - loop[lam].cis) < 1e-5
+
+
+def test_stargan_ignores_lam_and_fader_cvae_use_it():
+    x, _, _ = batch(b=2)
+    for kind in ("cvae", "fader", "stargan"):
+        model = make(kind).eval()
+        a, b = model.transfer_all(x, [0], 0.5), model.transfer_all(x, [0], 3.0)
+        assert torch.equal(a, b) == (kind == "stargan")
+
+
+def test_build_names_unknown_kind():
+    with pytest.raises(ValueError, match="unknown baseline 'vae'"):
+        baselines.build("vae")
