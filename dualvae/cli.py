@@ -1,4 +1,4 @@
-"""`dualvae` command line: synth | prepare | train | train-classifier | transfer | cis | demo."""
+"""`dualvae` command line: synth | prepare | train | train-classifier | transfer | cis | demo | experiment."""
 from __future__ import annotations
 
 import argparse
@@ -366,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--domains", type=int, default=40)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    from dualvae.experiments import add_experiment_parser
+
+    add_experiment_parser(sub)
     return p
 
 
