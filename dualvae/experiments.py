@@ -69,8 +69,8 @@ BUDGETS = {
         configs={"dualvae": dict(width=16, latent_dim=64), "cvae": dict(width=16, latent_dim=64),
                  "fader": dict(width=8, max_channels=128, ramp_steps=150, lambda_lat_dis=1e-3),
                  "stargan": dict(g_width=12, d_width=16, res_blocks=2)},
-        lams={"dualvae": [8.0, 16.0, 32.0, 64.0], "cvae": [1.0, 2.0, 4.0, 8.0], "fader": [1.0, 2.0, 4.0, 8.0],
-              "stargan": [1.0]},
+        lams={"dualvae": [16.0, 32.0, 64.0, 128.0, 256.0], "cvae": [1.0, 2.0, 4.0, 8.0, 16.0],
+              "fader": [1.0, 2.0, 4.0, 8.0, 16.0], "stargan": [1.0]},
         batch_sizes={"stargan": 16}),
     "paper": Budget(
         image_size=64, batch_size=64, classifier_steps=20000, classifier_width=32, val_images=160,
@@ -269,7 +269,9 @@ def ensure_runs(data: str, out: str, budget_name: str, runs: list[Run], jobs: in
     os.makedirs(out, exist_ok=True)
     prepare_data(data, out, budget, progress=progress)
     ensure_classifier(data, out, budget, progress=progress)
-    todo = sorted(set(runs), key=lambda r: (-budget.steps[r.model], r.model, r.missing_ratio, r.seed))
+    # StarGAN (the costliest per step) first, so that the last runs to finish are short ones.
+    todo = sorted(set(runs), key=lambda r: (r.model != "stargan", -budget.steps[r.model], r.model,
+                                            r.missing_ratio, r.seed))
     threads = 1 if jobs > 1 else None
     tasks = [(data, out, budget_name, r, threads) for r in todo]
     results = {}
