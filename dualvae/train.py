@@ -17,6 +17,12 @@ alpha and label_lr act together.
 
 The missing-label indicator I (1 = observed) is drawn once per run from `missing_ratio` and `seed`, over the
 whole training label matrix, and saved in the checkpoint.
+
+At scale and under faults (README, "Training at scale"): under torchrun every process runs `train` on its shard
+of the global batch, gradients and metrics summed before each of the two steps (dualvae.distributed); autocast
+(`precision`), torch.compile of the two losses (`compile`); rotating checkpoints in out/ckpt with everything a
+resume needs (optimizers, scaler, epoch position, RNG states), `resume="auto"` past corrupt files; a NaN/inf
+loss stops (or is skipped), SIGTERM checkpoints and returns, out-of-memory names the batch size.
 """
 from __future__ import annotations
 

@@ -106,7 +106,7 @@ def test_torchrun_two_processes_equal_one_process(cache, tmp_path):
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(cache, reference_run, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "dualvae", "train", "--data", cache, "--out", str(out), "--steps", "400",
-           "--ckpt-every", "2", "--deterministic", *TINY_ARGS]
+           "--ckpt-every", "2", "--keep-ckpts", "1000", "--deterministic", *TINY_ARGS]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: any(int(p[-12:-3]) >= 4 for p in list_checkpoints(str(out / "ckpt"))), proc)
@@ -114,13 +114,14 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(cache, reference_run
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    newest = list_checkpoints(str(out / "ckpt"))[0]
-    ck = load_checkpoint(newest)
-    if not 0 < ck["epoch_position"] < ck["steps_per_epoch"]:  # resume mid-epoch: start from one that is
-        for p in list_checkpoints(str(out / "ckpt"))[:1]:
-            os.remove(p)
-        ck = load_checkpoint(list_checkpoints(str(out / "ckpt"))[0])
-    assert 0 < ck["epoch_position"] < ck["steps_per_epoch"] and ck["step"] < 12
+    # Resume from the newest checkpoint that is mid-epoch and before step 12 (5 steps an epoch, one every 2 steps:
+    # steps 2, 4, 6, 8 are at batches 2, 4, 1, 3 of their epoch); newer ones (a slow poll) are removed.
+    while True:
+        newest = list_checkpoints(str(out / "ckpt"))[0]
+        ck = load_checkpoint(newest)
+        if 0 < ck["epoch_position"] < ck["steps_per_epoch"] and ck["step"] < 12:
+            break
+        os.remove(newest)
     train(TrainConfig(data=cache, out=str(out), steps=12, ckpt_every=2, resume="auto", **TINY))
     assert f"resumed from {os.path.join(str(out), 'ckpt')}" in (out / "events.log").read_text()
     _assert_same_params(_params(str(out / "model.pt")), _params(os.path.join(reference_run, "model.pt")))
