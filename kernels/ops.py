@@ -3,12 +3,20 @@
 Backends
     "triton"     the Triton kernels (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
     "reference"  the pure-PyTorch definitions (reference.py), differentiated by torch's autograd.
-    "cpu"        the compiled CPU kernels; until they exist it runs the reference.
+    "cpu"        the compiled C++ CPU kernels (kernels/csrc, ops dualvae::*_cpu registered for the CPU dispatch
+                 key); the reference where the library was not built (import warns once).
     "auto"       triton for CUDA tensors, cpu for CPU tensors, reference for float64.
 
-The Triton path goes through four `dualvae::` custom ops (forward and backward of each op), registered with fake
+The fused backends go through four `dualvae::` custom ops (forward and backward of each op), registered with fake
 implementations and autograd, so `torch.library.opcheck` passes and `torch.compile(fullgraph=True)` traces them
-as single nodes without graph breaks.
+as single nodes without graph breaks. Each op takes the backend as an argument: "triton" runs the Triton
+kernels (on CPU tensors too, under the interpreter), "cpu" calls the C++ op; so one op serves both, whatever
+the tensors' device.
+
+Where dual_bce's gradients are computed: the Triton forward makes the loss and dz, and its backward recomputes
+the logit tiles for dU and db (no atomics, no (B-blocks x n x d) partials on a GPU). The C++ forward makes dU
+and db too when the upstream gradient is a scalar ("sum", "mean"): one pass over the tiles instead of two, 3
+GEMMs' worth of work instead of 4; its backward then only scales them. For "none" it recomputes like Triton.
 """
 from __future__ import annotations
 
@@ -85,6 +93,29 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
 # ---------------------------------------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------------------------------------
+def has_cpu_kernels() -> bool:
+    """True when the compiled CPU kernels (dualvae::*_cpu ops) are loaded."""
+    return hasattr(torch.ops.dualvae, "dual_bce_cpu")
+
+
+if has_cpu_kernels():  # fake implementations of the C++ ops, so they too trace under torch.compile / opcheck
+    @torch.library.register_fake("dualvae::reparameterize_kl_cpu")
+    def _(mu, logvar, eps, seed, offset):
+        return torch.empty_like(mu), mu.new_empty(mu.shape[0], dtype=torch.float32)
+
+    @torch.library.register_fake("dualvae::reparameterize_kl_backward_cpu")
+    def _(dz, dkl, mu, logvar, eps, seed, offset, need_deps):
+        return torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu) if need_deps else mu.new_empty(0)
+
+    @torch.library.register_fake("dualvae::dual_bce_cpu")
+    def _(z, U, labels, mask, bias, gscale, n, packed, need_loss, need_dz, need_dU, need_db):
+        B, d = z.shape
+        f32 = torch.float32
+        return (z.new_empty((B,) if need_loss else (0,), dtype=f32), z.new_empty((), dtype=f32),
+                z.new_empty((), dtype=torch.int64), z.new_empty((B, d) if need_dz else (0,), dtype=f32),
+                z.new_empty((n, d) if need_dU else (0,), dtype=f32), z.new_empty((n,) if need_db else (0,), dtype=f32))
+
+
 def _describe(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
@@ -97,8 +128,13 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
             return "reference"
         backend = "triton" if device.type == "cuda" and _tk is not None else "cpu"
     if backend == "cpu":
-        # The compiled CPU kernels are not written yet: the reference is the CPU path until they are.
-        return "reference"
+        if device.type != "cpu":
+            raise ValueError(f"{op}: backend 'cpu' needs CPU tensors, got tensors on {device}")
+        if dtype not in TRITON_DTYPES:
+            raise ValueError(f"{op}: backend 'cpu' takes float32, bfloat16 or float16 inputs, got {dtype}; "
+                             f"use backend='reference' for {dtype}")
+        if not has_cpu_kernels():
+            return "reference"  # the library was not built; importing dualvae.kernels has warned once
     if backend == "triton":
         if _tk is None:
             raise ValueError(f"{op}: backend 'triton' needs the triton package, which is not installed")
@@ -117,6 +153,8 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
 @torch.library.custom_op("dualvae::reparameterize_kl", mutates_args=())
 def _reparam_kl_op(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, offset: int,
                    backend: str) -> tuple[Tensor, Tensor]:
+    if backend == "cpu":
+        return torch.ops.dualvae.reparameterize_kl_cpu(mu, logvar, eps, seed, offset)
     return _tk.reparam_kl_fwd(mu, logvar, eps, seed, offset)
 
 
@@ -128,6 +166,8 @@ def _(mu, logvar, eps, seed, offset, backend):
 @torch.library.custom_op("dualvae::reparameterize_kl_backward", mutates_args=())
 def _reparam_kl_bwd_op(dz: Tensor, dkl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int,
                        offset: int, need_deps: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    if backend == "cpu":
+        return torch.ops.dualvae.reparameterize_kl_backward_cpu(dz, dkl, mu, logvar, eps, seed, offset, need_deps)
     dmu, dlogvar, deps = _tk.reparam_kl_bwd(dz.contiguous(), dkl.contiguous().float(), mu, logvar, eps, seed,
                                             offset, need_deps)
     return dmu, dlogvar, deps if deps is not None else mu.new_empty(0)
@@ -201,27 +241,41 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
 # ---------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("dualvae::dual_bce", mutates_args=())
 def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
-                 packed: bool, reduction: str, need_dz: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,))."""
-    rows, cnt, dz, bad = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+                 packed: bool, reduction: str, need_dz: bool, grads_in_fwd: bool,
+                 backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,), and with
+    grads_in_fwd (backend "cpu", reduction "sum"/"mean") unscaled dU (n, d) and db (n,) fp32, else (0,))."""
+    def empty():  # a new one each time: outputs of a custom op must not alias each other
+        return z.new_empty(0, dtype=torch.float32)
+
+    if backend == "cpu":
+        need_db = grads_in_fwd and bias is not None
+        rows, count, bad, dz, dU, db = torch.ops.dualvae.dual_bce_cpu(
+            z, U, labels, mask, bias, None, n, packed, True, need_dz, grads_in_fwd, need_db)
+        bad = int(bad)
+    else:
+        rows, cnt, dz, bad = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+        count, dU, db = cnt.sum(), empty(), empty()
     if bad:  # counted by the kernel as it reads the labels; checked here so it also holds when compiled
         raise ValueError(f"dual_bce: y must hold labels in {{0, 1}}, got {bad} values outside it")
-    count = cnt.sum()
     if reduction == "none":
         loss = rows
     elif reduction == "sum":
         loss = rows.sum()
     else:
         loss = rows.sum() / count.clamp_min(1.0)
-    return loss, count, dz if dz is not None else z.new_empty(0, dtype=torch.float32)
+    return loss, count, (dz if dz is not None and need_dz else empty()), dU, db
 
 
 @_dual_bce_op.register_fake
-def _(z, U, labels, mask, bias, n, packed, reduction, need_dz, backend):
+def _(z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend):
     B, d = z.shape
-    loss = z.new_empty(B if reduction == "none" else (), dtype=torch.float32)
-    dz = z.new_empty((B, d) if need_dz else (0,), dtype=torch.float32)
-    return loss, z.new_empty((), dtype=torch.float32), dz
+    f32 = torch.float32
+    loss = z.new_empty(B if reduction == "none" else (), dtype=f32)
+    dz = z.new_empty((B, d) if need_dz else (0,), dtype=f32)
+    dU = z.new_empty((n, d) if grads_in_fwd else (0,), dtype=f32)
+    db = z.new_empty((n,) if grads_in_fwd and bias is not None else (0,), dtype=f32)
+    return loss, z.new_empty((), dtype=f32), dz, dU, db
 
 
 @torch.library.custom_op("dualvae::dual_bce_backward", mutates_args=())
@@ -229,6 +283,10 @@ def _dual_bce_bwd_op(gscale: Tensor, z: Tensor, U: Tensor, labels: Tensor, mask:
                      bias: Optional[Tensor], n: int, packed: bool, need_db: bool,
                      backend: str) -> tuple[Tensor, Tensor]:
     """(dU fp32 (n, d), db fp32 (n,) or (0,)) for per-row upstream gradient scales gscale (B,)."""
+    if backend == "cpu":
+        _, _, _, _, du, db = torch.ops.dualvae.dual_bce_cpu(z, U, labels, mask, bias, gscale.contiguous().float(), n,
+                                                            packed, False, False, True, need_db)
+        return du, db
     du, db = _tk.dual_bce_bwd(gscale.contiguous().float(), z, U, labels, mask, bias, n, packed, need_db)
     return du, db if db is not None else z.new_empty(0, dtype=torch.float32)
 
@@ -239,35 +297,42 @@ def _(gscale, z, U, labels, mask, bias, n, packed, need_db, backend):
 
 
 def _dual_bce_setup(ctx, inputs, output):
-    z, U, labels, mask, bias, n, packed, reduction, need_dz, backend = inputs
-    _, count, dz = output
-    ctx.save_for_backward(z, U, labels, mask, bias, count, dz)
+    z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend = inputs
+    _, count, dz, dU, db = output
+    if grads_in_fwd:  # the backward only scales dU and db: the inputs need not be kept
+        ctx.save_for_backward(None, None, None, None, bias, count, dz, dU, db)
+    else:
+        ctx.save_for_backward(z, U, labels, mask, bias, count, dz, None, None)
     ctx.n, ctx.packed, ctx.reduction, ctx.need_dz, ctx.backend = n, packed, reduction, need_dz, backend
+    ctx.grads_in_fwd = grads_in_fwd
+    ctx.z_dtype, ctx.U_dtype, ctx.B = z.dtype, U.dtype, z.shape[0]
 
 
-def _dual_bce_backward(ctx, g_loss, g_count, g_dz):
-    z, U, labels, mask, bias, count, dz_unscaled = ctx.saved_tensors
-    B = z.shape[0]
+def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db):
+    z, U, labels, mask, bias, count, dz_unscaled, dU_fwd, db_fwd = ctx.saved_tensors
+    B = ctx.B
     g_loss = g_loss.float()
     if ctx.reduction == "none":
         gscale = g_loss
-    elif ctx.reduction == "sum":
-        gscale = g_loss.expand(B)
-    else:
-        gscale = (g_loss / count.clamp_min(1.0)).expand(B)
+    else:  # one scale for every row
+        scale = g_loss if ctx.reduction == "sum" else g_loss / count.clamp_min(1.0)
+        gscale = scale.expand(B)
     dz = dU = db = None
     if ctx.needs_input_grad[0]:
         if not ctx.need_dz:
             raise RuntimeError("dual_bce: z needs a gradient but the forward ran without one "
                                "(z.requires_grad was False or grad mode was off)")
-        dz = (gscale[:, None] * dz_unscaled).to(z.dtype)
+        dz = (gscale[:, None] * dz_unscaled).to(ctx.z_dtype)
     need_db = bias is not None and ctx.needs_input_grad[4]
-    if ctx.needs_input_grad[1] or need_db:
+    if ctx.grads_in_fwd:  # scalar upstream gradient: the forward's dU and db, scaled
+        dU = (scale * dU_fwd).to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
+        db = (scale * db_fwd).to(bias.dtype) if need_db else None
+    elif ctx.needs_input_grad[1] or need_db:
         du32, db32 = torch.ops.dualvae.dual_bce_backward(gscale, z, U, labels, mask, bias, ctx.n, ctx.packed,
                                                          need_db, ctx.backend)
-        dU = du32.to(U.dtype) if ctx.needs_input_grad[1] else None
+        dU = du32.to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
         db = db32.to(bias.dtype) if need_db else None
-    return dz, dU, None, None, db, None, None, None, None, None
+    return dz, dU, None, None, db, None, None, None, None, None, None
 
 
 _dual_bce_op.register_autograd(_dual_bce_backward, setup_context=_dual_bce_setup)
@@ -324,8 +389,11 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None
         labels = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
         if mask is not None and mask.dtype == torch.bool:
             mask = mask.view(torch.uint8)
-    need_dz = torch.is_grad_enabled() and z.requires_grad
-    loss, _, _ = torch.ops.dualvae.dual_bce(
+    grad_mode = torch.is_grad_enabled()
+    need_dz = grad_mode and z.requires_grad
+    grads_in_fwd = (backend == "cpu" and reduction != "none" and grad_mode
+                    and (U.requires_grad or (bias is not None and bias.requires_grad)))
+    loss, *_ = torch.ops.dualvae.dual_bce(
         z.contiguous(), U.contiguous(), labels.contiguous(), mask.contiguous() if mask is not None else None,
-        bias.contiguous() if bias is not None else None, n, packed, reduction, need_dz, backend)
+        bias.contiguous() if bias is not None else None, n, packed, reduction, need_dz, grads_in_fwd, backend)
     return loss

@@ -1,8 +1,23 @@
-// Every dualvae:: op schema, declared once. Backends register implementations per dispatch key
-// (TORCH_LIBRARY_IMPL in this folder for CPU; Triton kernels from Python for CUDA).
+// The dualvae:: op schemas of the compiled library, declared once. Implementations are registered per dispatch
+// key (TORCH_LIBRARY_IMPL(dualvae, CPU, m) in this folder). The public ops dualvae::dual_bce and
+// dualvae::reparameterize_kl (+ _backward) are defined in kernels/ops.py, next to the Triton kernels; with
+// backend="cpu" they call the *_cpu ops below.
 #include <torch/library.h>
 
 TORCH_LIBRARY(dualvae, m) {
   // Per-row KL(N(mu, exp(logvar)) || N(0, I)) = -1/2 * sum_k (1 + logvar - mu^2 - exp(logvar)).
   m.def("kl_standard_normal(Tensor mu, Tensor logvar) -> Tensor");
+  // z = mu + exp(logvar / 2) * eps and kl (B,) float32; eps None: Philox normals (seed, offset + k).
+  m.def("reparameterize_kl_cpu(Tensor mu, Tensor logvar, Tensor? eps, int seed, int offset) -> (Tensor, Tensor)");
+  // (dmu, dlogvar, deps or an empty tensor); eps None: the forward's eps, regenerated from (seed, offset).
+  m.def("reparameterize_kl_backward_cpu(Tensor dz, Tensor dkl, Tensor mu, Tensor logvar, Tensor? eps, int seed, "
+        "int offset, bool need_deps) -> (Tensor, Tensor, Tensor)");
+  // Masked dual-head BCE over tiles of L = z U^T + b, never stored whole. labels: (B, n) y (any real dtype)
+  // with an optional (B, n) mask weight, or packed int32 words (B, ceil(n/16)). G = gscale_row * mask *
+  // (sigmoid(L) - y). Returns (rows (B,) f32 per-row loss or empty, count () f32, bad () int64 = labels
+  // outside {0, 1}, dz = G U (B, d), dU = G^T z (n, d), db = column sums of G (n,)), each f32 or empty when
+  // not asked for.
+  m.def("dual_bce_cpu(Tensor z, Tensor U, Tensor labels, Tensor? mask, Tensor? bias, Tensor? gscale, int n, "
+        "bool packed, bool need_loss, bool need_dz, bool need_dU, bool need_db) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -1,0 +1,81 @@
+// Fused CPU kernels of dualvae::dual_bce and dualvae::reparameterize_kl: the interface between the op
+// registrations (ops_cpu.cpp, compiled once) and the kernels (isa/fused_cpu_kernels.cpp, compiled once per
+// instruction set with CPU_CAPABILITY set, the way ATen builds its own kernels; chosen at run time).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace dualvae::cpu {
+
+// Labels of one dual_bce call as raw views: unpacked (y and an optional mask, any real dtype; the mask is a
+// weight, 1 = observed) or packed (2 bits an entry, see kernels/ops.py PackedLabels).
+struct Labels {
+  const void* y = nullptr;
+  at::ScalarType y_type = at::kFloat;
+  const void* mask = nullptr;  // null: every label observed
+  at::ScalarType mask_type = at::kFloat;
+  const int32_t* words = nullptr;  // packed: (B, n_words)
+  int64_t n_words = 0;
+};
+
+// One dual_bce problem in float32: logits L = z U^T + b are made tile by tile and never stored whole.
+// G = gscale_row * mask * (sigmoid(L) - y) is the gradient of the loss w.r.t. L.
+struct BceProblem {
+  int64_t B = 0, n = 0, d = 0;
+  const float* z = nullptr;      // (B, d)
+  const float* U = nullptr;      // (n, d)
+  const float* bias = nullptr;   // (n,) or null
+  const float* gscale = nullptr;  // (B,) or null (= 1)
+  Labels labels;
+  int64_t tile_b = 256, tile_n = 256;
+};
+
+// What to compute; a null pointer skips that output. Sums are over the whole problem, in an order fixed by
+// the shapes alone, so every thread count gives the same bits.
+struct BceOutputs {
+  double* rows = nullptr;     // (B,) per-row loss sum_j mask * BCE
+  double* count = nullptr;    // () sum of mask
+  int64_t* bad = nullptr;     // () labels outside {0, 1} (unpacked labels)
+  float* dz = nullptr;        // (B, d) G U
+  float* dU = nullptr;        // (n, d) G^T z
+  float* db = nullptr;        // (n,) column sums of G
+};
+
+// How the (B, n) plane is cut into work items: n_groups groups of column tiles x b_groups groups of row
+// tiles. A function of the shapes only (never of the thread count). Items of one column group share a dz
+// partial (B, d); items of one row group share a dU partial (n, d); the partials are summed in group order.
+struct BcePlan {
+  int64_t tiles_b, tiles_n, n_groups, b_groups;
+};
+
+inline BcePlan plan_bce(int64_t B, int64_t n, int64_t d, int64_t tile_b, int64_t tile_n) {
+  constexpr int64_t kPartialBytes = int64_t(8) << 20;  // per kind of partial buffer
+  constexpr int64_t kItems = 16;  // independent items: up to 16 threads busy
+  BcePlan p;
+  p.tiles_b = (B + tile_b - 1) / tile_b;
+  p.tiles_n = (n + tile_n - 1) / tile_n;
+  const int64_t dz_fit = std::max<int64_t>(1, kPartialBytes / std::max<int64_t>(1, B * d * 4));
+  p.n_groups = std::max<int64_t>(1, std::min({p.tiles_n, dz_fit, kItems}));
+  const int64_t du_fit = std::max<int64_t>(1, kPartialBytes / std::max<int64_t>(1, n * d * 4));
+  const int64_t want_b = (kItems + p.n_groups - 1) / p.n_groups;
+  p.b_groups = std::max<int64_t>(1, std::min({p.tiles_b, du_fit, want_b}));
+  return p;
+}
+
+#define DUALVAE_CPU_KERNELS(ISA)                                                                         \
+  namespace ISA {                                                                                        \
+  void dual_bce(const BceProblem& p, const BceOutputs& o);                                              \
+  void reparam_kl_fwd(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps, int64_t seed, \
+                      int64_t offset, at::Tensor& z, at::Tensor& kl);                                    \
+  void reparam_kl_bwd(const at::Tensor& dz, const at::Tensor& dkl, const at::Tensor& mu,                 \
+                      const at::Tensor& logvar, const at::Tensor& eps, int64_t seed, int64_t offset,     \
+                      at::Tensor& dmu, at::Tensor& dlogvar, at::Tensor& deps);                           \
+  }
+
+DUALVAE_CPU_KERNELS(DEFAULT)
+DUALVAE_CPU_KERNELS(AVX2)
+
+}  // namespace dualvae::cpu
