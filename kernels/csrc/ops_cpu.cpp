@@ -155,9 +155,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor rows = need_loss ? at::zeros({B}, dbl) : at::empty({0}, fo);
   at::Tensor count = at::zeros({}, dbl);
   at::Tensor bad = at::zeros({}, z.options().dtype(at::kLong));
-  at::Tensor dz = need_dz ? at::zeros({B, d}, fo) : at::empty({0}, fo);
-  at::Tensor dU = need_dU ? at::zeros({n, d}, fo) : at::empty({0}, fo);
-  at::Tensor db = need_db ? at::zeros({n}, fo) : at::empty({0}, fo);
+  // The kernel writes every entry of these (no memset of a possibly large dU); an empty problem zeroes them.
+  at::Tensor dz = at::empty(need_dz ? at::IntArrayRef{B, d} : at::IntArrayRef{0}, fo);
+  at::Tensor dU = at::empty(need_dU ? at::IntArrayRef{n, d} : at::IntArrayRef{0}, fo);
+  at::Tensor db = at::empty(need_db ? at::IntArrayRef{n} : at::IntArrayRef{0}, fo);
   BceOutputs o;
   if (need_loss) {
     o.rows = rows.data_ptr<double>();
@@ -167,7 +168,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   if (need_dz) o.dz = dz.data_ptr<float>();
   if (need_dU) o.dU = dU.data_ptr<float>();
   if (need_db) o.db = db.data_ptr<float>();
-  if (B > 0 && n > 0) DUALVAE_ISA_CALL(dual_bce, p, o);
+  if (B > 0 && n > 0) {
+    DUALVAE_ISA_CALL(dual_bce, p, o);
+  } else {
+    dz.zero_(), dU.zero_(), db.zero_();
+  }
   if (d_in == 0) {
     dz = dz.narrow(-1, 0, 0);
     dU = dU.narrow(-1, 0, 0);
