@@ -180,8 +180,8 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
 
 
 def test_training_runs_through_auto_and_backends_agree():
-    """The model's losses go through dualvae.kernels with backend "auto"; the Triton kernels (interpreter) and the
-    reference give the same parameters after a few Algorithm 1 steps."""
+    """The model's losses go through dualvae.kernels with backend "auto"; the C++ CPU kernels, the Triton kernels
+    (interpreter) and the reference give the same parameters after a few Algorithm 1 steps."""
     import dualvae.kernels as K
 
     calls = []
@@ -195,7 +195,7 @@ def test_training_runs_through_auto_and_backends_agree():
         setattr(K, name, spy)
     try:
         states, logs = {}, {}
-        for backend in ("auto", "reference", "triton"):
+        for backend in ("auto", "reference", "triton", "cpu"):
             m = tiny_model(kernel_backend=backend).train()
             cfg = TrainConfig(data="", out="", latent_dim=8)
             g, g_e = make_optimizers(m, cfg)
@@ -217,7 +217,7 @@ def test_training_runs_through_auto_and_backends_agree():
                 if isinstance(seq[i + 1], torch.nn.BatchNorm2d) and getattr(seq[i], "bias", None) is not None:
                     noise.add(f"{name}.{i}.bias")
     assert noise >= {"encoder.conv.0.bias", "decoder.deconv.0.bias"}
-    for backend in ("auto", "triton"):
+    for backend in ("auto", "triton", "cpu"):
         for a, b in zip(logs[backend], logs["reference"]):
             for key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (backend, key)
@@ -225,3 +225,7 @@ def test_training_runs_through_auto_and_backends_agree():
             if k not in noise:
                 torch.testing.assert_close(states[backend][k], v, rtol=1e-4, atol=1e-6, msg=f"{backend}: {k}")
     assert states["triton"]["U"].ne(states["reference"]["U"]).any()  # the triton path really ran its own kernels
+    if K.ops.has_cpu_kernels():  # auto on CPU tensors is the C++ kernels, which round unlike the reference
+        assert states["cpu"]["U"].ne(states["reference"]["U"]).any()
+        for k, v in states["cpu"].items():
+            assert torch.equal(states["auto"][k], v), k
