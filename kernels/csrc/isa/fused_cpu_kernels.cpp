@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 // Fortran BLAS sgemm, exported by libtorch_cpu (MKL on x86 wheels). Weak: where a torch build does not export
@@ -214,7 +215,15 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
 
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const SingleThreadedBlas blas_guard;
-    std::vector<float> tile(TB * TN), yrow(TN), wrow(TN), db_scratch(TN);
+    // Scratch sized to the problem (a small one must not pay for a 256 KiB tile), left uninitialized: every
+    // entry is written before it is read.
+    const int64_t tb_max = std::min(TB, B), tn_max = std::min(TN, n);
+    const int64_t ldt = tn_max;  // leading dimension of the tile
+    std::unique_ptr<float[]> scratch(new float[tb_max * ldt + 3 * tn_max]);
+    float* tile = scratch.get();
+    float* yrow = tile + tb_max * ldt;
+    float* wrow = yrow + tn_max;
+    float* db_scratch = wrow + tn_max;
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t g = item % NG, bg = item / NG;
       const int64_t tn0 = g * plan.tiles_n / NG, tn1 = (g + 1) * plan.tiles_n / NG;
@@ -229,18 +238,18 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
         const float* u = p.U + j0 * d;
         const float* bias = p.bias ? p.bias + j0 : nullptr;
         // Column sums of G go to this item's own slice of db_part (or to scratch nobody reads).
-        float* db_acc = o.db ? db_part.data() + bg * n + j0 : db_scratch.data();
+        float* db_acc = o.db ? db_part.data() + bg * n + j0 : db_scratch;
         for (int64_t tb = tb0; tb < tb1; ++tb) {
           const int64_t b0 = tb * TB, nb = std::min(TB, B - b0);
           const float* zb = p.z + b0 * d;
-          gemm(false, true, nb, nj, d, zb, d, u, d, 0.0f, tile.data(), TN);  // L = z_b U_n^T
+          gemm(false, true, nb, nj, d, zb, d, u, d, 0.0f, tile, ldt);  // L = z_b U_n^T
           for (int64_t r = 0; r < std::min(kPrefetchRows, nb); ++r) prefetch_label_row(p.labels, n, b0 + r, j0, nj);
           for (int64_t r = 0; r < nb; ++r) {
             const int64_t b = b0 + r;
             if (r + kPrefetchRows < nb) prefetch_label_row(p.labels, n, b + kPrefetchRows, j0, nj);
-            const LabelRow lab = load_label_row(p.labels, n, b, j0, nj, yrow.data(), wrow.data());
+            const LabelRow lab = load_label_row(p.labels, n, b, j0, nj, yrow, wrow);
             const float scale = p.gscale ? p.gscale[b] : 1.0f;
-            float* t = tile.data() + r * TN;
+            float* t = tile + r * ldt;
             double* row_loss = kLoss ? rows + b : nullptr;
             if (lab.w != nullptr) {
               epilogue_row<kLoss, true>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad);
@@ -249,9 +258,9 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
             }
           }
           if (dz != nullptr)  // dz_b (+)= G U_n
-            gemm(false, false, nb, d, nj, tile.data(), TN, u, d, tn == tn0 ? 0.0f : 1.0f, dz + b0 * d, d);
+            gemm(false, false, nb, d, nj, tile, ldt, u, d, tn == tn0 ? 0.0f : 1.0f, dz + b0 * d, d);
           if (du != nullptr)  // dU_n (+)= G^T z_b
-            gemm(true, false, nj, d, nb, tile.data(), TN, zb, d, tb == tb0 ? 0.0f : 1.0f, du + j0 * d, d);
+            gemm(true, false, nj, d, nb, tile, ldt, zb, d, tb == tb0 ? 0.0f : 1.0f, du + j0 * d, d);
         }
       }
       if (kLoss) cnt_part[item] = cnt;
