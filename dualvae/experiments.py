@@ -405,7 +405,8 @@ def stack_pngs(paths_titles: list[tuple[str, str]], path: str) -> str:
         sheet.paste(_label_image(title, width), (0, y))
         sheet.paste(img, (0, y + 14))
         y += img.height + 14
-    sheet.save(path, optimize=True)
+    # An adaptive 256-colour palette: the grids stay well under 1 MB (noisy decoded tiles compress badly as RGB).
+    sheet.convert("P", palette=Image.ADAPTIVE, colors=256).save(path, optimize=True)
     return path
 
 
@@ -430,7 +431,7 @@ def make_fig5(out: str, budget: Budget, results: dict[Run, dict]) -> str:
         tiles = transfer_tiles(load_run_model(out, run), images, list(range(len(names))), lam)
         p = os.path.join(out, f"fig5_{m}.png")
         save_grid_png(p, tiles, ["original", *names] if i == 0 else None, scale=max(1, 32 // budget.image_size))
-        parts.append((p, f"{LABELS[m]} (seed 0, λ = {lam:g})"))
+        parts.append((p, f"{LABELS[m]} (seed 0, lambda = {lam:g})"))  # PIL's default font has no λ
     path = stack_pngs(parts, os.path.join(out, "fig5.png"))
     for p, _ in parts:
         os.remove(p)
