@@ -305,6 +305,9 @@ def _dual_bce_setup(ctx, inputs, output):
         ctx.save_for_backward(z, U, labels, mask, bias, count, dz, None, None)
     ctx.n, ctx.packed, ctx.reduction, ctx.need_dz, ctx.backend = n, packed, reduction, need_dz, backend
     ctx.grads_in_fwd = grads_in_fwd
+    # Only the loss carries a gradient; without this autograd would hand the backward zero tensors for the
+    # other outputs, an n x d one for dU among them.
+    ctx.set_materialize_grads(False)
     ctx.z_dtype, ctx.U_dtype, ctx.B = z.dtype, U.dtype, z.shape[0]
 
 
