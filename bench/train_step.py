@@ -46,7 +46,7 @@ def time_config(root: str, device: torch.device, *, data_backend: str, kernel_ba
     """`warmup` + `steps` iterations of Algorithm 1 (dualvae.train.train_step) on batches from make_loader."""
     from dualvae.data import make_loader
     from dualvae.model import DualVAE
-    from dualvae.train import LossFns, TrainConfig, make_optimizers, train_step
+    from dualvae.train import LossFns, TrainConfig, fused_losses, make_optimizers, train_step
 
     torch.manual_seed(0)
     cfg = TrainConfig(data=root, out="", batch_size=batch, width=width, image_size=size, precision=precision,
@@ -57,7 +57,7 @@ def time_config(root: str, device: torch.device, *, data_backend: str, kernel_ba
     model = DualVAE(size, 3, cfg.latent_dim, len(loader.attr_names), width, kernel_backend=kernel_backend)
     model = model.to(device).train()
     g, g_e = make_optimizers(model, cfg)
-    fns = LossFns(model, cfg, compile=compile, fullgraph=device.type == "cuda")
+    fns = LossFns(model, cfg, compile=compile, fullgraph=fused_losses(kernel_backend, device))
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     gen = torch.Generator().manual_seed(0)
 
@@ -85,7 +85,7 @@ def time_config(root: str, device: torch.device, *, data_backend: str, kernel_ba
     dt = time.perf_counter() - t
     loader.close()
     return {"data_backend": data_backend, "kernel_backend": kernel_backend, "precision": precision,
-            "compile": compile, "steps": steps, "seconds": round(dt, 3), "steps_per_s": round(steps / dt, 4),
+            "compile": compile, "fullgraph": compile and fused_losses(kernel_backend, device), "steps": steps, "seconds": round(dt, 3), "steps_per_s": round(steps / dt, 4),
             "images_per_s": round(steps * batch / dt, 1), "setup_and_warmup_s": round(warmup_s, 2),
             "last_neg_elbo": round(stats["neg_elbo"], 2)}
 

@@ -158,6 +158,15 @@ class LossFns:
         return nll, correct.float(), mask.sum().float()
 
 
+def fused_losses(kernel_backend: str, device: torch.device) -> bool:
+    """Whether the losses run as dualvae:: custom ops (one node each under torch.compile, fake implementations):
+    Triton on CUDA (or under TRITON_INTERPRET), the compiled C++ kernels on CPU. The pure-PyTorch reference (CPU
+    without the built library) checks its labels with a data-dependent branch: one graph break."""
+    if kernel_backend == "triton" or (kernel_backend == "auto" and device.type == "cuda"):
+        return True
+    return kernel_backend in ("auto", "cpu") and device.type == "cpu" and kernels.has_compiled_ops()
+
+
 def _autocast(device: torch.device, precision: str):
     dtype = PRECISIONS[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -283,10 +292,8 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
             say(f"resumed from {path}: step {state['step']}, epoch {state['epoch']}, batch {state['position']} "
                 f"of {steps_per_epoch}")
     model.train()
-    # One graph per loss where the losses are the dualvae:: custom ops (Triton: CUDA, or TRITON_INTERPRET); the
-    # CPU path is today the pure-PyTorch reference, whose label check is data-dependent (one graph break), and
-    # the collectives of BatchNorm over several processes break graphs too.
-    fullgraph = not d.enabled and (d.device.type == "cuda" or cfg.kernel_backend == "triton")
+    # The collectives of BatchNorm over several processes break graphs: one graph per loss with one process only.
+    fullgraph = not d.enabled and fused_losses(cfg.kernel_backend, d.device)
     fns = LossFns(model, cfg, compile=cfg.compile, fullgraph=fullgraph)
 
     def save(step: int):

@@ -240,14 +240,21 @@ def test_mixed_precision_runs(cache, tmp_path, precision):
     assert ck["model"]["U"].dtype == torch.float32  # autocast: parameters stay fp32
 
 
-@pytest.mark.slow  # ~50 s of inductor compilation on a 2-core CPU
-def test_compile_matches_eager(cache, tmp_path):
-    """--compile: both losses, with the dualvae:: Triton ops (interpreter on CPU), through
-    torch.compile(fullgraph=True), where a graph break would raise: the same losses as eager for a few steps."""
+@pytest.mark.slow  # ~50 s of inductor compilation per backend on a 2-core CPU
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_compile_matches_eager(cache, tmp_path, backend):
+    """--compile: both losses, with the dualvae:: ops (the C++ CPU kernels; Triton through its interpreter),
+    through torch.compile(fullgraph=True), where a graph break would raise: the same losses as eager."""
+    from dualvae import kernels
+    from dualvae.train import fused_losses
+
+    if backend == "cpu" and not kernels.has_compiled_ops():
+        pytest.skip("the C++ CPU kernels are not built")
+    assert fused_losses(backend, torch.device("cpu"))
     logs = {}
     for compiled in (False, True):
         out = tmp_path / str(compiled)
-        train(TrainConfig(data=cache, out=str(out), steps=2, log_every=1, compile=compiled, kernel_backend="triton",
+        train(TrainConfig(data=cache, out=str(out), steps=2, log_every=1, compile=compiled, kernel_backend=backend,
                           **{**TINY, "deterministic": False}))
         logs[compiled] = load_checkpoint(str(out / "model.pt"))["log"]
     for a, b in zip(logs[False], logs[True]):
