@@ -119,19 +119,6 @@ def make_optimizers(model: DualVAE, cfg: TrainConfig):
     return g, g_e
 
 
-def make_optimizers(model: DualVAE, cfg: TrainConfig):
-    """g over (phi, theta) = encoder + decoder; g_e over (phi, U) = encoder + U."""
-    g = torch.optim.Adam([*model.encoder.parameters(), *model.decoder.parameters()], lr=cfg.lr)
-    label_params = [*model.encoder.parameters(), model.U]
-    if cfg.label_optimizer == "adam":
-        g_e = torch.optim.Adam(label_params, lr=cfg.label_lr)
-    elif cfg.label_optimizer == "sgd":
-        g_e = torch.optim.SGD(label_params, lr=cfg.label_lr)
-    else:
-        raise ValueError(f"label_optimizer must be 'adam' or 'sgd', got {cfg.label_optimizer!r}")
-    return g, g_e
-
-
 class LossFns:
     """The two losses of Algorithm 1 as sums over the batch's rows (a rank's share of the global loss), eager or
     through torch.compile (the dualvae:: custom ops have fake implementations: one graph each)."""
