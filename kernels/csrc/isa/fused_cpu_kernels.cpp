@@ -215,8 +215,8 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
 
   at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
     const SingleThreadedBlas blas_guard;
-    // Scratch sized to the problem (a small one must not pay for a 256 KiB tile), left uninitialized: every
-    // entry is written before it is read.
+    // Scratch sized to the problem (a small one must not pay for a 256 KiB tile), left uninitialized where
+    // every entry is written before it is read.
     const int64_t tb_max = std::min(TB, B), tn_max = std::min(TN, n);
     const int64_t ldt = tn_max;  // leading dimension of the tile
     std::unique_ptr<float[]> scratch(new float[tb_max * ldt + 3 * tn_max]);
@@ -224,6 +224,7 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
     float* yrow = tile + tb_max * ldt;
     float* wrow = yrow + tn_max;
     float* db_scratch = wrow + tn_max;
+    std::fill(db_scratch, db_scratch + tn_max, 0.0f);  // never read, but kept free of garbage NaNs
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t g = item % NG, bg = item / NG;
       const int64_t tn0 = g * plan.tiles_n / NG, tn1 = (g + 1) * plan.tiles_n / NG;
