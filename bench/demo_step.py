@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "demo-step-cpu.json"))
     args = ap.parse_args(argv)
-    if not kernels.ops.has_cpu_kernels():
+    if not kernels.has_compiled_ops():
         print("demo_step: the C++ CPU kernels are not built (make install)", file=sys.stderr)
         return 1
     load0 = os.getloadavg()

@@ -41,13 +41,16 @@ def _load_compiled() -> bool:
 
 _COMPILED = _load_compiled()
 
-# After the compiled library: its TORCH_LIBRARY defines the dualvae namespace that ops.py adds to.
-from .ops import BACKENDS, PackedLabels, dual_bce, pack_labels, reparameterize_kl  # noqa: E402
-
 
 def has_compiled_ops() -> bool:
-    """True when the CMake-built CPU library is loaded (torch.ops.dualvae.* available)."""
+    """True when the CMake-built CPU library is loaded (torch.ops.dualvae.* available): backend "cpu" runs its
+    C++ kernels, not the reference."""
     return _COMPILED
+
+
+# After the compiled library: its TORCH_LIBRARY defines the dualvae namespace that ops.py adds to, and ops.py
+# asks has_compiled_ops() above.
+from .ops import BACKENDS, PackedLabels, dual_bce, pack_labels, reparameterize_kl  # noqa: E402
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

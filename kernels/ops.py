@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from . import reference
+from . import has_compiled_ops, reference
 from .reference import REDUCTIONS, check_labels, check_seed
 
 try:
@@ -93,12 +93,7 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
 # ---------------------------------------------------------------------------------------------------------
 # checks
 # ---------------------------------------------------------------------------------------------------------
-def has_cpu_kernels() -> bool:
-    """True when the compiled CPU kernels (dualvae::*_cpu ops) are loaded."""
-    return hasattr(torch.ops.dualvae, "dual_bce_cpu")
-
-
-if has_cpu_kernels():  # fake implementations of the C++ ops, so they too trace under torch.compile / opcheck
+if has_compiled_ops():  # fake implementations of the C++ ops, so they too trace under torch.compile / opcheck
     @torch.library.register_fake("dualvae::reparameterize_kl_cpu")
     def _(mu, logvar, eps, seed, offset):
         return torch.empty_like(mu), mu.new_empty(mu.shape[0], dtype=torch.float32)
@@ -133,7 +128,7 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
         if dtype not in TRITON_DTYPES:
             raise ValueError(f"{op}: backend 'cpu' takes float32, bfloat16 or float16 inputs, got {dtype}; "
                              f"use backend='reference' for {dtype}")
-        if not has_cpu_kernels():
+        if not has_compiled_ops():
             return "reference"  # the library was not built; importing dualvae.kernels has warned once
     if backend == "triton":
         if _tk is None:

@@ -21,7 +21,7 @@ from dualvae.kernels import triton_kernels as tk
 
 HAVE_TRITON = tk.INTERPRET or torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
-needs_cpu_kernels = pytest.mark.skipif(not ops.has_cpu_kernels() and os.environ.get("DUALVAE_REQUIRE_EXT") != "1",
+needs_cpu_kernels = pytest.mark.skipif(not kernels.has_compiled_ops() and os.environ.get("DUALVAE_REQUIRE_EXT") != "1",
                                        reason="the C++ CPU kernels are not built")
 TRITON_DEVICE = "cuda" if torch.cuda.is_available() and not tk.INTERPRET else "cpu"
 
@@ -31,7 +31,7 @@ def backend(request):
     """Each fused backend in turn. `make test` sets DUALVAE_REQUIRE_EXT=1: there a missing C++ build fails."""
     if request.param == "triton" and not HAVE_TRITON:
         pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
-    if request.param == "cpu" and not ops.has_cpu_kernels():
+    if request.param == "cpu" and not kernels.has_compiled_ops():
         if os.environ.get("DUALVAE_REQUIRE_EXT") == "1":
             pytest.fail("backend 'cpu': the compiled CPU kernels were not loaded")
         pytest.skip("the C++ CPU kernels are not built")
@@ -329,7 +329,7 @@ def test_non_contiguous_inputs_work(backend):
 
 def test_auto_backend_choice():
     cpu = torch.device("cpu")
-    expected = "cpu" if ops.has_cpu_kernels() else "reference"
+    expected = "cpu" if kernels.has_compiled_ops() else "reference"
     assert ops._resolve_backend("x", "auto", cpu, torch.float32) == expected
     assert ops._resolve_backend("x", "auto", cpu, torch.bfloat16) == expected
     assert ops._resolve_backend("x", "auto", cpu, torch.float64) == "reference"
