@@ -3,18 +3,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import torch
 
 
-def save_atomic(obj, path: str) -> str:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+def _write_atomic(path: str, write) -> str:
+    """write(f) into a temporary file in the same folder, fsync, then rename over `path`; on any error the
+    temporary file is removed and `path` is untouched."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -22,6 +24,20 @@ def save_atomic(obj, path: str) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_atomic(obj, path: str) -> str:
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    return _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def copy_atomic(src: str, path: str) -> str:
+    """Copy file `src` to `path` the same way: readers see the old file or the whole copy."""
+    def write(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
+
+    return _write_atomic(path, write)
 
 
 def write_text_atomic(path: str, text: str) -> str:

@@ -33,7 +33,6 @@ import io
 import os
 import random
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -45,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from dualvae import kernels
-from dualvae.checkpoint import load_checkpoint, save_atomic, write_json_atomic, write_text_atomic
+from dualvae.checkpoint import copy_atomic, load_checkpoint, save_atomic, write_json_atomic, write_text_atomic
 from dualvae.data import draw_label_mask, make_loader  # noqa: F401  (draw_label_mask: re-exported for callers)
 from dualvae.distributed import (Dist, barrier, broadcast_object, convert_batchnorm, gather_objects, init_from_env,
                                  reduce_grads_and_stats, shutdown)
@@ -375,15 +374,7 @@ def _write_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep:
     """out/ckpt/step-N.pt (atomic), then out/model.pt as a copy of it (atomic), then the oldest beyond `keep`
     removed: a crash at any point leaves every file complete."""
     path = save_atomic(ck, os.path.join(ckpt_dir, f"step-{step:09d}.pt"))
-    tmp = f"{model_path}.tmp{os.getpid()}"
-    try:
-        shutil.copyfile(path, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, model_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    copy_atomic(path, model_path)
     for old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)
     return path
