@@ -148,9 +148,8 @@ def fused_losses(kernel_backend: str, device: torch.device) -> bool:
     """Whether the losses run as dualvae:: custom ops (one node each under torch.compile, fake implementations):
     Triton on CUDA (or under TRITON_INTERPRET), the compiled C++ kernels on CPU. The pure-PyTorch reference (CPU
     without the built library) checks its labels with a data-dependent branch: one graph break."""
-    if kernel_backend == "triton" or (kernel_backend == "auto" and device.type == "cuda"):
-        return True
-    return kernel_backend in ("auto", "cpu") and device.type == "cpu" and kernels.has_compiled_ops()
+    # the ops' own choice of backend (fp32 stands for every float dtype they fuse)
+    return kernels.ops._resolve_backend("train", kernel_backend, device, torch.float32) != "reference"
 
 
 def _autocast(device: torch.device, precision: str):
