@@ -1,6 +1,7 @@
 """What machine a measurement ran on, for the benchmark reports."""
 from __future__ import annotations
 
+import os
 import platform
 
 # The instruction-set extensions that change which code MKL, oneDNN, ATen and our C++ kernels run (and so
@@ -45,6 +46,5 @@ def isa_level() -> str:
 
 def cpu_report() -> dict:
     """The CPU fields every benchmark JSON carries: model, ISA level and flags, logical cores."""
-    import os
     return {"cpu_model": cpu_model(), "cpu_isa_level": isa_level(), "cpu_isa": cpu_isa(),
             "cpu_count": os.cpu_count()}
