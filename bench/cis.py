@@ -33,7 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dualvae.checkpoint import write_json_atomic
-from dualvae.sysinfo import cpu_model
+from dualvae.sysinfo import cpu_model, cpu_report
 from dualvae.cis import conditional_inception_score, resolve_domains, scores_from_M
 from dualvae.classifier import AttributeClassifier
 from dualvae.model import DualVAE
@@ -378,7 +378,7 @@ def main(argv=None):
                 "batched one pass), their agreement, GFLOP/s against the matmul peak, batched peak memory at two N",
         "date": datetime.date.today().isoformat(),
         "device": device_name(device),
-        "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "threads": torch.get_num_threads(),
+        "cpu": f"{cpu_model()}, {os.cpu_count()} cores", **cpu_report(), "threads": torch.get_num_threads(),
         "gpu": None if device.type == "cpu" else torch.cuda.get_device_name(device),
         "load_average_1_5_15": {"before": [round(v, 2) for v in load_before],
                                 "after_timings": [round(v, 2) for v in load_after],

@@ -25,7 +25,7 @@ import torch
 from dualvae import kernels
 from dualvae.checkpoint import write_json_atomic
 from dualvae.model import DualVAE
-from dualvae.sysinfo import cpu_model
+from dualvae.sysinfo import cpu_report
 from dualvae.train import TrainConfig, make_optimizers, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "sizes": {"image_size": 64, "width": 24, "latent_dim": 128, "num_labels": 40, "batch_size": 64,
                   "steps_per_round": args.steps, "rounds": args.rounds},
-        "dtype": "float32", "device": "cpu", "cpu_model": cpu_model(), "threads": args.threads,
+        "dtype": "float32", "device": "cpu", **cpu_report(), "threads": args.threads,
         "torch": torch.__version__, "python": platform.python_version(),
         "loadavg_start": [round(v, 2) for v in load0], "loadavg_end": [round(v, 2) for v in os.getloadavg()],
         **result,
