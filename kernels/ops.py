@@ -5,7 +5,8 @@ Backends
     "reference"  the pure-PyTorch definitions (reference.py), differentiated by torch's autograd.
     "cpu"        the compiled C++ CPU kernels (kernels/csrc, ops dualvae::*_cpu registered for the CPU dispatch
                  key); the reference where the library was not built (import warns once).
-    "auto"       triton for CUDA tensors, cpu for CPU tensors, reference for float64.
+    "auto"       triton for CUDA tensors (the reference where triton is not installed), cpu for CPU tensors,
+                 reference for float64 and for other devices.
 
 The fused backends go through four `dualvae::` custom ops (forward and backward of each op), registered with fake
 implementations and autograd, so `torch.library.opcheck` passes and `torch.compile(fullgraph=True)` traces them
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor
 
 from . import has_compiled_ops, reference
-from .reference import REDUCTIONS, check_labels, check_seed
+from .reference import REDUCTIONS, check_seed
 
 try:
     from . import triton_kernels as _tk
@@ -78,7 +79,7 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
         if not isinstance(mask, Tensor) or mask.shape != y.shape:
             raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected {tuple(y.shape)} (y's)")
         reference._check_same_device(op, y=y, mask=mask)
-    check_labels(op, y)
+    reference.check_labels(op, y)
     B, n = y.shape
     codes = y.to(torch.int64)
     codes = codes + 2 * ((mask != 0).to(torch.int64) if mask is not None else torch.ones_like(codes))
@@ -111,6 +112,12 @@ if has_compiled_ops():  # fake implementations of the C++ ops, so they too trace
                 z.new_empty((n, d) if need_dU else (0,), dtype=f32), z.new_empty((n,) if need_db else (0,), dtype=f32))
 
 
+def _may_read_back(t: Tensor) -> bool:
+    """False while a CUDA graph is being captured on the current stream, where copying a value to the host is
+    not allowed (the capture would fail)."""
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _describe(t) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
@@ -121,7 +128,11 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
     if backend == "auto":
         if dtype not in TRITON_DTYPES:
             return "reference"
-        backend = "triton" if device.type == "cuda" and _tk is not None else "cpu"
+        if device.type == "cuda":
+            return "triton" if _tk is not None else "reference"
+        if device.type != "cpu":
+            return "reference"
+        backend = "cpu"
     if backend == "cpu":
         if device.type != "cpu":
             raise ValueError(f"{op}: backend 'cpu' needs CPU tensors, got tensors on {device}")
@@ -237,7 +248,7 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
 @torch.library.custom_op("dualvae::dual_bce", mutates_args=())
 def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
                  packed: bool, reduction: str, need_dz: bool, grads_in_fwd: bool,
-                 backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                 backend: str, check_labels: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,), and with
     grads_in_fwd (backend "cpu", reduction "sum"/"mean") unscaled dU (n, d) and db (n,) fp32, else (0,))."""
     def empty():  # a new one each time: outputs of a custom op must not alias each other
@@ -247,12 +258,19 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
         need_db = grads_in_fwd and bias is not None
         rows, count, bad, dz, dU, db = torch.ops.dualvae.dual_bce_cpu(
             z, U, labels, mask, bias, None, n, packed, True, need_dz, grads_in_fwd, need_db)
-        bad = int(bad)
     else:
         rows, cnt, dz, bad = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
         count, dU, db = cnt.sum(), empty(), empty()
-    if bad:  # counted by the kernel as it reads the labels; checked here so it also holds when compiled
-        raise ValueError(f"dual_bce: y must hold labels in {{0, 1}}, got {bad} values outside it")
+    # The kernels count bad labels as they read them; the count is checked here, inside the op, so the check
+    # holds under torch.compile too. On CUDA reading it is a host sync, and a sync cannot be recorded into a
+    # CUDA graph (torch.compile mode="reduce-overhead"): so the check is skipped while a graph is captured,
+    # and still runs in eager and in the warm-up runs made before capturing (replays run no Python at all).
+    # check_labels=False drops the per-call sync for callers that validate their labels once. Not
+    # torch._assert_async: a failed device-side assert leaves the CUDA context unusable and names no value.
+    if check_labels and _may_read_back(z):
+        bad = int(bad)
+        if bad:
+            raise ValueError(f"dual_bce: y must hold labels in {{0, 1}}, got {bad} values outside it")
     if reduction == "none":
         loss = rows
     elif reduction == "sum":
@@ -263,7 +281,7 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
 
 
 @_dual_bce_op.register_fake
-def _(z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend):
+def _(z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend, check_labels):
     B, d = z.shape
     f32 = torch.float32
     loss = z.new_empty(B if reduction == "none" else (), dtype=f32)
@@ -292,7 +310,7 @@ def _(gscale, z, U, labels, mask, bias, n, packed, need_db, backend):
 
 
 def _dual_bce_setup(ctx, inputs, output):
-    z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend = inputs
+    z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend, check_labels = inputs
     _, count, dz, dU, db = output
     if grads_in_fwd:  # the backward only scales dU and db: the inputs need not be kept
         ctx.save_for_backward(None, None, None, None, bias, count, dz, dU, db)
@@ -330,20 +348,24 @@ def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db):
                                                          need_db, ctx.backend)
         dU = du32.to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
         db = db32.to(bias.dtype) if need_db else None
-    return dz, dU, None, None, db, None, None, None, None, None, None
+    return dz, dU, None, None, db, None, None, None, None, None, None, None
 
 
 _dual_bce_op.register_autograd(_dual_bce_backward, setup_context=_dual_bce_setup)
 
 
 def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None = None, *,
-             bias: Tensor | None = None, reduction: str = "sum", backend: str = "auto") -> Tensor:
+             bias: Tensor | None = None, reduction: str = "sum", backend: str = "auto",
+             check_labels: bool = True) -> Tensor:
     """Masked Bernoulli NLL of the dual head, sum_ij mask_ij * BCE(sigmoid(z_i . u_j + b_j), y_ij).
 
     y: (B, n) labels in {0, 1} with an optional (B, n) mask (1 = observed), or a PackedLabels from
     `pack_labels` (then mask must be None). reduction: "sum", "mean" (over observed entries; 0 with zero
     gradients when none is observed) or "none" (per row, (B,)). U and bias are cast to z's dtype.
     The fused backends never form the B x n logits (see triton_kernels.py) and return the loss in float32.
+    check_labels: raise ValueError when an unpacked label is not 0 or 1 (default). On CUDA that reads a count
+    back to the host once per call; False skips it (the loss of such labels is then undefined). The check is
+    also skipped while a CUDA graph is being captured. The reference backend always checks.
     """
     op = "dual_bce"
     reference._check_float("z", z, op)
@@ -393,5 +415,6 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None
                     and (U.requires_grad or (bias is not None and bias.requires_grad)))
     loss, *_ = torch.ops.dualvae.dual_bce(
         z.contiguous(), U.contiguous(), labels.contiguous(), mask.contiguous() if mask is not None else None,
-        bias.contiguous() if bias is not None else None, n, packed, reduction, need_dz, grads_in_fwd, backend)
+        bias.contiguous() if bias is not None else None, n, packed, reduction, need_dz, grads_in_fwd, backend,
+        bool(check_labels))
     return loss

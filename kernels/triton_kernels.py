@@ -35,6 +35,7 @@ word, bit 0 the label and bit 1 "observed" (see `ops.pack_labels`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default Triton documents; silences its warning
@@ -43,7 +44,11 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+def _on_device_of(t: torch.Tensor):
+    """The tensors' CUDA device made current for a launch: Triton launches on the current device, so cuda:1
+    tensors with device 0 current would otherwise run on device 0 with pointers into device 1's memory."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,6 +76,12 @@ def _reparam_kl_fwd_kernel(
         tl.store(z_ptr + idx, (mu + std * eps).to(z_ptr.dtype.element_ty), mask=ok)
         kl += tl.sum(tl.where(ok, mu * mu + std * std - 1.0 - lv, 0.0), axis=1)
     tl.store(kl_ptr + rows, 0.5 * kl, mask=row_ok)
+
+
+# Triton makes each kernel interpreted or compiled when it is decorated, from TRITON_INTERPRET at that moment
+# (this module's import); a later change of the variable changes nothing that runs. So the mode is read off a
+# kernel, which is what the launchers really call, rather than off the environment.
+INTERPRET = not isinstance(_reparam_kl_fwd_kernel, triton.runtime.JITFunction)
 
 
 @triton.jit
@@ -118,10 +129,11 @@ def reparam_kl_fwd(mu, logvar, eps, seed: int, offset: int):
         return z, kl
     cfg = reparam_config(B, D)
     grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
-    _reparam_kl_fwd_kernel[grid](
-        mu, logvar, eps if eps is not None else mu, z, kl, B, D, seed, offset,
-        HAS_EPS=eps is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with _on_device_of(mu):
+        _reparam_kl_fwd_kernel[grid](
+            mu, logvar, eps if eps is not None else mu, z, kl, B, D, seed, offset,
+            HAS_EPS=eps is not None, BLOCK_B=cfg["BLOCK_B"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     return z, kl
 
 
@@ -133,12 +145,13 @@ def reparam_kl_bwd(dz, dkl, mu, logvar, eps, seed: int, offset: int, need_deps: 
         return dmu, dlogvar, deps
     cfg = reparam_config(B, D)
     grid = (triton.cdiv(B, cfg["BLOCK_B"]),)
-    _reparam_kl_bwd_kernel[grid](
-        dz, dkl, mu, logvar, eps if eps is not None else mu, dmu, dlogvar, deps if need_deps else dmu,
-        B, D, seed, offset,
-        HAS_EPS=eps is not None, NEED_DEPS=need_deps,
-        BLOCK_B=cfg["BLOCK_B"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
-    )
+    with _on_device_of(mu):
+        _reparam_kl_bwd_kernel[grid](
+            dz, dkl, mu, logvar, eps if eps is not None else mu, dmu, dlogvar, deps if need_deps else dmu,
+            B, D, seed, offset,
+            HAS_EPS=eps is not None, NEED_DEPS=need_deps,
+            BLOCK_B=cfg["BLOCK_B"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
     return dmu, dlogvar, deps
 
 
@@ -210,7 +223,7 @@ def _dual_bce_fwd_kernel(
 ):
     """Grid (row blocks, splits of n, chunks of d). Program (i, s, c) writes the loss and count partials of its
     rows over split s (chunk 0 only) and the dz partial of columns c*BLOCK_K.. of its rows; unpacked labels
-    outside {0, 1} are counted into bad_ptr (checked on the host: no B x n validation pass, no temporaries)."""
+    outside {0, 1} are counted into bad_ptr (checked by ops.dual_bce: no B x n validation pass, no temporaries)."""
     pid_b = tl.program_id(0)
     split = tl.program_id(1)
     pid_d = tl.program_id(2)
@@ -364,7 +377,8 @@ def _label_args(labels, mask):
 
 def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, splits: int | None = None):
     """(per-row loss (B,) fp32, observed count per row (B,) fp32, unscaled dz (B, d) fp32 or None,
-    number of labels outside {0, 1} (int, unpacked labels only))."""
+    number of labels outside {0, 1} (a 0-d int64 tensor on z's device, 0 for packed labels): a tensor, so
+    that reading it back to the host is the caller's choice)."""
     B, D = z.shape
     dev = z.device
     cfg = dual_bce_config(B, n, D, z.dtype)
@@ -379,20 +393,21 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, 
     if B and n:
         y_arg, m_arg = _label_args(labels, mask)
         grid = (triton.cdiv(B, cfg["BLOCK_B"]), S, chunks)
-        _dual_bce_fwd_kernel[grid](
-            z, U, bias if bias is not None else z, y_arg, m_arg, loss, cnt, dz if need_dz else loss, bad,
-            B, n, D, labels.shape[1] if packed else n, n_per_split,
-            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PACKED=packed, NEED_DZ=need_dz,
-            PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-            ONE_K=D <= cfg["BLOCK_K"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        with _on_device_of(z):
+            _dual_bce_fwd_kernel[grid](
+                z, U, bias if bias is not None else z, y_arg, m_arg, loss, cnt, dz if need_dz else loss, bad,
+                B, n, D, labels.shape[1] if packed else n, n_per_split,
+                HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PACKED=packed, NEED_DZ=need_dz,
+                PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+                BLOCK_K=cfg["BLOCK_K"], ONE_K=D <= cfg["BLOCK_K"],
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )
     else:
         loss.zero_()
         cnt.zero_()
         if need_dz:
             dz.zero_()
-    return loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None), int(bad.sum()) if not packed else 0
+    return loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None), bad.sum()
 
 
 def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, packed: bool, need_db: bool, splits: int | None = None):
@@ -409,14 +424,15 @@ def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, packed: bool, need_db
     if B and n:
         y_arg, m_arg = _label_args(labels, mask)
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), S, chunks)
-        _dual_bce_bwd_kernel[grid](
-            z, U, bias if bias is not None else z, y_arg, m_arg, gscale, du, db if need_db else du,
-            B, n, D, labels.shape[1] if packed else n, b_per_split,
-            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PACKED=packed, NEED_DB=need_db,
-            PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-            ONE_K=D <= cfg["BLOCK_K"],
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        with _on_device_of(z):
+            _dual_bce_bwd_kernel[grid](
+                z, U, bias if bias is not None else z, y_arg, m_arg, gscale, du, db if need_db else du,
+                B, n, D, labels.shape[1] if packed else n, b_per_split,
+                HAS_BIAS=bias is not None, HAS_MASK=mask is not None, PACKED=packed, NEED_DB=need_db,
+                PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
+                BLOCK_K=cfg["BLOCK_K"], ONE_K=D <= cfg["BLOCK_K"],
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            )
     else:
         du.zero_()
         if need_db:

@@ -1,5 +1,5 @@
 """The fused backends against float64 references, each test once per backend (the `backend` fixture):
-"triton" (CPU tensors under TRITON_INTERPRET=1, set in tests/conftest.py; CUDA where there is a GPU) and "cpu"
+"triton" (CUDA tensors where there is a GPU, else CPU tensors under TRITON_INTERPRET=1: tests/conftest.py) and "cpu"
 (the C++ kernels of kernels/csrc). Plus the public-API contract every backend shares: packed labels, bad input,
 opcheck, torch.compile; and what only the C++ kernels promise: results independent of the thread count, the
 baseline (non-AVX2) build agreeing with the AVX2 one, bf16/fp16 inputs on a CPU.
@@ -23,7 +23,11 @@ HAVE_TRITON = tk.INTERPRET or torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
 needs_cpu_kernels = pytest.mark.skipif(not kernels.has_compiled_ops() and os.environ.get("DUALVAE_REQUIRE_EXT") != "1",
                                        reason="the C++ CPU kernels are not built")
-TRITON_DEVICE = "cuda" if torch.cuda.is_available() and not tk.INTERPRET else "cpu"
+# Interpreted kernels take CPU tensors; compiled ones CUDA tensors.
+TRITON_DEVICE = "cpu" if tk.INTERPRET else "cuda"
+# What a GPU-only test needs: a CUDA device and the compiled kernels (not the interpreter).
+needs_cuda_triton = pytest.mark.skipif(not torch.cuda.is_available() or tk.INTERPRET,
+                                       reason="needs CUDA and the compiled Triton kernels (TRITON_INTERPRET unset)")
 
 
 @pytest.fixture(params=["triton", "cpu"])
@@ -39,7 +43,13 @@ def backend(request):
 
 
 def device_of(backend):
+    """The device a backend's tensors are built on."""
     return TRITON_DEVICE if backend == "triton" else "cpu"
+
+
+def on(backend, *tensors):
+    """tensors (None kept) as float32 on the backend's device."""
+    return tuple(t.to(device_of(backend), torch.float32) if t is not None else None for t in tensors)
 
 
 def err(x, expected):
@@ -70,8 +80,9 @@ def bce_inputs(B, n, d, mask_kind, *, seed, scale=1.0):
 
 
 def run_bce(fn, z, U, y, mask, bias, reduction, upstream, dtype, **kw):
-    """(loss, dz, dU, db) of fn at `dtype` with the upstream gradient `upstream`."""
-    DEVICE = device_of(kw.get("backend"))
+    """(loss, dz, dU, db) of fn at `dtype` with the upstream gradient `upstream`, on `device` (default: the
+    backend's)."""
+    DEVICE = kw.pop("device", None) or device_of(kw.get("backend"))
     leaves = [t.detach().to(DEVICE, dtype).requires_grad_() for t in (z, U, bias) if t is not None]
     zz, UU = leaves[0], leaves[1]
     bb = leaves[2] if bias is not None else None
@@ -126,20 +137,20 @@ def test_dual_bce_extreme_logits(reduction, backend):
 @needs_triton
 def test_dual_bce_split_reductions_agree():
     """Partial sums over splits of n (forward) and of B (backward) give what one split gives."""
-    z, U, y, mask, bias = (t.float() for t in bce_inputs(50, 70, 24, "random", seed=8))
+    z, U, y, mask, bias = on("triton", *bce_inputs(50, 70, 24, "random", seed=8))
     one = tk.dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=1)
     three = tk.dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=3)
     for a, b in zip(one[:3], three[:3]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
-    assert one[3] == three[3] == 0
-    gs = torch.rand(50)
+    assert int(one[3]) == int(three[3]) == 0
+    gs = torch.rand(50, device=TRITON_DEVICE)
     for a, b in zip(tk.dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=1),
                     tk.dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=4)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
 
 
 def test_dual_bce_bool_and_uint8_labels_and_masks(backend):
-    z, U, y, mask, _ = (t.float() if t is not None else None for t in bce_inputs(6, 9, 4, "random", seed=9))
+    z, U, y, mask, _ = on(backend, *bce_inputs(6, 9, 4, "random", seed=9))
     want = kernels.dual_bce(z, U, y, mask, backend=backend)
     assert kernels.dual_bce(z, U, y.bool(), mask.bool(), backend=backend).item() == want.item()
     assert kernels.dual_bce(z, U, y.to(torch.uint8), mask.to(torch.uint8), backend=backend).item() == want.item()
@@ -163,7 +174,7 @@ def test_pack_labels_round_trip(n):
 
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
 def test_packed_labels_give_identical_results(reduction, backend):
-    z, U, y, mask, bias = (t.float() for t in bce_inputs(23, 45, 12, "random", seed=10))
+    z, U, y, mask, bias = on(backend, *bce_inputs(23, 45, 12, "random", seed=10))
     packed = kernels.pack_labels(y, mask)
     outs = []
     for labels, m in ((y, mask), (packed, None)):
@@ -218,7 +229,7 @@ def test_reparameterize_kl_matches_float64(B, d, backend):
 
 
 def test_reparameterize_kl_eps_gradient(backend):
-    mu, logvar, eps = (t.float() for t in reparam_inputs(5, 6, seed=2))
+    mu, logvar, eps = on(backend, *reparam_inputs(5, 6, seed=2))
     e = eps.clone().requires_grad_()
     z, _ = kernels.reparameterize_kl(mu, logvar, e, backend=backend)
     z.sum().backward()
@@ -244,7 +255,7 @@ def test_in_kernel_eps_is_standard_normal_and_seeded(backend):
 
 
 def test_backward_regenerates_the_forward_eps(backend):
-    mu, logvar, _ = (t.float() for t in reparam_inputs(19, 37, seed=3))
+    mu, logvar, _ = on(backend, *reparam_inputs(19, 37, seed=3))
     m, lv = mu.clone().requires_grad_(), logvar.clone().requires_grad_()
     z, kl = kernels.reparameterize_kl(m, lv, seed=99, offset=5, backend=backend)
     gz = torch.randn_like(z)
@@ -252,13 +263,13 @@ def test_backward_regenerates_the_forward_eps(backend):
     dm, dl = torch.autograd.grad((z * gz).sum() + (kl * gk).sum(), (m, lv))
     std = torch.exp(0.5 * logvar)
     eps = (z.detach() - mu) / std  # the eps the forward used
-    torch.testing.assert_close(eps, ref.philox_randn(99, 5, (19, 37)), rtol=0, atol=1e-4)
+    torch.testing.assert_close(eps, ref.philox_randn(99, 5, (19, 37), device=mu.device), rtol=0, atol=1e-4)
     torch.testing.assert_close(dm, gz + gk[:, None] * mu)
     torch.testing.assert_close(dl, 0.5 * (gz * eps * std + gk[:, None] * (logvar.exp() - 1)), rtol=1e-4, atol=1e-4)
 
 
 def test_seeded_backends_agree(backend):
-    mu, logvar, _ = (t.float() for t in reparam_inputs(11, 29, seed=4))
+    mu, logvar, _ = on(backend, *reparam_inputs(11, 29, seed=4))
     a = kernels.reparameterize_kl(mu, logvar, seed=7, backend=backend)
     b = kernels.reparameterize_kl(mu, logvar, seed=7, backend="reference")
     for x, y in zip(a, b):
@@ -270,13 +281,16 @@ def test_seeded_backends_agree(backend):
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["triton", "reference", "auto", "cpu"])
 def test_bad_input_raises_value_error_naming_the_argument(backend):
-    z, U, y, mask, bias = (t.float() for t in bce_inputs(4, 5, 3, "random", seed=0))
+    if backend == "triton" and not HAVE_TRITON:
+        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
+    z, U, y, mask, bias = on(backend, *bce_inputs(4, 5, 3, "random", seed=0))
+    dev = z.device
     bce = lambda *a, **k: kernels.dual_bce(*a, backend=backend, **k)  # noqa: E731
     cases = [
-        (lambda: bce(z, U, torch.zeros(4, 6)), r"y has shape \(4, 6\), expected \(4, 5\)"),
-        (lambda: bce(z, torch.zeros(5, 4), y), "U has shape"),
+        (lambda: bce(z, U, torch.zeros(4, 6, device=dev)), r"y has shape \(4, 6\), expected \(4, 5\)"),
+        (lambda: bce(z, torch.zeros(5, 4, device=dev), y), "U has shape"),
         (lambda: bce(z, U, y, mask[:, :2]), "mask has shape"),
-        (lambda: bce(z, U, y, bias=torch.zeros(4)), "bias has shape"),
+        (lambda: bce(z, U, y, bias=torch.zeros(4, device=dev)), "bias has shape"),
         (lambda: bce(z.long(), U, y), "z must be a floating tensor"),
         (lambda: bce(z, U.int(), y), "U must be a floating tensor"),
         (lambda: bce(z, U, y * 2 - 1), r"labels in \{0, 1\}"),
@@ -285,12 +299,12 @@ def test_bad_input_raises_value_error_naming_the_argument(backend):
         (lambda: bce(z, U, kernels.pack_labels(y), mask), "mask must be None"),
         (lambda: bce(z, U, kernels.pack_labels(y[:, :3])), "packed y"),
     ]
-    mu = torch.zeros(3, 4)
+    mu = torch.zeros(3, 4, device=dev)
     rk = lambda *a, **k: kernels.reparameterize_kl(*a, backend=backend, **k)  # noqa: E731
     cases += [
-        (lambda: rk(mu, torch.zeros(3, 5)), "logvar has shape"),
+        (lambda: rk(mu, torch.zeros(3, 5, device=dev)), "logvar has shape"),
         (lambda: rk(mu.long(), mu), "mu must be a floating tensor"),
-        (lambda: rk(mu, mu, torch.zeros(4, 3)), "eps has shape"),
+        (lambda: rk(mu, mu, torch.zeros(4, 3, device=dev)), "eps has shape"),
         (lambda: rk(mu, mu, seed=float("nan")), "seed must be a finite integer"),
         (lambda: rk(mu, mu, seed=float("inf")), "seed must be a finite integer"),
         (lambda: rk(mu, mu, seed=-1), "seed must lie in"),
@@ -307,8 +321,10 @@ def test_unknown_backend_and_unsupported_dtype():
     z = torch.zeros(2, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="backend must be one of"):
         kernels.dual_bce(z, z, torch.zeros(2, 2, dtype=torch.float64), backend="cuda")
-    with pytest.raises(ValueError, match="backend 'triton' takes float32"):
-        kernels.reparameterize_kl(z, z, backend="triton")
+    if HAVE_TRITON:
+        zt = z.to(TRITON_DEVICE)
+        with pytest.raises(ValueError, match="backend 'triton' takes float32"):
+            kernels.reparameterize_kl(zt, zt, backend="triton")
     with pytest.raises(ValueError, match="backend 'cpu' takes float32"):
         kernels.reparameterize_kl(z, z, backend="cpu")
     # auto runs float64 on the reference
@@ -316,13 +332,13 @@ def test_unknown_backend_and_unsupported_dtype():
 
 
 def test_non_contiguous_inputs_work(backend):
-    z, U, y, mask, bias = (t.float() for t in bce_inputs(10, 12, 6, "random", seed=12))
+    z, U, y, mask, bias = on(backend, *bce_inputs(10, 12, 6, "random", seed=12))
     zt, Ut = z.t().contiguous().t(), U.t().contiguous().t()
     yt, mt = y.t().contiguous().t(), mask.t().contiguous().t()
     assert not zt.is_contiguous() and not yt.is_contiguous()
     torch.testing.assert_close(kernels.dual_bce(zt, Ut, yt, mt, bias=bias, backend=backend),
                                kernels.dual_bce(z, U, y, mask, bias=bias, backend=backend))
-    mu = torch.randn(6, 10).t()
+    mu = torch.randn(6, 10, device=z.device).t()
     torch.testing.assert_close(kernels.reparameterize_kl(mu, mu, seed=1, backend=backend)[0],
                                kernels.reparameterize_kl(mu.contiguous(), mu.contiguous(), seed=1, backend=backend)[0])
 
@@ -334,20 +350,60 @@ def test_auto_backend_choice():
     assert ops._resolve_backend("x", "auto", cpu, torch.bfloat16) == expected
     assert ops._resolve_backend("x", "auto", cpu, torch.float64) == "reference"
     assert ops._resolve_backend("x", "auto", torch.device("cuda"), torch.float32) == "triton"
+    assert ops._resolve_backend("x", "auto", torch.device("meta"), torch.float32) == "reference"
+
+
+def test_auto_on_cuda_without_triton_is_the_reference(monkeypatch):
+    monkeypatch.setattr(ops, "_tk", None)  # as where triton is not installed
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        assert ops._resolve_backend("x", "auto", torch.device("cuda", 1), dtype) == "reference"
+    with pytest.raises(ValueError, match="backend 'triton' needs the triton package"):
+        ops._resolve_backend("x", "triton", torch.device("cuda"), torch.float32)
+    # and the ops run: a CPU stand-in for the CUDA tensors shows the reference path end to end
+    z, U, y, mask, bias = on("cpu", *bce_inputs(6, 9, 4, "random", seed=30))
+    monkeypatch.setattr(ops, "_resolve_backend", lambda op, b, d, t: "reference")
+    torch.testing.assert_close(kernels.dual_bce(z, U, y, mask, bias=bias), ref.dual_bce(z, U, y, mask, bias=bias))
+
+
+@pytest.mark.gpu
+@needs_cuda_triton
+def test_auto_on_cuda_without_triton_runs_the_reference_on_the_gpu(monkeypatch):
+    monkeypatch.setattr(ops, "_tk", None)
+    z, U, y, mask, bias = (t.float().cuda() for t in bce_inputs(37, 53, 20, "random", seed=31))
+    got = kernels.dual_bce(z, U, y, mask, bias=bias)
+    assert got.device.type == "cuda"
+    torch.testing.assert_close(got, ref.dual_bce(z, U, y, mask, bias=bias))
+    mu, logvar, eps = (t.float().cuda() for t in reparam_inputs(7, 13, seed=32))
+    for a, b in zip(kernels.reparameterize_kl(mu, logvar, eps), ref.reparameterize_kl(mu, logvar, eps)):
+        torch.testing.assert_close(a, b)
+
+
+def test_label_check_can_be_turned_off_and_is_skipped_while_capturing(backend, monkeypatch):
+    z, U, y, mask, _ = on(backend, *bce_inputs(4, 5, 3, "random", seed=33))
+    bad = y * 2 - 1
+    with pytest.raises(ValueError, match=r"got \d+ values outside it"):
+        kernels.dual_bce(z, U, bad, mask, backend=backend)
+    assert torch.isfinite(kernels.dual_bce(z, U, bad, mask, backend=backend, check_labels=False))
+    # as while a CUDA graph is captured, where the count cannot be read back
+    monkeypatch.setattr(ops, "_may_read_back", lambda t: False)
+    assert torch.isfinite(kernels.dual_bce(z, U, bad, mask, backend=backend))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="outside"):  # packing checks the labels itself
+        kernels.pack_labels(bad)
 
 
 def test_opcheck_passes(backend):
-    z, U, y, mask, bias = (t.float() for t in bce_inputs(6, 21, 5, "random", seed=13))
+    z, U, y, mask, bias = on(backend, *bce_inputs(6, 21, 5, "random", seed=13))
     packed = kernels.pack_labels(y, mask)
     args_list = [
-        # (z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend)
+        # (z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend, check_labels)
         (z.requires_grad_(), U.requires_grad_(), y, mask, bias.requires_grad_(), 21, False, "mean", True,
-         backend == "cpu", backend),
-        (z, U, packed.words, None, None, 21, True, "none", True, False, backend),
+         backend == "cpu", backend, True),
+        (z, U, packed.words, None, None, 21, True, "none", True, False, backend, False),
     ]
     for args in args_list:
         torch.library.opcheck(torch.ops.dualvae.dual_bce.default, args)
-    mu, logvar, eps = (t.float().requires_grad_() for t in reparam_inputs(5, 7, seed=14))
+    mu, logvar, eps = (t.requires_grad_() for t in on(backend, *reparam_inputs(5, 7, seed=14)))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl.default, (mu, logvar, None, 5, 0, backend))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl.default, (mu, logvar, eps, 0, 0, backend))
 
@@ -355,8 +411,8 @@ def test_opcheck_passes(backend):
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 def test_torch_compile_fullgraph_calls_both_ops(compiler, backend):
     torch._dynamo.reset()
-    mu, logvar, _ = (t.float() for t in reparam_inputs(8, 6, seed=15))
-    _, U, y, mask, bias = (t.float() for t in bce_inputs(8, 11, 6, "random", seed=15))
+    mu, logvar, _ = on(backend, *reparam_inputs(8, 6, seed=15))
+    _, U, y, mask, bias = on(backend, *bce_inputs(8, 11, 6, "random", seed=15))
 
     def step(mu, logvar, U, bias):
         z, kl = kernels.reparameterize_kl(mu, logvar, seed=21, backend=backend)
@@ -375,13 +431,14 @@ def test_torch_compile_fullgraph_calls_both_ops(compiler, backend):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda_triton  # the interpreter has no bf16 tl.dot: this must run compiled, on CUDA tensors
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_on_gpu(dtype):
+    assert TRITON_DEVICE == "cuda"
     z, U, y, mask, bias = bce_inputs(300, 1000, 128, "random", seed=16)
     upstream = torch.tensor(1.0, dtype=torch.float64)
     expected = run_bce(ref.dual_bce, z, U, y, mask, bias, "sum", upstream, torch.float64)
-    eager = run_bce(ref.dual_bce, z, U, y, mask, bias, "sum", upstream, dtype)
+    eager = run_bce(ref.dual_bce, z, U, y, mask, bias, "sum", upstream, dtype, device="cuda")
     ours = run_bce(kernels.dual_bce, z, U, y, mask, bias, "sum", upstream, dtype, backend="triton")
     assert ours[0].dtype == torch.float32 and ours[1].dtype == dtype
     for name, a, b, c in zip(("loss", "dz", "dU", "db"), ours, eager, expected):
@@ -389,21 +446,100 @@ def test_half_precision_on_gpu(dtype):
     mu, logvar, eps = reparam_inputs(300, 128, seed=17)
     gz = (torch.randn(300, 128, dtype=torch.float64), torch.randn(300, dtype=torch.float64))
     expected = run_reparam(ref.reparameterize_kl, mu, logvar, eps, torch.float64, gz)
-    eager = run_reparam(ref.reparameterize_kl, mu, logvar, eps, dtype, gz)
+    eager = run_reparam(ref.reparameterize_kl, mu, logvar, eps, dtype, gz, device="cuda")
     ours = run_reparam(kernels.reparameterize_kl, mu, logvar, eps, dtype, gz, backend="triton")
     for name, a, b, c in zip(("z", "kl", "dmu", "dlogvar"), ours, eager, expected):
         assert_error_rule(a, b, c, f"{name} {dtype}")
 
 
+def _bce_step(z, U, y, mask, bias, **kw):
+    """(loss, dz, dU, db) of one dual_bce forward and backward."""
+    loss = kernels.dual_bce(z, U, y, mask, bias=bias, reduction="mean", backend="triton", **kw)
+    return (loss, *torch.autograd.grad(loss, (z, U, bias)))
+
+
+@pytest.mark.gpu
+@needs_cuda_triton
+def test_dual_bce_is_captured_by_a_cuda_graph():
+    """Forward and backward record into a CUDA graph (no host sync inside) and its replays recompute them for
+    new inputs: what torch.compile(mode="reduce-overhead") needs."""
+    z, U, y, mask, bias = (t.float().cuda() for t in bce_inputs(64, 300, 32, "random", seed=40))
+    z, U, bias = (t.requires_grad_() for t in (z, U, bias))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compiles the kernels) off the capture
+        for _ in range(2):
+            _bce_step(z, U, y, mask, bias)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = _bce_step(z, U, y, mask, bias)
+    z2, U2, y2, mask2, bias2 = (t.float().cuda() for t in bce_inputs(64, 300, 32, "random", seed=41))
+    with torch.no_grad():
+        for dst, src in ((z, z2), (U, U2), (y, y2), (mask, mask2), (bias, bias2)):
+            dst.copy_(src)
+    graph.replay()
+    z2, U2, bias2 = (t.requires_grad_() for t in (z2, U2, bias2))
+    want = _bce_step(z2, U2, y2, mask2, bias2)
+    for a, b in zip(static, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@needs_cuda_triton
+def test_dual_bce_under_reduce_overhead_compile():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    z, U, y, mask, bias = (t.float().cuda() for t in bce_inputs(64, 300, 32, "random", seed=42))
+
+    def loss_fn(z, U, bias):
+        return kernels.dual_bce(z, U, y, mask, bias=bias, reduction="mean", backend="triton")
+
+    counters.clear()
+    compiled = torch.compile(loss_fn, mode="reduce-overhead", fullgraph=True)
+    for _ in range(4):  # warm-up runs, the capture, then replays
+        got = compiled(z, U, bias).clone()
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    torch.testing.assert_close(got, loss_fn(z, U, bias), rtol=1e-5, atol=1e-6)
+    # the eager check still names bad labels on CUDA
+    with pytest.raises(ValueError, match="values outside it"):
+        kernels.dual_bce(z, U, y * 2 - 1, mask, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or tk.INTERPRET,
+                    reason="needs 2 CUDA devices and the compiled Triton kernels")
+def test_triton_launches_on_the_tensors_device():
+    """cuda:1 tensors while cuda:0 is current give what the same tensors give on cuda:0."""
+    results = {}
+    for dev in ("cuda:0", "cuda:1"):
+        torch.cuda.set_device(0)
+        z, U, y, mask, bias = (t.float().to(dev) for t in bce_inputs(37, 53, 20, "random", seed=43))
+        z, U, bias = (t.requires_grad_() for t in (z, U, bias))
+        mu, logvar = (t.float().to(dev).requires_grad_() for t in reparam_inputs(9, 300, seed=44)[:2])
+        zz, kl = kernels.reparameterize_kl(mu, logvar, seed=5, backend="triton")
+        out = [*_bce_step(z, U, y, mask, bias), zz, kl,
+               *torch.autograd.grad((zz.sum() + kl.sum()), (mu, logvar))]
+        torch.cuda.synchronize(dev)
+        assert all(t.device == torch.device(dev) for t in out)
+        results[dev] = [t.detach().cpu() for t in out]
+    for a, b in zip(results["cuda:0"], results["cuda:1"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_opcheck_backward_ops(backend):
-    z, U, y, mask, bias = (t.float() for t in bce_inputs(6, 21, 5, "random", seed=18))
+    z, U, y, mask, bias = on(backend, *bce_inputs(6, 21, 5, "random", seed=18))
+    dev = z.device
     torch.library.opcheck(torch.ops.dualvae.dual_bce_backward.default,
-                          (torch.rand(6), z, U, y, mask, bias, 21, False, True, backend))
-    mu, logvar, eps = (t.float() for t in reparam_inputs(5, 7, seed=19))
+                          (torch.rand(6, device=dev), z, U, y, mask, bias, 21, False, True, backend))
+    mu, logvar, eps = on(backend, *reparam_inputs(5, 7, seed=19))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl_backward.default,
-                          (torch.randn(5, 7), torch.randn(5), mu, logvar, None, 3, 0, False, backend))
+                          (torch.randn(5, 7, device=dev), torch.randn(5, device=dev), mu, logvar, None, 3, 0, False,
+                           backend))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl_backward.default,
-                          (torch.randn(5, 7), torch.randn(5), mu, logvar, eps, 0, 0, True, backend))
+                          (torch.randn(5, 7, device=dev), torch.randn(5, device=dev), mu, logvar, eps, 0, 0, True,
+                           backend))
 
 
 # ---------------------------------------------------------------------------------------------------------
