@@ -8,6 +8,10 @@ table. Rows, at 64x64 and batch 256 (full size) on the same generated root:
   hdf5      the cache written by `dualvae prepare`, split resident in memory, batches are index gathers
   dali-gpu  DALI with the `mixed` (GPU) decoder; hdf5-gpu: the cache resident in GPU memory (CUDA only)
 
+Rows that need DALI (dali-cpu, dali-gpu; `prepare`, which writes the hdf5 cache, decodes with it) are recorded
+under `skipped` with the reason where nvidia.dali is not importable; the others run. `--cache` reads an existing
+cache (from `dualvae prepare` on a machine with DALI), so the hdf5 rows run without DALI too.
+
 Each backend runs `--epochs` epochs of the train split (shuffled, drop_last); the first batch (pipeline build,
 worker start) is timed apart as `first_batch_s` and images/s counts the rest, each batch consumed (summed) on
 its device. Also measured: the training step's consumption rate (DualVAE width 32, batch 256, Algorithm 1, on
@@ -17,6 +21,7 @@ prepare + the hdf5 loader; 800 batches of 64).
 
     .venv/bin/python bench/data_throughput.py                      # full size: 8192 generated images
     .venv/bin/python bench/data_throughput.py --quick --out /tmp/d  # CI-sized (tests/test_bench_data.py)
+    python bench/data_throughput.py --data ROOT --cache ROOT.h5     # on a host without DALI
 """
 from __future__ import annotations
 
@@ -33,9 +38,18 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from dualvae.sysinfo import cpu_model  # noqa: E402  (after the path: runnable from a checkout)
+from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402  (after the path: runnable from a checkout)
 
 DEFAULT_OUT = os.path.join(HERE, "results")
+
+
+def dali_version() -> tuple[str | None, str | None]:
+    """(nvidia.dali's version, None), or (None, why it cannot be used)."""
+    try:
+        import nvidia.dali
+    except ImportError as e:
+        return None, f"nvidia.dali is not importable ({e})"
+    return nvidia.dali.__version__, None
 
 
 def _sync(device) -> None:
@@ -150,13 +164,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="K: DALI threads = DataLoader workers (default: cores)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per backend (default 2; quick 1)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    ap.add_argument("--cache", default=None,
+                    help="an existing cache from `dualvae prepare` for the hdf5 rows (default: prepare one, with DALI)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--no-demo", action="store_true", help="skip the demo data-part comparison")
     a = ap.parse_args(argv)
 
-    import nvidia.dali
+    dali, no_dali = dali_version()
 
-    from dualvae.data import make_loader, prepare
+    from dualvae.data import make_loader, prepare, read_cache_info
+    from dualvae.data.loader import read_source_list
     from dualvae.data.synth import write_synth_celeba
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,9 +184,9 @@ def main(argv=None) -> int:
     size = a.image_size
     dev_name = "cpu" if device == "cpu" else re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
     report = {"device": device, "device_name": cpu_model() if device == "cpu" else torch.cuda.get_device_name(),
-              "cpu_model": cpu_model(), "cores": os.cpu_count(), "threads": threads, "image_size": size,
+              **cpu_report(), "threads": threads, "image_size": size,
               "batch_size": batch, "epochs": epochs, "quick": a.quick, "torch": torch.__version__,
-              "dali": nvidia.dali.__version__, "python": platform.python_version(),
+              "dali": dali, "python": platform.python_version(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "loadavg_start": os.getloadavg()}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,14 +196,20 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             write_synth_celeba(root, num=num, seed=0, workers=threads)
             report["synth_s"] = round(time.perf_counter() - t, 2)
-        cache = os.path.join(tmp, f"cache-{size}.h5")
-        t = time.perf_counter()
-        prepare(root, cache, image_size=size, workers=threads, progress=False)
-        prep_s = time.perf_counter() - t
-        from dualvae.data import read_cache_info
-
-        n_all = sum(read_cache_info(cache)["split_sizes"])
-        report.update(num_images=n_all, prepare_s=round(prep_s, 2), prepare_images_per_s=round(n_all / prep_s, 1))
+        cache, no_cache = a.cache, None
+        if cache is None and no_dali:
+            no_cache = f"needs a cache and `prepare` decodes with DALI: {no_dali}; pass --cache"
+        elif cache is None:
+            cache = os.path.join(tmp, f"cache-{size}.h5")
+            t = time.perf_counter()
+            prepare(root, cache, image_size=size, workers=threads, progress=False)
+            prep_s = time.perf_counter() - t
+            n_cache = sum(read_cache_info(cache)["split_sizes"])
+            report.update(prepare_s=round(prep_s, 2), prepare_images_per_s=round(n_cache / prep_s, 1))
+        if cache is not None:
+            report["cache"] = a.cache or "prepared here"
+            report["cache_images"] = sum(read_cache_info(cache)["split_sizes"])
+        report["num_images"] = len(read_source_list(root)[0])
 
         def mk(backend, dev, src):
             return lambda: make_loader(src, "train", image_size=size, batch_size=batch, device=dev, backend=backend,
@@ -195,28 +218,37 @@ def main(argv=None) -> int:
         plan = [("pil", "pil", "cpu", root), ("dali-cpu", "dali", "cpu", root), ("hdf5", "hdf5", "cpu", cache)]
         if device == "cuda":
             plan += [("dali-gpu", "dali", "cuda", root), ("hdf5-gpu", "hdf5", "cuda", cache)]
-        rows = []
+        rows, skipped = [], []
         for name, backend, dev, src in plan:
+            why = {"dali": no_dali, "hdf5": no_cache}.get(backend)
+            if why:
+                skipped.append({"backend": name, "device": dev, "reason": why})
+                print(f"{name:<9} skipped: {why}", flush=True)
+                continue
             r = {"backend": name, "device": dev, "threads": threads if backend != "hdf5" else None,
                  **time_loader(mk(backend, dev, src), epochs, dev)}
             rows.append(r)
             print(f"{name:<9} {r['images_per_s']:>10} images/s  (first batch {r['first_batch_s']} s)", flush=True)
-        report["rows"] = rows
+        report["rows"], report["skipped"] = rows, skipped
         report["train_split_images"] = rows[0]["batches_per_epoch"] * batch
         step_rate = train_step_rate(device, batch, size, steps=1 if a.quick else (5 if device == "cpu" else 50),
                                     width=8 if a.quick else 32)  # quick: a tiny model, only to run the code
         report["train_step_images_per_s"] = round(step_rate, 1)
         rate = {r["backend"]: r["images_per_s"] for r in rows}
-        report["targets"] = {
-            "dali_cpu_over_pil": round(rate["dali-cpu"] / rate["pil"], 3),
-            "dali_cpu_ge_pil": rate["dali-cpu"] >= rate["pil"],
-            "dali_cpu_over_train_step": round(rate["dali-cpu"] / step_rate, 2),
-        }
-        if device == "cuda":
+        report["targets"] = {}
+        if "dali-cpu" in rate:
+            report["targets"].update(dali_cpu_over_pil=round(rate["dali-cpu"] / rate["pil"], 3),
+                                     dali_cpu_ge_pil=rate["dali-cpu"] >= rate["pil"],
+                                     dali_cpu_over_train_step=round(rate["dali-cpu"] / step_rate, 2))
+        if "dali-gpu" in rate:
             report["targets"].update(dali_gpu_over_train_step=round(rate["dali-gpu"] / step_rate, 2),
                                      dali_gpu_ge_3x_train_step=rate["dali-gpu"] >= 3 * step_rate)
         if not a.no_demo and not a.quick:
-            report["demo_data_part"] = demo_data_part(root, tmp, threads)
+            if no_dali:
+                skipped.append({"backend": "demo_data_part", "device": "cpu",
+                                "reason": f"`prepare` decodes with DALI: {no_dali}"})
+            else:
+                report["demo_data_part"] = demo_data_part(root, tmp, threads)
     report["loadavg_end"] = os.getloadavg()
 
     os.makedirs(a.out, exist_ok=True)
@@ -224,17 +256,22 @@ def main(argv=None) -> int:
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
+    source = f"{report['num_images']} {'generated ' if a.data is None else ''}CelebA-format images"
     md = [f"# Data throughput, {report['device_name']} ({device}), {report['date']}", "",
-          f"{report['num_images']} generated CelebA-format images ({report['train_split_images']} per train epoch "
+          f"{source} ({report['train_split_images']} per train epoch "
           f"at batch {batch}), {size}x{size}, K = {threads} threads/workers, {epochs} epoch(s) per backend, "
-          f"load average at start {report['loadavg_start'][0]:.2f}.", "",
+          f"load average at start {report['loadavg_start'][0]:.2f}; CPU ISA {report['cpu_isa_level']}.", "",
           "| backend | device | K | images/s | first batch s |", "|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['backend']} | {r['device']} | {r['threads'] or '-'} | {r['images_per_s']:.0f} | "
                   f"{r['first_batch_s']} |")
-    md += ["", f"prepare (DALI, all splits): {report['prepare_images_per_s']:.0f} images/s; training step "
-           f"(DualVAE width 32, batch {batch}): {report['train_step_images_per_s']:.0f} images/s.", "",
-           "targets: " + ", ".join(f"{k} = {v}" for k, v in report["targets"].items())]
+    md += [""] * bool(report["skipped"]) + [f"skipped: {r['backend']} ({r['device']}): {r['reason']}"
+                                            for r in report["skipped"]]
+    prep = (f"prepare (DALI, all splits): {report['prepare_images_per_s']:.0f} images/s; "
+            if "prepare_images_per_s" in report else "")
+    md += ["", f"{prep}training step (DualVAE width {8 if a.quick else 32}, batch {batch}): "
+           f"{report['train_step_images_per_s']:.0f} images/s.", "",
+           "targets: " + (", ".join(f"{k} = {v}" for k, v in report["targets"].items()) or "none (no DALI rows)")]
     if "demo_data_part" in report:
         d = report["demo_data_part"]
         md += ["", f"demo data part ({d['steps']} batches of {d['batch']}): before (load_split + gathers) "
