@@ -1,6 +1,11 @@
 """Training at scale and under faults: torchrun (gloo, 2 processes) == one process on the same global batch,
 SIGKILL + --resume auto == an uninterrupted run, fallback past a corrupt checkpoint, NaN stop/skip, SIGTERM,
-out-of-memory message, mixed precision, torch.compile."""
+out-of-memory message, mixed precision, torch.compile.
+
+These run on the CPU (device "cpu": "auto" would pick a GPU where there is one, and two gloo ranks would become
+two NCCL ranks on one GPU). The `gpu`-marked ones at the end run what makes sense on one GPU: training, resume,
+the NaN stop and autocast on CUDA, reading the JPEGs with the PIL loader (a bare GPU host has no DALI to
+write the cache with)."""
 import os
 import signal
 import socket
@@ -17,17 +22,30 @@ from dualvae.model import DualVAE
 from dualvae.train import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
 
 # 40 training images, global batch 8: 5 steps an epoch; tiny nets so that a step takes a few ms.
-TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=40, progress=False, deterministic=True)
-TINY_ARGS = ["--image-size", "16", "--width", "8", "--latent-dim", "16", "--batch-size", "8", "--limit", "40"]
+TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=40, progress=False, deterministic=True,
+            device="cpu")
+TINY_ARGS = ["--image-size", "16", "--width", "8", "--latent-dim", "16", "--batch-size", "8", "--limit", "40",
+             "--device", "cpu"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainscale")
-    assert main(["synth", "--out", str(root / "data"), "--num", "80", "--seed", "3", "--workers", "1"]) == 0
-    assert main(["prepare", "--celeba", str(root / "data"), "--out", str(root / "d16.h5"), "--image-size", "16",
-                 "--workers", "1"]) == 0
-    return str(root / "d16.h5")
+def root(tmp_path_factory):
+    """A generated CelebA-format root of 80 images."""
+    path = tmp_path_factory.mktemp("trainscale") / "data"
+    assert main(["synth", "--out", str(path), "--num", "80", "--seed", "3", "--workers", "1"]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cache(root):
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"`dualvae prepare` decodes with DALI, which is not importable ({e})")
+    out = os.path.join(os.path.dirname(root), "d16.h5")
+    assert main(["prepare", "--celeba", root, "--out", out, "--image-size", "16", "--workers", "1"]) == 0
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +278,87 @@ def test_compile_matches_eager(cache, tmp_path, backend):
     for a, b in zip(logs[False], logs[True]):
         for key in ("recon", "kl", "label_bce"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+# ---------------------------------------------------------------------------------------------------------
+# on one GPU
+# ---------------------------------------------------------------------------------------------------------
+# The JPEG root through the PIL loader in this process (no workers: 40 tiny images).
+GPU = {**TINY, "device": "cuda", "data_backend": "pil", "workers": 0}
+GPU_ARGS = [*TINY_ARGS[:-2], "--device", "cuda", "--data-backend", "pil", "--workers", "0"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_single_process_training_matches_the_cpu_at_the_first_step(root, tmp_path):
+    """A run on CUDA (the fused losses on the Triton kernels) trains, and its first step, from the same
+    initial parameters, data and eps, gives the CPU run's losses up to TF32 rounding of the convolutions."""
+    logs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        train(TrainConfig(data=root, out=str(out), steps=6, log_every=1,
+                          **{**GPU, "device": device, "deterministic": False}))
+        ck = load_checkpoint(str(out / "model.pt"))
+        assert ck["step"] == 6 and all(torch.isfinite(v).all() for v in ck["model"].values()
+                                       if v.is_floating_point())
+        logs[device] = ck["log"]
+    assert "on cuda:" in (tmp_path / "cuda" / "events.log").read_text()
+    from dualvae.kernels import ops
+    assert ops._resolve_backend("train", "auto", torch.device("cuda"), torch.float32) == "triton"
+    for key in ("recon", "kl", "label_bce"):
+        assert logs["cuda"][0][key] == pytest.approx(logs["cpu"][0][key], rel=1e-2), key
+    assert len(logs["cuda"]) == 6
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_resume_equals_uninterrupted(root, tmp_path):
+    """--deterministic on CUDA: resuming from a mid-epoch checkpoint gives the uninterrupted run's parameters.
+    Each run is a fresh process, so that CUBLAS_WORKSPACE_CONFIG takes effect before cuBLAS starts."""
+    def run(out, *extra):
+        cmd = [sys.executable, "-m", "dualvae", "train", "--data", root, "--out", str(out), "--steps", "8",
+               "--ckpt-every", "2", "--keep-ckpts", "10", "--deterministic", *GPU_ARGS, *extra]
+        r = subprocess.run(cmd, env={**_env(), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    run(ref)
+    (resumed / "ckpt").mkdir(parents=True)
+    name = "step-000000004.pt"  # batch 4 of the 5 an epoch
+    (resumed / "ckpt" / name).write_bytes((ref / "ckpt" / name).read_bytes())
+    run(resumed, "--resume", "auto")
+    assert "resumed from" in (resumed / "events.log").read_text()
+    a, b = _params(str(ref / "model.pt")), _params(str(resumed / "model.pt"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k}: max difference {float((a[k].double() - b[k].double()).abs().max()):.3g}"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_nan_loss_stops_and_keeps_last_checkpoint(root, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _inject_nan(monkeypatch, {5})
+    with pytest.raises(NonFiniteLossError, match=r"non-finite VAE .* at step 5; stopped"):
+        train(TrainConfig(data=root, out=str(out), steps=8, ckpt_every=2, **{**GPU, "deterministic": False}))
+    last = os.path.join(str(out), "ckpt", "step-000000004.pt")
+    assert list_checkpoints(str(out / "ckpt"))[0] == last
+    ck = load_checkpoint(last)
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_mixed_precision_runs(root, tmp_path, precision):
+    """Autocast on CUDA: the fused losses get half-precision z (the compiled Triton kernels' bf16/fp16 path)."""
+    out = tmp_path / precision
+    train(TrainConfig(data=root, out=str(out), steps=4, log_every=1, precision=precision,
+                      **{**GPU, "deterministic": False}))
+    ck = load_checkpoint(str(out / "model.pt"))
+    assert len(ck["log"]) == 4
+    assert all(torch.isfinite(torch.tensor([r["recon"], r["kl"], r["label_bce"]])).all() for r in ck["log"])
+    assert (ck["scaler"] is not None) == (precision == "fp16")
+    assert ck["model"]["U"].dtype == torch.float32
+    assert f"on cuda:0, {precision}" in (out / "events.log").read_text()
