@@ -11,7 +11,7 @@ DEMO_OUT ?= demo-out
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/csrc/*.cpp)
+$(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/csrc/*.cpp kernels/csrc/*.h kernels/csrc/isa/*.cpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)" "setuptools>=70" wheel
 	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[test]"

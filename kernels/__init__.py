@@ -4,7 +4,9 @@ Public API (ops.py): `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLab
 backend="auto" | "triton" | "reference" | "cpu". The pure-PyTorch definitions are in `reference`.
 
 The compiled CPU library (kernels/csrc, built by CMake through setup.py) is loaded on import when present;
-`has_compiled_ops()` says whether it was. Without it everything still works on the reference path.
+`has_compiled_ops()` says whether it was. Without it everything still works on the reference path. Its fused
+kernels are built for several instruction sets (default, avx2, avx512) and the widest the CPU runs is chosen;
+`cpu_isa()` says which, and `DUALVAE_CPU_ISA=default|avx2|avx512` forces one.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from . import reference
 
 __all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "BACKENDS", "kl_standard_normal",
-           "has_compiled_ops", "reference"]
+           "has_compiled_ops", "cpu_isa", "reference"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BUILD_HINT = (
@@ -46,6 +48,21 @@ def has_compiled_ops() -> bool:
     """True when the CMake-built CPU library is loaded (torch.ops.dualvae.* available): backend "cpu" runs its
     C++ kernels, not the reference."""
     return _COMPILED
+
+
+def cpu_isa() -> str | None:
+    """The build of the fused C++ CPU kernels that backend "cpu" runs in this process: "default" (baseline
+    x86-64, or any other CPU), "avx2" (AVX2 + FMA + F16C) or "avx512" (AVX-512 F/BW/VL/DQ); None without the
+    compiled library. Auto: the widest build compiled in that this CPU and its OS support.
+
+    DUALVAE_CPU_ISA=default|avx2|avx512 forces one build (auto or empty: the default choice). The library reads
+    it once, at the first call of a C++ kernel or of this function, and keeps that choice for the process; a
+    value it does not know, a build it lacks or one this CPU cannot run raises there (ValueError /
+    RuntimeError naming the value and the builds available), never falls back silently.
+    """
+    if not _COMPILED:
+        return None
+    return torch.ops.dualvae.cpu_isa()
 
 
 # After the compiled library: its TORCH_LIBRARY defines the dualvae namespace that ops.py adds to, and ops.py

@@ -77,5 +77,6 @@ inline BcePlan plan_bce(int64_t B, int64_t n, int64_t d, int64_t tile_b, int64_t
 
 DUALVAE_CPU_KERNELS(DEFAULT)
 DUALVAE_CPU_KERNELS(AVX2)
+DUALVAE_CPU_KERNELS(AVX512)
 
 }  // namespace dualvae::cpu

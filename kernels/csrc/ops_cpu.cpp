@@ -1,5 +1,5 @@
 // CPU implementations of the dualvae::*_cpu ops (schemas in schema.cpp): argument checks, float32 staging,
-// and the choice of the kernel build (AVX2 or baseline) at run time.
+// and the choice of the kernel build (AVX512, AVX2 or baseline) at run time.
 #include "fused_cpu.h"
 
 #include <ATen/ATen.h>
@@ -14,26 +14,124 @@
 namespace dualvae::cpu {
 namespace {
 
-// Calls ISA::fn with the AVX2 build where it was compiled and the CPU has it, else the baseline build.
+enum class Isa { kDefault, kAvx2, kAvx512 };
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "default";
+  }
+}
+
+bool isa_built(Isa isa) {
+  switch (isa) {
+#if DUALVAE_HAVE_AVX512
+    case Isa::kAvx512: return true;
+#endif
 #if DUALVAE_HAVE_AVX2
-#define DUALVAE_ISA_CALL(fn, ...) (use_avx2() ? AVX2::fn(__VA_ARGS__) : DEFAULT::fn(__VA_ARGS__))
-#else
-#define DUALVAE_ISA_CALL(fn, ...) DEFAULT::fn(__VA_ARGS__)
+    case Isa::kAvx2: return true;
+#endif
+    case Isa::kDefault: return true;
+    default: return false;
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// The OS saves the register state an ISA writes (XCR0): AVX needs XMM+YMM (bits 1-2), AVX-512 also the opmask
+// and ZMM state (bits 5-7). A CPU can report avx512f while the OS leaves those registers off.
+uint64_t os_saved_state() {
+  uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __asm__("cpuid" : "=a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx) : "a"(1), "c"(0));
+  if (!(ecx & (1u << 27))) return 0;  // no OSXSAVE: xgetbv would fault
+  uint32_t lo = 0, hi = 0;
+  __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t{hi} << 32) | lo;
+}
 #endif
 
-bool use_avx2() {
-  // DUALVAE_CPU_ISA=default forces the baseline build (for testing it on an AVX2 machine).
-  static const bool avx2 = [] {
-    const char* env = std::getenv("DUALVAE_CPU_ISA");
-    if (env != nullptr && std::string(env) == "default") return false;
+bool isa_runs(Isa isa) {
+  if (isa == Isa::kDefault) return true;
 #if defined(__x86_64__) || defined(__i386__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const uint64_t xcr0 = os_saved_state();
+  const bool avx_state = (xcr0 & 0x6) == 0x6, avx512_state = (xcr0 & 0xe6) == 0xe6;
+  const bool avx2 = avx_state && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c");
+  if (isa == Isa::kAvx2) return avx2;
+  return avx2 && avx512_state && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 #else
-    return false;
+  return false;
 #endif
-  }();
-  return avx2;
 }
+
+std::string isa_list(bool (*keep)(Isa)) {
+  std::string out;
+  for (Isa isa : {Isa::kDefault, Isa::kAvx2, Isa::kAvx512}) {
+    if (!keep(isa)) continue;
+    if (!out.empty()) out += ", ";
+    out += isa_name(isa);
+  }
+  return out;
+}
+
+// The kernel build every op of this process runs: DUALVAE_CPU_ISA (read once, at the first call of a kernel or
+// of cpu_isa()) forces one, else the widest that is built and that this CPU and OS run. A forced build that is
+// missing or that the CPU cannot run is an error, raised at every call, never a silent fallback.
+Isa kernel_isa() {
+  static const Isa chosen = [] {
+    const char* env = std::getenv("DUALVAE_CPU_ISA");
+    const std::string want = env != nullptr ? env : "";
+    if (want.empty() || want == "auto") {
+      for (Isa isa : {Isa::kAvx512, Isa::kAvx2}) {
+        if (isa_built(isa) && isa_runs(isa)) return isa;
+      }
+      return Isa::kDefault;
+    }
+    for (Isa isa : {Isa::kDefault, Isa::kAvx2, Isa::kAvx512}) {
+      if (want != isa_name(isa)) continue;
+      TORCH_CHECK(isa_built(isa), "DUALVAE_CPU_ISA=", want, ": this build of dualvae.kernels has no ", want,
+                  " kernels (compiled without them: DUALVAE_AVX2/DUALVAE_AVX512=OFF, a compiler without the "
+                  "flags, or not x86-64); builds present: ", isa_list(isa_built));
+      TORCH_CHECK(isa_runs(isa), "DUALVAE_CPU_ISA=", want, ": this CPU (or its OS) cannot run the ", want,
+                  " kernels; builds it runs: ", isa_list([](Isa i) { return isa_built(i) && isa_runs(i); }));
+      return isa;
+    }
+    TORCH_CHECK_VALUE(false, "DUALVAE_CPU_ISA='", want, "': expected one of default, avx2, avx512 or auto "
+                      "(unset or empty: auto, the widest build this CPU runs)");
+    return Isa::kDefault;
+  }();
+  return chosen;
+}
+
+std::string cpu_isa() { return isa_name(kernel_isa()); }
+
+// Runs ISA::fn in the build kernel_isa() chose.
+#if DUALVAE_HAVE_AVX512
+#define DUALVAE_ISA_CASE_AVX512(fn, ...) \
+  case Isa::kAvx512:                     \
+    AVX512::fn(__VA_ARGS__);             \
+    break;
+#else
+#define DUALVAE_ISA_CASE_AVX512(fn, ...)
+#endif
+#if DUALVAE_HAVE_AVX2
+#define DUALVAE_ISA_CASE_AVX2(fn, ...) \
+  case Isa::kAvx2:                     \
+    AVX2::fn(__VA_ARGS__);             \
+    break;
+#else
+#define DUALVAE_ISA_CASE_AVX2(fn, ...)
+#endif
+#define DUALVAE_ISA_CALL(fn, ...)                 \
+  do {                                            \
+    switch (kernel_isa()) {                       \
+      DUALVAE_ISA_CASE_AVX512(fn, __VA_ARGS__)    \
+      DUALVAE_ISA_CASE_AVX2(fn, __VA_ARGS__)      \
+      default:                                    \
+        DEFAULT::fn(__VA_ARGS__);                 \
+    }                                             \
+  } while (0)
 
 // Tile shape (rows of z x columns of U): a 256 x 256 float tile is 256 KiB, half of a core's L2 on the machines
 // we measured (AMD EPYC, 512 KiB L2). DUALVAE_CPU_TILE="BxN" overrides it, for tuning.
@@ -187,4 +285,9 @@ TORCH_LIBRARY_IMPL(dualvae, CPU, m) {
   m.impl("reparameterize_kl_cpu", &dualvae::cpu::reparameterize_kl_cpu);
   m.impl("reparameterize_kl_backward_cpu", &dualvae::cpu::reparameterize_kl_backward_cpu);
   m.impl("dual_bce_cpu", &dualvae::cpu::dual_bce_cpu);
+}
+
+// No tensor arguments, so no backend key to dispatch on.
+TORCH_LIBRARY_IMPL(dualvae, CompositeImplicitAutograd, m) {
+  m.impl("cpu_isa", &dualvae::cpu::cpu_isa);
 }

@@ -20,4 +20,6 @@ TORCH_LIBRARY(dualvae, m) {
   m.def("dual_bce_cpu(Tensor z, Tensor U, Tensor labels, Tensor? mask, Tensor? bias, Tensor? gscale, int n, "
         "bool packed, bool need_loss, bool need_dz, bool need_dU, bool need_db) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The build of the fused CPU kernels that runs in this process: "default", "avx2" or "avx512".
+  m.def("cpu_isa() -> str");
 }

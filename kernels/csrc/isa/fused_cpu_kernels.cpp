@@ -1,7 +1,8 @@
 // The fused CPU kernels, compiled once per instruction set: CMake builds this file with CPU_CAPABILITY=DEFAULT
-// (baseline x86-64 / any CPU) and with CPU_CAPABILITY=AVX2 (-mavx2 -mfma), and ops_cpu.cpp picks one at run
-// time, so the library runs on any machine and uses AVX2 where it exists. at::vec::Vectorized<float> is
-// 8 lanes under AVX2 (exp/log1p from Sleef) and a portable array otherwise.
+// (baseline x86-64 / any CPU), CPU_CAPABILITY=AVX2 (-mavx2 -mfma -mf16c) and CPU_CAPABILITY=AVX512 (-mavx512f
+// -mavx512bw -mavx512vl -mavx512dq -mfma), and ops_cpu.cpp picks one at run time, so the library runs on any
+// machine and uses the widest vectors it has. at::vec::Vectorized<float> is 16 lanes under AVX512, 8 under AVX2
+// (exp/log1p from Sleef or ATen's own polynomials) and a portable array otherwise.
 #include "../fused_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -26,6 +27,11 @@ namespace CPU_CAPABILITY {
 namespace {
 
 using Vec = at::vec::Vectorized<float>;
+#if defined(CPU_CAPABILITY_AVX512)
+static_assert(Vec::size() == 16, "the AVX512 build must use at::vec's 512-bit vectors");
+#elif defined(CPU_CAPABILITY_AVX2)
+static_assert(Vec::size() == 8, "the AVX2 build must use at::vec's 256-bit vectors");
+#endif
 
 // Each work item runs its tile GEMMs on its own thread: BLAS must not start threads of its own inside our
 // parallel region (oversubscription), and a GEMM that always runs single-threaded sums in one fixed order,
@@ -336,8 +342,8 @@ void dual_bce(const BceProblem& p, const BceOutputs& o) {
 
 namespace {
 
-// float32 with a given eps (the trainer's case): 8 lanes at a time. Loads past the row end read zeros, which
-// add exactly 0 to the KL (mu = logvar = 0: 0 + 1 - 1 - 0).
+// float32 with a given eps (the trainer's case): Vec::size() lanes at a time. Loads past the row end read zeros,
+// which add exactly 0 to the KL (mu = logvar = 0: 0 + 1 - 1 - 0).
 void reparam_kl_fwd_f32(const float* pm, const float* pl, const float* pe, float* pz, float* pk, int64_t B,
                         int64_t D) {
   at::parallel_for(0, B, std::max<int64_t>(1, kReparamGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
