@@ -1,9 +1,15 @@
-"""Checkpoints written atomically: a crash mid-write leaves the previous file intact, never half a file."""
+"""Checkpoints written atomically (a crash mid-write leaves the previous file intact, never half a file) and read
+back with `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python values (dict, list, tuple,
+str, int, float, bool, None) only, so loading one cannot run code. A file that carries any other pickled object
+is refused (UnsafeCheckpointError), naming what it carries."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
+from collections import OrderedDict
 
 import torch
 
@@ -26,8 +32,32 @@ def _write_atomic(path: str, write) -> str:
     return path
 
 
+# exact types: a numpy float64 is a float, but pickles as a numpy object
+_SCALARS = (str, int, float, bool, type(None))
+_TORCH_VALUES = (torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def check_plain(obj, where: str = "checkpoint") -> None:
+    """Raise TypeError naming the first value in `obj` that torch.load(weights_only=True) would refuse: only
+    tensors, dtypes, devices and sizes, str/int/float/bool/None, and dicts, lists and tuples of them."""
+    if type(obj) in _SCALARS or isinstance(obj, _TORCH_VALUES):
+        return
+    if type(obj) in (dict, OrderedDict):
+        for k, v in obj.items():
+            check_plain(k, f"{where} key {k!r}")
+            check_plain(v, f"{where}[{k!r}]")
+    elif type(obj) in (list, tuple):
+        for i, v in enumerate(obj):
+            check_plain(v, f"{where}[{i}]")
+    else:
+        raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint stores "
+                        f"tensors and plain values only (convert it: a dataclass to a dict, an array to a tensor)")
+
+
 def save_atomic(obj, path: str) -> str:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`; `obj` must hold
+    tensors and plain values only (check_plain), so that load_checkpoint can read it back."""
+    check_plain(obj)
     return _write_atomic(path, lambda f: torch.save(obj, f))
 
 
@@ -55,24 +85,67 @@ def write_json_atomic(path: str, obj) -> str:
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def load_checkpoint(path: str, map_location="cpu", kind: str | None = None) -> dict:
-    """Load a checkpoint dict; `kind` ("dualvae", "classifier") must match what was saved."""
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint carries pickled Python objects (classes, numpy arrays), not only tensors and plain types."""
+
+
+def _pickled_globals(path: str, exc: Exception) -> list[str]:
+    """The classes/functions a file's pickle references beyond what weights_only allows (empty: none found)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint (legacy format): read the name from the error
+        return re.findall(r"GLOBAL ([\w.]+)", str(exc))
+
+
+def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] | None = None) -> dict:
+    """Load a checkpoint dict (tensors and plain types only); `kind` ("dualvae", "classifier", or a tuple of
+    them) must match what was saved."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _pickled_globals(path, exc)
+        if not found:
+            raise ValueError(f"checkpoint {path} could not be read: {exc}") from None
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} holds pickled Python objects ({', '.join(found)}), not only tensors and plain "
+            f"types; refused, since unpickling them can run arbitrary code. A checkpoint written by an older "
+            f"DualVAE (configs as dataclasses, numpy RNG state) must be re-saved: train again, or, only if you "
+            f"trust where the file came from, load it with torch.load(path, weights_only=False) and save it "
+            f"again with tensors and plain values only") from None
     except Exception as exc:  # truncated or not a torch file
         raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
-    if not isinstance(ckpt, dict) or (kind is not None and ckpt.get("kind") != kind):
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not isinstance(ckpt, dict) or (kinds is not None and ckpt.get("kind") not in kinds):
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"checkpoint {path} holds {found!r}, expected a {kind!r} checkpoint")
+        expected = " or ".join(repr(k) for k in kinds) if kinds else "a dict"
+        raise ValueError(f"checkpoint {path} holds {found!r}, expected a {expected} checkpoint")
     return ckpt
+
+
+def restore_model(model, ckpt: dict, path: str):
+    """`model` with the checkpoint's weights and attribute names, in eval mode."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"checkpoint {path}: its weights do not fit {type(model).__name__}: {exc}") from None
+    model.attr_names = ckpt.get("attr_names")
+    return model.eval()
 
 
 def load_model(cls, path: str, kind: str, map_location="cpu"):
     """Rebuild `cls(**config)` from a checkpoint of `kind`, load its weights and attribute names; eval mode."""
     ckpt = load_checkpoint(path, map_location=map_location, kind=kind)
-    model = cls(**ckpt["config"])
-    model.load_state_dict(ckpt["model"])
-    model.attr_names = ckpt.get("attr_names")
-    return model.eval()
+    return restore_model(build_from_config(cls, ckpt, path), ckpt, path)
+
+
+def build_from_config(build, ckpt: dict, path: str):
+    """build(**ckpt["config"]), the config a dict of plain values; a bad config raises naming the file."""
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path} has no config dict (found {type(config).__name__})")
+    try:
+        return build(**config)
+    except TypeError as exc:
+        raise ValueError(f"checkpoint {path}: its config {config} does not build the model: {exc}") from None

@@ -114,7 +114,9 @@ def prepare_data(data: str, out: str, budget: Budget, progress: bool = True) -> 
 
 
 def load_data(out: str, budget: Budget) -> dict:
-    return torch.load(data_file(out, budget), weights_only=False)
+    from dualvae.checkpoint import load_checkpoint
+
+    return load_checkpoint(data_file(out, budget))
 
 
 def ensure_classifier(data: str, out: str, budget: Budget, progress: bool = True) -> str:

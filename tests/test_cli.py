@@ -21,7 +21,7 @@ def test_cli_pipeline(synth_root, tmp_path, capsys):
     assert main(["train", "--data", synth_root, "--out", str(run), "--steps", "3", "--batch-size", "8",
                  "--latent-dim", "16", "--missing-ratio", "0.5", "--workers", "1"]) == 0
     assert (run / "model.pt").exists() and (run / "log.csv").exists() and (run / "loss.png").exists()
-    ckpt = torch.load(run / "model.pt", weights_only=False)
+    ckpt = torch.load(run / "model.pt", weights_only=True)
     assert ckpt["step"] == 3 and ckpt["label_mask"].shape == (len(ckpt["label_mask"]), 40)
     assert 0.3 < ckpt["label_mask"].float().mean() < 0.7  # missing ratio 0.5, saved with the run
 

@@ -175,7 +175,7 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         checkpoint.save_atomic({"kind": "dualvae", "v": 2}, path)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False)["v"] == 1
+    assert torch.load(path, weights_only=True)["v"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 
 

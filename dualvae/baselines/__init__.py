@@ -14,6 +14,7 @@ from tqdm import tqdm
 from dualvae.baselines.cvae import CVAE, CVAEConfig
 from dualvae.baselines.fader import Fader, FaderConfig
 from dualvae.baselines.stargan import StarGAN, StarGANConfig
+from dualvae.checkpoint import build_from_config, load_checkpoint, restore_model
 
 MODELS = {"cvae": (CVAE, CVAEConfig), "fader": (Fader, FaderConfig), "stargan": (StarGAN, StarGANConfig)}
 
@@ -26,12 +27,11 @@ def build(kind: str, **config):
 
 
 def load(path: str, map_location="cpu"):
-    """The baseline in a checkpoint written by `fit` (via save_atomic(model.checkpoint_state())), in eval mode."""
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    model = build(state["kind"], **state["config"])
-    model.load_state_dict(state["model"])
-    model.attr_names = state.get("attr_names")
-    return model.eval()
+    """The baseline in a checkpoint written by `fit` (via save_atomic(model.checkpoint_state())), in eval mode;
+    read by the loader every model kind goes through (dualvae.checkpoint.load_checkpoint)."""
+    ckpt = load_checkpoint(path, map_location=map_location, kind=tuple(MODELS))
+    model = build_from_config(lambda **config: build(ckpt["kind"], **config), ckpt, path)
+    return restore_model(model, ckpt, path)
 
 
 def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tensor | None, *, steps: int,
