@@ -615,20 +615,87 @@ def test_cpu_packed_labels_on_many_tiles():
         assert torch.equal(a, b)
 
 
-@needs_cpu_kernels
-def test_cpu_baseline_build_agrees_with_avx2(tmp_path):
-    """DUALVAE_CPU_ISA=default runs the kernels built without AVX2 (what a CPU without it gets)."""
-    code = (
-        "import torch, sys; sys.path.insert(0, sys.argv[1]); from test_fused_ops import cpu_results; "
-        "torch.save(cpu_results(300, 700, 24, seed=26), sys.argv[2])"
-    )
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = {}
-    for isa in ("default", "avx2"):
-        path = str(tmp_path / f"{isa}.pt")
+def cpu_build_outputs(isa):
+    """What the kernel build `isa` computes (it must be the one running: kernels.cpu_isa()), each output also
+    checked against float64 (check_bce / assert_error_rule): rows not a multiple of 16 lanes, masks, packed
+    labels, reparameterize_kl with a given and a seeded eps."""
+    assert kernels.cpu_isa() == isa, (kernels.cpu_isa(), isa)
+    out = list(check_bce(300, 700, 24, "random", True, "sum", seed=26, backend="cpu"))
+    out += check_bce(45, 1000, 37, "random", False, "none", seed=27, backend="cpu")
+    out += cpu_results(67, 333, 19, seed=28, labels="packed")
+    mu, logvar, eps = reparam_inputs(29, 37, seed=29)
+    g = torch.Generator().manual_seed(3)
+    upstream = tuple(torch.randn(shape, generator=g, dtype=torch.float64) for shape in ((29, 37), (29,)))
+    expected = run_reparam(ref.reparameterize_kl, mu, logvar, eps, torch.float64, upstream)
+    eager32 = run_reparam(ref.reparameterize_kl, mu, logvar, eps, torch.float32, upstream)
+    ours = run_reparam(kernels.reparameterize_kl, mu, logvar, eps, torch.float32, upstream, backend="cpu")
+    for name, a, b, c in zip(("z", "kl", "dmu", "dlogvar"), ours, eager32, expected):
+        assert_error_rule(a, b, c, f"{isa}: reparameterize_kl {name}")
+    out += ours
+    out.append(kernels.reparameterize_kl(mu.float(), logvar.float(), seed=7, backend="cpu")[0])
+    return out
+
+
+_CPU_BUILD_NEEDS = {"default": (), "avx2": ("avx2", "fma", "f16c"),
+                    "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq")}
+
+
+def _skip_unless_cpu_runs(isa):
+    from dualvae.sysinfo import cpu_isa
+    missing = [f for f in _CPU_BUILD_NEEDS[isa] if f not in cpu_isa()]
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}: the {isa} kernels cannot run here")
+
+
+@pytest.fixture(scope="module")
+def cpu_build_results(tmp_path_factory):
+    """cpu_build_results(isa): cpu_build_outputs(isa), computed once; in a subprocess with DUALVAE_CPU_ISA=isa
+    unless it is the build this process runs (the library reads the variable once per process)."""
+    here, cache = os.path.dirname(os.path.abspath(__file__)), {}
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import test_fused_ops as t; "
+            "torch.save(t.cpu_build_outputs(sys.argv[3]), sys.argv[2])")
+
+    def results(isa):
+        if isa in cache:
+            return cache[isa]
+        if kernels.cpu_isa() == isa:
+            cache[isa] = cpu_build_outputs(isa)
+            return cache[isa]
+        path = str(tmp_path_factory.mktemp("cpu_isa") / f"{isa}.pt")
         env = dict(os.environ, DUALVAE_CPU_ISA=isa)
-        subprocess.run([sys.executable, "-c", code, here, path], env=env, check=True, timeout=300)
-        out[isa] = torch.load(path)
-    for a, b in zip(out["default"], out["avx2"]):
-        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-5)
+        run = subprocess.run([sys.executable, "-c", code, here, path, isa], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, f"DUALVAE_CPU_ISA={isa}: {run.stderr[-3000:]}"
+        cache[isa] = torch.load(path)
+        return cache[isa]
+    return results
+
+
+@needs_cpu_kernels
+@pytest.mark.parametrize("isa,other", [("avx2", "default"), ("avx512", "default"), ("avx512", "avx2")])
+def test_cpu_kernel_builds_agree(isa, other, cpu_build_results):
+    """Each build matches float64 (checked inside the run) and the other builds: what a CPU with less gets."""
+    _skip_unless_cpu_runs(isa)
+    _skip_unless_cpu_runs(other)
+    for i, (a, b) in enumerate(zip(cpu_build_results(isa), cpu_build_results(other), strict=True)):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-5, msg=lambda m: f"{isa} vs {other}, output {i}: {m}")
+
+
+@needs_cpu_kernels
+def test_cpu_isa_is_the_widest_build_this_cpu_runs():
+    if os.environ.get("DUALVAE_CPU_ISA"):
+        pytest.skip(f"DUALVAE_CPU_ISA={os.environ['DUALVAE_CPU_ISA']} is set for this run")
+    from dualvae.sysinfo import cpu_isa
+    flags = set(cpu_isa())
+    widest = next(isa for isa in ("avx512", "avx2", "default") if set(_CPU_BUILD_NEEDS[isa]) <= flags)
+    assert kernels.cpu_isa() == widest
+
+
+@needs_cpu_kernels
+def test_cpu_isa_env_var_rejects_an_unknown_build():
+    code = "import dualvae.kernels as k; k.cpu_isa()"
+    env = dict(os.environ, DUALVAE_CPU_ISA="avx1024")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert "DUALVAE_CPU_ISA='avx1024': expected one of default, avx2, avx512" in run.stderr, run.stderr[-2000:]
 
