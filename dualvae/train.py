@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gc
 import glob
 import io
 import os
@@ -44,7 +45,8 @@ import torch
 from tqdm import tqdm
 
 from dualvae import kernels
-from dualvae.checkpoint import copy_atomic, load_checkpoint, save_atomic, write_json_atomic, write_text_atomic
+from dualvae.checkpoint import (UnsafeCheckpointError, copy_atomic, load_checkpoint, save_atomic, write_json_atomic,
+                                write_text_atomic)
 from dualvae.data import draw_label_mask, make_loader  # noqa: F401  (draw_label_mask: re-exported for callers)
 from dualvae.distributed import (Dist, barrier, broadcast_object, convert_batchnorm, gather_objects, init_from_env,
                                  reduce_grads_and_stats, shutdown)
@@ -314,6 +316,7 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
             eps = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)[d.rank::d.world][:len(x)]
             if len(x) == 0 and not d.enabled:  # a batch of corrupt files skipped
                 continue
+            oom = None
             try:
                 stats = train_step(model, g, g_e, x, y, m, eps.to(d.device), cfg, dist=d, fns=fns, scaler=scaler,
                                    stop=sigterm.raised)
@@ -326,7 +329,12 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
             except RuntimeError as exc:
                 if not _is_oom(exc):
                     raise
-                raise TrainingOOMError(_oom_message(cfg, d, model, fns, x, y, m, eps)) from exc
+                # Only the text leaves the except: the exception's traceback holds the failed step's frames and
+                # with them its activations, which the probe below must not find still allocated.
+                oom = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if oom is not None:
+                raise TrainingOOMError(_oom_message(cfg, d, oom, lambda: _largest_fitting_batch(
+                    model, fns, cfg, x, y, m, eps)))
             if stats is None:
                 continue
             state["skipped_nonfinite"] += stats["skipped"]
@@ -396,6 +404,8 @@ def _find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | Non
                     _load_resumable(path)
                     chosen = path
                     break
+                except UnsafeCheckpointError:
+                    raise  # not a damaged file to skip: falling back past it could restart the run at step 0
                 except ValueError as exc:
                     nxt = candidates[i + 1] if i + 1 < len(candidates) else None
                     say(f"resume: {exc}; " + (f"falling back to the previous checkpoint {nxt}" if nxt else
@@ -437,9 +447,15 @@ def _restore(ck: dict, cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen, st
 
 
 def _rng_state(gen: torch.Generator, d: Dist) -> dict:
+    """Every RNG a step draws from, as tensors and plain values (checkpoints load with weights_only=True)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
     return {"eps": gen.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(d.device) if d.device.type == "cuda" else None,
-            "numpy": np.random.get_state(), "python": random.getstate()}
+            "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                      "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+            "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss_next": py_gauss}}
 
 
 def _set_rng_state(s: dict, gen: torch.Generator, d: Dist) -> None:
@@ -447,8 +463,11 @@ def _set_rng_state(s: dict, gen: torch.Generator, d: Dist) -> None:
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and d.device.type == "cuda":
         torch.cuda.set_rng_state(s["cuda"], d.device)
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
 
 
 # -- faults -----------------------------------------------------------------------------------------------------
@@ -475,33 +494,59 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
-def _oom_message(cfg: TrainConfig, d: Dist, model, fns, x, y, m, eps) -> str:
+def _probe_blocker(d: Dist) -> str | None:
+    """Why the largest fitting batch cannot be measured here (None: it can)."""
+    if d.enabled:
+        return (f"not measured with {d.world} processes: one rank probing alone would enter SyncBatchNorm "
+                f"collectives the others never join, and the run would hang")
+    if d.device.type != "cuda":
+        return f"not measured on this device ({d.device.type})"
+    return None
+
+
+def _oom_message(cfg: TrainConfig, d: Dist, error: str, probe) -> str:
+    """The message of a TrainingOOMError; `probe()` (the largest batch that fits, or None) runs only where it
+    can neither deadlock nor measure another device than the one that ran out."""
     per_rank = cfg.batch_size // d.world
-    fits = _largest_fitting_batch(model, fns, cfg, x, y, m, eps) if d.device.type == "cuda" else None
+    blocker = _probe_blocker(d)
+    fits = probe() if blocker is None else None
     fit_text = (f"the largest batch per process that fits (forward + backward, halving) is {fits}" if fits else
-                "the largest batch that fits is unknown (not measured on this device)")
+                f"the largest batch that fits is unknown ({blocker or 'halving down to 1 found none that runs'})")
     return (f"train: out of memory at batch size {per_rank} per process (global --batch-size {cfg.batch_size}, "
             f"{d.world} process(es), {cfg.image_size}x{cfg.image_size}, {cfg.precision}); {fit_text}; lower "
-            f"--batch-size, use more processes, or --precision bf16")
+            f"--batch-size, use more processes, or --precision bf16 ({error})")
+
+
+def _fits(model, fns, cfg, x, y, m, eps) -> None:
+    """A forward + backward of both losses on this batch (no optimizer step); raises when it does not fit."""
+    with _autocast(x.device, cfg.precision):
+        r, k = fns.vae(x, eps)
+        nll, _, _ = fns.label(x, y, m, eps)
+    (r + k + nll).backward()
+
+
+def _release(model, device: torch.device) -> None:
+    """Free what a failed step left: gradients, graphs held in reference cycles, the allocator's cached blocks."""
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _largest_fitting_batch(model, fns, cfg, x, y, m, eps) -> int | None:
-    """On CUDA: halve the batch until a forward + backward of both losses runs (no optimizer step)."""
+    """Halve the batch until `_fits`. Each attempt runs in a frame of its own and is caught here, so its tensors
+    are gone (frame and traceback released) before the next one starts."""
+    eps = eps.to(x.device)
     b = len(x) // 2
     while b >= 1:
+        _release(model, x.device)
         try:
-            model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            with _autocast(x.device, cfg.precision):
-                r, k = fns.vae(x[:b], eps[:b].to(x.device))
-                nll, _, _ = fns.label(x[:b], y[:b], m[:b], eps[:b].to(x.device))
-            (r + k + nll).backward()
-            model.zero_grad(set_to_none=True)
+            _fits(model, fns, cfg, x[:b], y[:b], m[:b], eps[:b])
             return b
         except RuntimeError as exc:
             if not _is_oom(exc):
                 return None
-            b //= 2
+        b //= 2
     return None
 
 
