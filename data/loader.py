@@ -21,11 +21,13 @@ face square rows 20:198; bilinear antialiased resize; [-1, 1]) and yields
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import logging
 import os
 import platform
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -176,6 +178,11 @@ def _import_dali():
     return nvidia.dali
 
 
+# Whether a DALI decoder has run in this process. Its threads (DALI's own pools, the file reader) live on, and a
+# forked child inherits any lock one of them held at the fork, never to be released: fork is safe only before.
+_dali_ran = False
+
+
 class DaliDecoder:
     """Decode batches of JPEG file paths with DALI -> uint8 [B, 3, S, S] (normalize=False) or float32 in
     [-1, 1] (normalize=True), on the CPU (device="cpu", `threads` threads) or the GPU ("cuda": `mixed` decoder,
@@ -267,6 +274,8 @@ class DaliDecoder:
     def decode(self, batches):
         """For each list of paths in `batches` (any iterable), yield (images, kept): `kept` lists the positions
         in the list whose images are in `images` (all of them unless skip_corrupt left some out)."""
+        global _dali_ran
+        _dali_ran = True
         self._drain()
         it = iter(batches)
         reads: deque = deque()
@@ -494,10 +503,69 @@ class _EpochBatchSampler:
         return len(self.batches)
 
 
+def _is_main_guard(test: ast.expr) -> bool:
+    """Whether an `if` test is `__name__ == "__main__"` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(e, ast.Name) and e.id == "__name__" for e in sides)
+            and any(isinstance(e, ast.Constant) and e.value == "__main__" for e in sides))
+
+
+def unguarded_main_line() -> tuple[str, int] | None:
+    """(file, line) of the main script's top-level line this call comes from when that line is outside an
+    `if __name__ == "__main__":` block, so that a worker process started by spawn or a forkserver, which
+    re-imports the main script, would run it again; None when it would not (guarded, interactive, `-c`, a
+    package's __main__)."""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec_name is not None and (spec_name == "__main__" or spec_name.endswith(".__main__")):
+        return None  # multiprocessing does not re-run a package's __main__
+    if spec_name is None and getattr(main, "__file__", None) is None:
+        return None
+    frame, top = sys._getframe(1), None
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            top = frame
+        frame = frame.f_back
+    if top is None:
+        return None
+    path, line = top.f_code.co_filename, top.f_lineno
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_guard(node.test) and \
+                node.body[0].lineno <= line <= node.body[-1].end_lineno:
+            return None
+    return path, line
+
+
+def _worker_start_method() -> str:
+    """How the PIL loader starts its worker processes: fork while no DALI decoder has run in this process (the
+    workers then need nothing re-imported); after one has, a forkserver (a fork could inherit DALI's locks held),
+    refused when the main script would run its unguarded top level again in every worker."""
+    if not _dali_ran:
+        return "fork"
+    found = unguarded_main_line()
+    if found is not None:
+        path, line = found
+        raise RuntimeError(
+            f"PIL loader: a DALI decoder has run in this process, so the DataLoader workers cannot be forked "
+            f"(a fork can inherit a lock DALI's threads hold, and hang) and are started from a forkserver, which "
+            f"re-imports the main script {path}; its line {line} runs at the top level, outside an "
+            f"`if __name__ == \"__main__\":` block, so every worker would run it again and die. Put the script's "
+            f"code under `if __name__ == \"__main__\":`, or decode in this process (threads=0, --workers 0), or "
+            f"read with backend 'dali' or 'hdf5'")
+    return "forkserver"
+
+
 class PilLoader(Loader):
     """The reference: a torch DataLoader, `threads` worker processes decoding with PIL (0: in this process).
-    Workers start once per loader from a forkserver (forking this process, whose other threads may hold locks
-    - DALI's, OpenMP's - can deadlock the child) and persist across epochs."""
+    The workers start at the first batch and persist across epochs; they are forked, unless a DALI decoder has
+    run in this process (see _worker_start_method)."""
 
     def __init__(self, split: _Split, *, threads: int | None = None, image_size: int, **kw):
         super().__init__(split, **kw)
@@ -505,21 +573,27 @@ class PilLoader(Loader):
         self.workers = (os.cpu_count() or 1) if threads is None else threads
         self._skipped: list[str] = []
         self._sampler = _EpochBatchSampler()
-        ds = _PilDataset(self.split.paths, self.image_size, self.skip_corrupt)
-        extra = dict(multiprocessing_context="forkserver", persistent_workers=True, prefetch_factor=4) \
-            if self.workers else {}
-        self._dl = torch.utils.data.DataLoader(ds, batch_sampler=self._sampler, num_workers=self.workers,
-                                               collate_fn=_pil_collate, pin_memory=self.device.type == "cuda",
-                                               **extra)
+        self._dl = None
 
     @property
     def skipped(self) -> list[str]:
         return self._skipped
 
+    def _data_loader(self):
+        if self._dl is None:
+            ds = _PilDataset(self.split.paths, self.image_size, self.skip_corrupt)
+            extra = dict(multiprocessing_context=_worker_start_method(), persistent_workers=True,
+                         prefetch_factor=4) if self.workers else {}
+            self._dl = torch.utils.data.DataLoader(ds, batch_sampler=self._sampler, num_workers=self.workers,
+                                                   collate_fn=_pil_collate, pin_memory=self.device.type == "cuda",
+                                                   **extra)
+        return self._dl
+
     def _batches(self, batches):
+        dl = self._data_loader()
         self._sampler.batches = batches
         s = self.image_size
-        for rows, images, bad in self._dl:
+        for rows, images, bad in dl:
             for r in bad:
                 path = self.split.paths[r]
                 if path not in self._skipped:
@@ -534,22 +608,56 @@ class PilLoader(Loader):
 
 
 class Hdf5Loader(Loader):
-    """The split of a cache, resident in memory (GPU memory on device="cuda" when it fits in half the free
-    memory, else pinned CPU memory); a batch is an index gather."""
+    """The split of a cache, resident in memory: in GPU memory on device="cuda" when it fits in half the free
+    memory (a batch is an index gather there), else in CPU memory (and for device="cpu"), where a batch is an
+    index gather on the CPU; for device="cuda" it is gathered into a pinned staging buffer and copied from there.
+
+    The split itself is not pinned: the gather reads it on the CPU whatever its memory, and only the buffer the
+    GPU copies from needs to be pinned (for the copy to be an asynchronous DMA); pinning a split that did not
+    fit in GPU memory would lock gigabytes of host memory for nothing."""
+
+    STAGING_BUFFERS = 2  # the host gathers batch k + 1 while batch k is copied
 
     def __init__(self, split: _Split, images: torch.Tensor, **kw):
         super().__init__(split, **kw)
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
-            images = images.to(self.device) if images.numel() < 0.5 * free else images.pin_memory()
+            if images.numel() < 0.5 * free:
+                images = images.to(self.device)
         self.images = images
         self.resident = images.device
+        self.staging: list[torch.Tensor] = []  # pinned, batch_size rows each (CUDA batches of a host split)
+        self._copied: list = []  # per staging buffer: the CUDA event after the last copy that read it
 
     def _batches(self, batches):
+        if self.resident.type != self.device.type:
+            yield from self._staged_batches(batches)
+            return
         for rows in batches:
             idx = torch.from_numpy(rows)
             x = self.images.index_select(0, idx.to(self.images.device))  # (much faster than [idx] on CPU)
             yield rows, x.to(self.device, non_blocking=True).div(127.5).sub_(1.0)
+
+    def _staged_batches(self, batches):
+        """A host-resident split, CUDA batches: gather into pinned buffer k % 2, copy it non_blocking on the
+        current stream (the batch's uint8 -> [-1, 1] follows on that stream), record an event; a buffer is
+        gathered into again only after its last copy's event has completed, so no copy reads a half-rewritten
+        buffer."""
+        if not self.staging:
+            shape = (self.batch_size, *self.images.shape[1:])
+            self.staging = [torch.empty(shape, dtype=self.images.dtype, pin_memory=True)
+                            for _ in range(self.STAGING_BUFFERS)]
+            self._copied = [None] * self.STAGING_BUFFERS
+        for k, rows in enumerate(batches):
+            slot = k % len(self.staging)
+            if self._copied[slot] is not None:
+                self._copied[slot].synchronize()
+            buf = self.staging[slot][:len(rows)]
+            torch.index_select(self.images, 0, torch.from_numpy(rows), out=buf)
+            x = buf.to(self.device, non_blocking=True)
+            self._copied[slot] = torch.cuda.Event()
+            self._copied[slot].record(torch.cuda.current_stream(self.device))
+            yield rows, x.div(127.5).sub_(1.0)
 
 
 # ---------------------------------------------------------------------------------------------------------------

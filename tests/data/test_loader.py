@@ -354,7 +354,7 @@ def test_train_from_cache_and_pil_cli(root, cache, tmp_path, capsys):
         assert main(["train", "--data", str(data), "--data-backend", backend, "--out", str(run), "--steps", "5",
                      "--batch-size", "4", "--latent-dim", "8", "--width", "8", "--missing-ratio", "0.5",
                      "--workers", "1", "--ckpt-every", "5"]) == 0, capsys.readouterr().err
-        ckpt = torch.load(run / "model.pt", weights_only=False)
+        ckpt = torch.load(run / "model.pt", weights_only=True)
         assert torch.equal(ckpt["label_mask"], draw_label_mask((16, len(ATTRS)), 0.5, 0))
 
 
@@ -369,3 +369,101 @@ def test_two_kinds_of_corrupt_file_in_one_batch(fresh_root, tmp_path):
     r = prepare(str(fresh_root), str(tmp_path / "c.h5"), image_size=S, batch_size=4, skip_corrupt=True,
                 progress=False)
     assert r["images"] == N - 2 and len(r["skipped"]) == 2
+
+
+def _run_script(path, text: str):
+    import subprocess
+    import sys
+
+    path.write_text(text)
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_pil_loader_in_a_plain_script(root, tmp_path):
+    """make_loader(backend="pil") with worker processes at a script's top level, no __main__ guard: no DALI
+    has run, so the workers are forked and nothing re-imports the script."""
+    r = _run_script(tmp_path / "plain.py", f"""
+from dualvae.data import make_loader
+ld = make_loader({str(root)!r}, "train", image_size={S}, batch_size=4, device="cpu", backend="pil", threads=2)
+print("images", sum(len(x) for x, y, m in ld), "epoch 2", sum(len(x) for x, y, m in ld))
+""")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "images 16 epoch 2 16" in r.stdout
+
+
+def test_pil_workers_after_dali_in_an_unguarded_script_fail_naming_the_fix(root, tmp_path):
+    """After a DALI decoder ran, workers start from a forkserver, which re-imports the script: an unguarded
+    top level is refused before any worker starts, with the fixes named; under the guard it runs."""
+    try:
+        import nvidia.dali  # noqa: F401
+        dali = f"""d = make_loader({str(root)!r}, "train", image_size={S}, batch_size=4, device="cpu", backend="dali",
+                threads=1)
+print("dali", sum(len(x) for x, y, m in d))"""
+    except ImportError:  # what running a DALI decoder records
+        dali = "import dualvae.data.loader as L; L._dali_ran = True"
+    pil = (f"ld = make_loader({str(root)!r}, 'train', image_size={S}, batch_size=4, device='cpu', backend='pil', "
+           f"threads=2)\nprint('images', sum(len(x) for x, y, m in ld))")
+    r = _run_script(tmp_path / "unguarded.py", f"from dualvae.data import make_loader\n{dali}\n{pil}\n")
+    assert r.returncode != 0
+    assert "exited unexpectedly" not in r.stderr
+    assert f"re-imports the main script {tmp_path / 'unguarded.py'}" in r.stderr, r.stderr[-3000:]
+    for fix in ('`if __name__ == "__main__":`', "threads=0, --workers 0", "backend 'dali' or 'hdf5'"):
+        assert fix in r.stderr
+    body = "\n".join("    " + line for line in f"{dali}\n{pil}".splitlines())
+    r = _run_script(tmp_path / "guarded.py", f"from dualvae.data import make_loader\n\nif __name__ == '__main__':\n"
+                                             f"{body}\n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "images 16" in r.stdout
+
+
+def _hdf5_loader(images, device, **kw):
+    """An Hdf5Loader over images in memory (what make_loader builds from a cache, without h5py or DALI)."""
+    n = len(images)
+    labels = (torch.arange(n)[:, None] >> torch.arange(5) & 1).float()
+    split = loader_mod._Split(None, labels, np.arange(n, dtype=np.int64), n, [f"b{i}" for i in range(5)],
+                              [f"{i + 1:06d}.jpg" for i in range(n)])
+    kw = dict(dict(batch_size=4, shuffle=True, seed=0, shard_id=0, num_shards=1, missing_ratio=0.0,
+                   drop_last=False, skip_corrupt=False), **kw)
+    return loader_mod.Hdf5Loader(split, images, device=torch.device(device), **kw)
+
+
+def test_hdf5_on_the_cpu_gathers_in_place(cache):
+    """device="cpu": the split stays where it is read, batches are index gathers, no staging buffer."""
+    ld = loader(cache, "hdf5", shuffle=True)
+    check_batches(ld, list(range(16)))
+    assert ld.resident.type == "cpu" and ld.staging == [] and not ld.images.is_pinned()
+    images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
+    ld = _hdf5_loader(images, "cpu")
+    for x, _, _ in ld:
+        assert torch.equal(x, images[ld.last_indices].float().div(127.5).sub(1.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_hdf5_split_on_the_host_copies_cuda_batches_from_pinned_buffers(monkeypatch):
+    """A split that does not fit in GPU memory stays on the host; CUDA batches are gathered into pinned staging
+    buffers and copied asynchronously. The GPU is kept busy after every batch, so a buffer rewritten before its
+    copy ran would show as wrong pixels."""
+    images = torch.randint(0, 256, (37, 3, 64, 64), dtype=torch.uint8)
+    want = [x for x, _, _ in _hdf5_loader(images, "cpu", batch_size=8).epoch(0)]
+    total = torch.cuda.mem_get_info()[1]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, total))  # "does not fit"
+    ld = _hdf5_loader(images, "cuda", batch_size=8)
+    assert ld.resident.type == "cpu" and not ld.images.is_pinned()
+    for _ in range(2):  # the second pass reuses the staging buffers
+        got = []
+        for x, y, m in ld.epoch(0):
+            assert x.device.type == "cuda" and y.device.type == "cuda"
+            got.append(x)
+            torch.cuda._sleep(20_000_000)  # the next copies queue behind this
+        assert len(ld.staging) == 2 and all(b.is_pinned() for b in ld.staging)
+        torch.cuda.synchronize()
+        assert len(got) == len(want) == 5
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=1e-6)
+    monkeypatch.undo()
+    resident = _hdf5_loader(images, "cuda", batch_size=8)  # fits: on the GPU, no staging
+    assert resident.resident.type == "cuda" and resident.staging == []
+    for a, (b, _, _) in zip(want, resident.epoch(0)):
+        torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)
