@@ -70,23 +70,43 @@ def test_cpu_oom_names_the_batch_size(root, tmp_path, monkeypatch):
         train(TrainConfig(data=root, out=str(tmp_path), steps=2, **TINY))
 
 
+class _Tiled:
+    """A loader whose batches are another's, repeated k times: a batch far larger than the data set."""
+
+    def __init__(self, inner, k: int):
+        self.inner, self.k = inner, k
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def num_images(self) -> int:
+        return self.inner.num_images * self.k
+
+    def epoch(self, epoch, start=0, stop=None):
+        for x, y, m in self.inner.epoch(epoch):
+            yield x.repeat(self.k, 1, 1, 1), y.repeat(self.k, 1), m.repeat(self.k, 1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_real_cuda_oom_reports_a_batch_that_fits(root, tmp_path):
-    """A real CUDA out-of-memory: the allocator capped at 24 MiB, a batch of 64 at 64x64 does not fit (its
-    activations alone are tens of MiB), a few images do."""
+def test_real_cuda_oom_with_a_huge_batch_reports_a_batch_that_fits(root, tmp_path, monkeypatch):
+    """A real CUDA out-of-memory: a batch of 8192 images at 64x64 (tens of GiB of activations) with the
+    allocator capped at 8 GiB, whatever the GPU; the probe then finds a smaller batch that runs."""
+    make_loader = T.make_loader
+    monkeypatch.setattr(T, "make_loader", lambda *a, **kw: _Tiled(make_loader(*a, **{**kw, "batch_size": 8}), 1024))
     torch.cuda.empty_cache()
     total = torch.cuda.mem_get_info()[1]
-    torch.cuda.set_per_process_memory_fraction(24 * 2**20 / total)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 8 * 2**30 / total))
     try:
         with pytest.raises(TrainingOOMError) as e:
-            train(TrainConfig(data=root, out=str(tmp_path), steps=2, image_size=64, width=32, latent_dim=32,
-                              batch_size=64, limit=64, progress=False, device="cuda", data_backend="pil",
+            train(TrainConfig(data=root, out=str(tmp_path), steps=2, image_size=64, width=64, latent_dim=32,
+                              batch_size=8192, limit=64, progress=False, device="cuda", data_backend="pil",
                               workers=0))
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     msg = str(e.value)
-    assert "out of memory at batch size 64 per process" in msg and "CUDA out of memory" in msg, msg
+    assert "out of memory at batch size 8192 per process" in msg and "CUDA out of memory" in msg, msg
     found = re.search(r"the largest batch per process that fits \(forward \+ backward, halving\) is (\d+)", msg)
-    assert found and 1 <= int(found.group(1)) < 64, msg
+    assert found and 1 <= int(found.group(1)) < 8192, msg
