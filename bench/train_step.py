@@ -143,6 +143,13 @@ class Runner:
         self.loader.close()
 
 
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def _summary(values: list[float], digits: int) -> dict:
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
             "max": round(max(values), digits)}
@@ -218,6 +225,66 @@ def main(argv=None) -> int:
     if no_dali:
         report["dali_missing"] = no_dali
 
+    def write(final: bool) -> str:
+        """Summarise the rounds so far and write the JSON and the table (after every round: a run cut short
+        still leaves its rounds)."""
+        base = None
+        for name, row in rows.items():
+            ts = times.get(name)
+            if "error" in row or not ts:
+                continue
+            row["timed_steps"] = len(ts)
+            row["step_s"] = _summary(ts, 4)
+            row["images_per_s"] = {"median": round(batch / row["step_s"]["median"], 1),
+                                   "min": round(batch / row["step_s"]["max"], 1),
+                                   "max": round(batch / row["step_s"]["min"], 1)}
+            row["times_s"] = [round(v, 4) for v in ts]
+            if name == "eager":
+                base = row["images_per_s"]["median"]
+        prev = None
+        for name, row in rows.items():
+            if "images_per_s" in row:
+                rate = row["images_per_s"]["median"]
+                row["x_eager"] = round(rate / base, 3) if base else None
+                row["x_previous_row"] = round(rate / prev, 3) if prev else None
+                prev = rate
+        report["rows"] = list(rows.values())
+        x = {n: r["x_eager"] for n, r in rows.items() if r.get("x_eager") is not None}
+        report["x_eager"] = x
+        report["ours_over_eager"] = x.get("bf16")
+        report["ours_fp32_over_eager"] = x.get("compile")
+        report["target"] = "ours >= 1.5x eager images/s on a GPU"
+        ours = report["ours_over_eager"]
+        report["target_met"] = (ours >= 1.5 if ours is not None else None) if cuda else None  # a GPU target
+        report["complete"] = final
+        report["loadavg_end"] = _loadavg()
+
+        table = [f"{report['device_name']} ({device.type}, ISA {report['cpu']['cpu_isa_level']}), {size}x{size}, "
+                 f"batch {batch}, width {width}, {len(report.get('rounds_info', []))} of {rounds} round(s) x {steps} "
+                 f"timed step(s) per configuration "
+                 f"(after {warmup} warm-up step(s)), load average {report['loadavg_start'][0]} at start, "
+                 f"{report['loadavg_end'][0]} at end", "",
+                 "| config | adds | data | kernels | precision | compile | images/s median | min-max | step s median "
+                 "| x eager |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for row in report["rows"]:
+            if "images_per_s" in row:
+                ips, st = row["images_per_s"], row["step_s"]
+                table.append(f"| {row['config']} | {row['adds']} | {row['data_backend']} | {row['kernel_backend']} | "
+                             f"{row['precision']} | {row['compile']} | {ips['median']:.1f} | {ips['min']:.1f}-"
+                             f"{ips['max']:.1f} | {st['median']:.3f} | {row['x_eager']} |")
+            else:
+                why = row.get("skipped") or f"error: {row.get('error')}"
+                table.append(f"| {row['config']} | {row['adds']} | {row['data_backend']} | {row['kernel_backend']} | "
+                             f"{row['precision']} | {row['compile']} | - | - | - | {why} |")
+        os.makedirs(a.out, exist_ok=True)
+        path = os.path.join(a.out, f"train-{dev_name}.json")
+        _write_atomic(path, json.dumps(report, indent=2) + "\n")
+        _write_atomic(os.path.join(a.out, f"train-{dev_name}.md"), "\n".join(table) + "\n")
+        if final:
+            print("\n" + "\n".join(table))
+            print(f"ours / eager: {report['ours_over_eager']}x (target on a GPU: >= 1.5x)\nwrote {path}")
+        return path
+
     runners: dict[str, Runner] = {}
     rows: dict[str, dict] = {}
     times: dict[str, list[float]] = {}
@@ -275,67 +342,14 @@ def main(argv=None) -> int:
                 info["step_s_median"][name] = round(statistics.median(ts), 4)
             info["loadavg_after"] = _loadavg()
             report["rounds_info"].append(info)
+            write(False)
             print(f"round {k}: load {info['loadavg_before'][0]} -> {info['loadavg_after'][0]}, median step s "
                   f"{info['step_s_median']}", flush=True)
         for name, r in runners.items():
             rows[name]["last_neg_elbo"] = None if r.last_neg_elbo is None else round(r.last_neg_elbo, 2)
             r.close()
 
-    base = None
-    for name, row in rows.items():
-        ts = times.get(name)
-        if "error" in row or not ts:
-            continue
-        row["timed_steps"] = len(ts)
-        row["step_s"] = _summary(ts, 4)
-        row["images_per_s"] = {"median": round(batch / row["step_s"]["median"], 1),
-                               "min": round(batch / row["step_s"]["max"], 1),
-                               "max": round(batch / row["step_s"]["min"], 1)}
-        row["times_s"] = [round(v, 4) for v in ts]
-        if name == "eager":
-            base = row["images_per_s"]["median"]
-    prev = None
-    for name, row in rows.items():
-        if "images_per_s" in row:
-            rate = row["images_per_s"]["median"]
-            row["x_eager"] = round(rate / base, 3) if base else None
-            row["x_previous_row"] = round(rate / prev, 3) if prev else None
-            prev = rate
-    report["rows"] = list(rows.values())
-    x = {n: r["x_eager"] for n, r in rows.items() if r.get("x_eager") is not None}
-    report["x_eager"] = x
-    report["ours_over_eager"] = x.get("bf16")
-    report["ours_fp32_over_eager"] = x.get("compile")
-    report["target"] = "ours >= 1.5x eager images/s on a GPU"
-    report["target_met"] = (report["ours_over_eager"] >= 1.5 if report["ours_over_eager"] is not None else None) \
-        if cuda else None  # the target is for GPUs
-    report["loadavg_end"] = _loadavg()
-
-    table = [f"{report['device_name']} ({device.type}, ISA {report['cpu']['cpu_isa_level']}), {size}x{size}, "
-             f"batch {batch}, width {width}, {rounds} round(s) x {steps} timed step(s) per configuration "
-             f"(after {warmup} warm-up step(s)), load average {report['loadavg_start'][0]} at start, "
-             f"{report['loadavg_end'][0]} at end", "",
-             "| config | adds | data | kernels | precision | compile | images/s median | min-max | step s median "
-             "| x eager |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in report["rows"]:
-        if "images_per_s" in row:
-            ips, st = row["images_per_s"], row["step_s"]
-            table.append(f"| {row['config']} | {row['adds']} | {row['data_backend']} | {row['kernel_backend']} | "
-                         f"{row['precision']} | {row['compile']} | {ips['median']:.1f} | {ips['min']:.1f}-"
-                         f"{ips['max']:.1f} | {st['median']:.3f} | {row['x_eager']} |")
-        else:
-            why = row.get("skipped") or f"error: {row.get('error')}"
-            table.append(f"| {row['config']} | {row['adds']} | {row['data_backend']} | {row['kernel_backend']} | "
-                         f"{row['precision']} | {row['compile']} | - | - | - | {why} |")
-    os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, f"train-{dev_name}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(a.out, f"train-{dev_name}.md"), "w") as f:
-        f.write("\n".join(table) + "\n")
-    print("\n" + "\n".join(table))
-    print(f"ours / eager: {report['ours_over_eager']}x (target on a GPU: >= 1.5x)\nwrote {path}")
+    write(True)
     return 1 if failed else 0
 
 

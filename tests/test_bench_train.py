@@ -51,7 +51,7 @@ def test_train_step_bench_quick(tmp_path):
         ips = r["images_per_s"]
         assert 0 < ips["min"] <= ips["median"] <= ips["max"]
         assert r["x_eager"] > 0
-    assert report["rows"][0]["x_eager"] == 1.0
+    assert report["rows"][0]["x_eager"] == 1.0 and report["complete"] is True
     assert report["image_size"] == 64 and report["target_met"] is None  # the target is for GPUs
     assert "| bf16 | + bf16 autocast (= ours) | dali | auto | bf16 |" in proc.stdout
     assert (tmp_path / "train-cpu.md").read_text().count("\n| ") == 1 + len(LADDER)  # header + one per row
