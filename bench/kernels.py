@@ -1,7 +1,7 @@
 """Benchmark of the fused kernels (dualvae.kernels): dual_bce and reparameterize_kl, forward + backward.
 
     python bench/kernels.py [--quick] [--device cpu|cuda] [--out DIR] [--repeats N] [--threads N]
-                            [--ops OPS] [--dtypes DTYPES] [--impls IMPLS] [--resume]
+                            [--ops OPS] [--dtypes DTYPES] [--impls IMPLS] [--sizes SIZES] [--resume]
 
 Writes `<out>/kernels-<device>.json` and `<out>/kernels-<device>.md` (out defaults to bench/results) and prints
 the table. <device> is "cpu" or the GPU's name as a slug (e.g. "nvidia-h100-80gb-hbm3"). Both files are rewritten
@@ -23,7 +23,8 @@ Implementations ("impl"), each timed as forward then .backward() w.r.t. z, U (du
     ours-cpu     (CPU) backend="cpu": the C++ kernels of kernels/csrc (the reference where they are not built)
 
 Measurement: warmup calls first (compilation excluded), then the median of repeated forward+backward steps.
-CUDA: torch.cuda.Event timing; extra peak memory = torch.cuda.max_memory_allocated() during one step minus the
+CUDA: torch.cuda.Event timing behind a queued spin kernel (torch.cuda._sleep), so the host's dispatch is not
+timed (host_dispatch_ms and launch_bound_repeats say how often it still was); extra peak memory = torch.cuda.max_memory_allocated() during one step minus the
 memory allocated before it (the inputs); kernel launches of each direction counted with torch.profiler; the
 reparam rows report their bandwidth as a fraction of a measured device-to-device copy (torch.clone).
 CPU: time.perf_counter; peak memory from the process's resident set: every (op, dtype, impl) runs in a fresh
@@ -55,7 +56,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from dualvae.sysinfo import cpu_model
+from dualvae.sysinfo import cpu_model, cpu_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -349,23 +350,38 @@ def measure(case: Case, device: str, warmup: int, repeats: int, budget_s: float)
         res["extra_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / MiB
         res["memory_method"] = "cuda.max_memory_allocated - allocated before the step"
         case.zero_grad()
+        # Events recorded on an idle GPU would time the host's dispatch too (the GPU waits for each launch), which
+        # at small sizes is most of the step. A spin kernel queued first keeps the GPU busy while the host queues
+        # the step, so the events time the device work. The spin is sized from the previous repeat's dispatch
+        # time; a repeat whose dispatch outlasted its spin (or that synced inside, e.g. a label check) is counted
+        # in launch_bound_repeats, its time then includes host gaps.
+        cycles_per_ms = _spin_cycles_per_ms()
+        spin_ms, dispatch, bound = 1.0, [], 0
         t_start = time.perf_counter()
         for i in range(repeats):
             case.zero_grad()
             e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(spin_ms * cycles_per_ms))
+            h0 = time.perf_counter()
             e0.record()
             out = case.fwd()
             e1.record()
             case.bwd(out)
             e2.record()
+            h1 = time.perf_counter()
             torch.cuda.synchronize()
             del out
+            dispatch.append((h1 - h0) * 1e3)
+            bound += dispatch[-1] >= spin_ms  # the spin had ended before the host had queued the step
+            spin_ms = min(max(1.0, 2.0 * dispatch[-1]), 200.0)
             tf.append(e0.elapsed_time(e1))
             tb.append(e1.elapsed_time(e2))
             tot.append(e0.elapsed_time(e2))
             if i + 1 >= 3 and time.perf_counter() - t_start > budget_s:
                 break
         res.update(_count_launches(case))
+        res.update(host_dispatch_ms=statistics.median(dispatch), launch_bound_repeats=bound)
     else:
         hwm = _reset_hwm()
         base_kib = _status_kib("VmRSS") if hwm else None
@@ -716,6 +732,23 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+_SPIN_CYCLES_PER_MS: list[float] = []
+
+
+def _spin_cycles_per_ms() -> float:
+    """GPU clock cycles of torch.cuda._sleep per millisecond, measured once (the clock varies by card and state)."""
+    if not _SPIN_CYCLES_PER_MS:
+        n = 2_000_000
+        torch.cuda._sleep(n)  # warm the clock up
+        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        e0.record()
+        torch.cuda._sleep(n)
+        e1.record()
+        torch.cuda.synchronize()
+        _SPIN_CYCLES_PER_MS.append(n / max(e0.elapsed_time(e1), 1e-3))
+    return _SPIN_CYCLES_PER_MS[0]
+
+
 def copy_bandwidth_gbps() -> float:
     """Measured HBM bandwidth: median of a 1 GiB device-to-device clone, bytes read + written over time."""
     x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").fill_(1.0)
@@ -725,6 +758,7 @@ def copy_bandwidth_gbps() -> float:
     ts = []
     for _ in range(10):
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(int(_spin_cycles_per_ms()))  # hides the clone's dispatch, as in measure()
         e0.record()
         y = x.clone()
         e1.record()
@@ -759,6 +793,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default=None, help="comma list of dual_bce, reparameterize_kl (default: both)")
     ap.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: the device's grid)")
     ap.add_argument("--impls", default=None, help="comma list of implementations (default: all)")
+    ap.add_argument("--sizes", default=None,
+                    help="comma list of sizes of the device's grid to keep: BxDxN (dual_bce) and BxD (reparam), "
+                         "e.g. 4096x128x65536,256x128x4096,65536x256 (default: all)")
     ap.add_argument("--resume", action="store_true",
                     help="keep the rows of an existing kernels-<device>.json in --out and measure only the missing "
                          "(or failed) ones; the files are rewritten after every measurement, so a run cut short "
@@ -793,6 +830,12 @@ def main(argv=None) -> int:
         if allowed:
             keep = {v.strip() for v in allowed.split(",") if v.strip()}
             specs = [s for s in specs if s[name] in keep]
+    if args.sizes:
+        want = {v.strip().lower() for v in args.sizes.split(",") if v.strip()}
+        bad = [w for w in want if not re.fullmatch(r"\d+x\d+(x\d+)?", w)]
+        if bad:
+            ap.error(f"--sizes: {bad[0]!r} is not BxDxN or BxD")
+        specs = [s for s in specs if ("x".join(str(s[k]) for k in ("B", "d", "n") if s.get(k)) in want)]
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = _slug(dev_name) if device == "cuda" else "cpu"
     os.makedirs(args.out, exist_ok=True)
@@ -885,6 +928,7 @@ def write_report(rows: list[dict], copy_gbps: float | None, ctx: dict, partial: 
         "cuda": torch.version.cuda if device == "cuda" else None,
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_report(),
         "threads": settings["threads"],
         "loadavg_start": [round(v, 2) for v in ctx["load0"]],
         "loadavg_end": [round(v, 2) for v in os.getloadavg()],
