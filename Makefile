@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: install test test-slow demo clean
+.PHONY: install test test-slow demo clean gpu-check
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,14 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/cs
 test: install
 	$(PY) -m dualvae.kernels.compile_check
 	DUALVAE_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -m "not slow and not gpu" -q
+
+# The one-shot GPU check (bench/gpu_check.py; README "On a GPU"). Needs no install and no venv: on a bare CUDA host
+# `make gpu-check OUT=DIR` runs from the source tree with python3 where there is no venv; DRY=1 is its CPU form
+# (tests/test_gpu_check.py runs that in `make test`).
+OUT    ?= gpu-check-out
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py --out $(OUT) $(if $(DRY),--dry)
 
 test-slow: install
 	TRITON_INTERPRET=1 $(PY) -m pytest -m "slow" -q
