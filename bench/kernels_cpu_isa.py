@@ -100,7 +100,7 @@ def compare(isas: list[str], rounds: int, repeats: int, threads: int | None) -> 
 def markdown(comp: dict) -> str:
     a, b = comp["isas"][0], comp["isas"][-1]
     lines = ["", f"## ours-cpu: {' vs '.join(comp['isas'])} builds of the C++ kernels (interleaved)", "",
-             f"{comp['method']}. {comp['threads']} threads; load average {comp['loadavg_start'][0]:.2f} at the start, "
+             f"{comp['method']}. {comp['threads']} thread(s); load average {comp['loadavg_start'][0]:.2f} at the start, "
              f"{comp['loadavg_end'][0]:.2f} at the end (other jobs shared the machine).", "",
              "| op (fp32, forward + backward) | " + " | ".join(f"{i} ms (min-max; best step)" for i in comp["isas"])
              + (f" | {a} / {b} (median; best step) |" if len(comp["isas"]) == 2 else " |"),
@@ -135,6 +135,8 @@ def merge_into(prefix: str, comp: dict) -> None:
         json.dump(report, fh, indent=1)
     os.replace(tmp, prefix + ".json")
     with open(prefix + ".md", "a") as fh:
+        fh.write(f"\nCPU: {report['cpu_model']}, ISA level {report['cpu_isa_level']} ({' '.join(report['cpu_isa'])}); "
+                 f"C++ kernel build of the grid above: {report['cpu_kernels_isa']}.\n")
         fh.write(markdown(comp))
 
 
