@@ -100,8 +100,8 @@ def compare(isas: list[str], rounds: int, repeats: int, threads: int | None) -> 
 def markdown(comp: dict) -> str:
     a, b = comp["isas"][0], comp["isas"][-1]
     lines = ["", f"## ours-cpu: {' vs '.join(comp['isas'])} builds of the C++ kernels (interleaved)", "",
-             f"{comp['method']}. {comp['threads']} thread(s); load average {comp['loadavg_start'][0]:.2f} at the start, "
-             f"{comp['loadavg_end'][0]:.2f} at the end (other jobs shared the machine).", "",
+             f"{comp['method']}. {comp['threads']} thread(s); load average {comp['loadavg_start'][0]:.2f} at the "
+             f"start, {comp['loadavg_end'][0]:.2f} at the end (other jobs shared the machine).", "",
              "| op (fp32, forward + backward) | " + " | ".join(f"{i} ms (min-max; best step)" for i in comp["isas"])
              + (f" | {a} / {b} (median; best step) |" if len(comp["isas"]) == 2 else " |"),
              "|---|" + "---:|" * (len(comp["isas"]) + (len(comp["isas"]) == 2))]
