@@ -835,7 +835,13 @@ def main(argv=None) -> int:
         bad = [w for w in want if not re.fullmatch(r"\d+x\d+(x\d+)?", w)]
         if bad:
             ap.error(f"--sizes: {bad[0]!r} is not BxDxN or BxD")
-        specs = [s for s in specs if ("x".join(str(s[k]) for k in ("B", "d", "n") if s.get(k)) in want)]
+        def size(s):
+            return "x".join(str(s[k]) for k in ("B", "d", "n") if s.get(k))
+
+        grid = {size(s) for s in specs}
+        if want - grid:
+            ap.error(f"--sizes: {sorted(want - grid)[0]} is not in this run's grid ({', '.join(sorted(grid))})")
+        specs = [s for s in specs if size(s) in want]
     dev_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     slug = _slug(dev_name) if device == "cuda" else "cpu"
     os.makedirs(args.out, exist_ok=True)
