@@ -10,7 +10,8 @@ sitecustomize.py that maps dualvae.kernels -> kernels/ and dualvae.data -> data/
 
 Stages, in order of importance; one is skipped when the time left would not cover its estimate:
     env      GPU name, versions, cpu_report(), whether the C++ library loaded (always runs)
-    tests    pytest: the gpu-marked tests and every test with "triton" in its id, on CUDA (interpreter off)
+    tests    pytest: the gpu-marked tests and every test with "triton" in its id, on CUDA (interpreter off);
+             not tests/test_gpu_check.py (this script's own dry run)
     kernels  bench/kernels.py at the key sizes, fp32 and bf16, every implementation, and the copy bandwidth
     train    bench/train_step.py: eager vs ours, fp32 and bf16, compiled and not (PIL data: no DALI there)
     data     bench/data_throughput.py: the rows that need no DALI (the HDF5 rows need --cache without DALI)
@@ -194,7 +195,7 @@ def env_info(check: Check) -> dict:
 def stage_tests(check: Check, left: float):
     junit = os.path.join(check.scratch, "junit.xml")
     select = [sys.executable, "-m", "pytest", "tests", "-p", "no:cacheprovider", "-q",
-              "-m", "gpu or not slow", "-k", "gpu or triton"]
+              "-m", "gpu or not slow", "-k", "(gpu or triton) and not gpu_check"]
     cmd = select + [f"--junitxml={junit}", "-rfEs"]
     extra = {}
     if check.dry:
@@ -208,7 +209,7 @@ def stage_tests(check: Check, left: float):
     if not os.path.exists(junit):
         return "fail", f"pytest wrote no report (exit {'timeout' if rc is None else rc})", extra
     res = junit_summary(junit)
-    res["selection"] = "-m 'gpu or not slow' -k 'gpu or triton'" + (f" (dry: first {DRY_TESTS})" if check.dry else "")
+    res["selection"] = "-m 'gpu or not slow' -k '(gpu or triton) and not gpu_check'" + (f" (dry: first {DRY_TESTS})" if check.dry else "")
     path = os.path.join(check.scratch, "tests.json")
     with open(path, "w") as f:
         json.dump(res, f, indent=1)
