@@ -695,13 +695,15 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
 
     # ---- mouth ----
     half = 14.0 * s.mouth_w
-    lip_h = 4.0
-    if on["Big_Lips"]:
-        half *= 1.12
-        lip_h = 9.0
+    lip_h = 3.0
+    if on["Big_Lips"]:  # about 1 px per lip at 64x64 without, 4 px with: read whatever the lips' colour
+        half *= 1.2
+        lip_h = 11.0
     if on["Smiling"]:
         half *= 1.15
-    lip = np.array(s.lip_colour, dtype=float) if on["Wearing_Lipstick"] else skin * 0.62 + (60, 0, 10)
+    # Bare lips are darker than the skin, not just redder: JPEG keeps colour at half resolution, so only a
+    # brightness edge shows how thick the lips are on a face without lipstick (most men, dark skin).
+    lip = np.array(s.lip_colour, dtype=float) if on["Wearing_Lipstick"] else skin * 0.5 + (40, 0, 8)
     lip_c = _c(lip)
     curve = 7.0 if on["Smiling"] else 0.0
     gap = 8.0 if on["Mouth_Slightly_Open"] else (3.5 if on["Smiling"] else 0.0)
@@ -716,7 +718,7 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     ut, lb = upper_top.tolist(), lower_bot.tolist()
     mu, ml = (mid - gap / 2).tolist(), (mid + gap / 2).tolist()
     if gap > 0:
-        pen._poly_flat(_zip_flat(X, mu) + _zip_flat(Xr, ml[::-1]), (60, 10, 20))
+        pen._poly_flat(_zip_flat(X, mu) + _zip_flat(Xr, ml[::-1]), (30, 5, 10))
         if on["Smiling"]:
             pen._poly_flat(_zip_flat(X[2:-2], mu[2:-2]) + _zip_flat([x + 0 for x in Xr[2:-2]], [y + 3.5 for y in mu[-3:1:-1]]),
                            (250, 250, 245))

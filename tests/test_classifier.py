@@ -38,14 +38,17 @@ def synth_data(tmp_path_factory):
 
 
 def test_classifier_learns_every_attribute_from_synth_pixels(synth_data, tmp_path):
-    """Short training on ~2900 generated faces: test AUC >= 0.8 for each of the 40 attributes."""
+    """Short training on ~2900 generated faces: AUC >= 0.85 for each of the 40 attributes on val + test.
+
+    600 steps, not fewer: with fewer, the rarest attribute (Mustache, 25 positives here) ends close enough to the
+    bar for the rounding of another oneDNN/MKL code path (AVX2 vs AVX-512) to decide the test."""
     root, train, (val, test) = synth_data
-    cfg = ClassifierConfig(data=root, out=str(tmp_path / "clf.pt"), steps=400, batch_size=64, lr=3e-3, progress=False)
+    cfg = ClassifierConfig(data=root, out=str(tmp_path / "clf.pt"), steps=600, batch_size=64, lr=3e-3, progress=False)
     _, _ = train_classifier(cfg, train_split=train, test_split=test)
     clf = AttributeClassifier.load(cfg.out)
     # Judge on val + test together (~700 images) so that rare attributes (Bald, 2%) have enough positives.
     images = torch.cat([val.images, test.images])
     labels = (torch.cat([val.labels, test.labels]) > 0).float()
     report = evaluate_classifier(clf, images, labels)
-    weak = {k: v["auc"] for k, v in report["attributes"].items() if v["auc"] is None or v["auc"] < 0.8}
-    assert not weak, f"attributes the classifier did not learn (AUC < 0.8): {weak}"
+    weak = {k: v["auc"] for k, v in report["attributes"].items() if v["auc"] is None or v["auc"] < 0.85}
+    assert not weak, f"attributes the classifier did not learn (AUC < 0.85): {weak}"
