@@ -696,7 +696,7 @@ def render_face(attrs, rng: np.random.Generator) -> tuple[Image.Image, np.ndarra
     # ---- mouth ----
     half = 14.0 * s.mouth_w
     lip_h = 3.0
-    if on["Big_Lips"]:  # about 1 px per lip at 64x64 without, 4 px with: read whatever the lips' colour
+    if on["Big_Lips"]:  # ~1 px per lip at 64x64 without, ~4 px with: thickness alone tells them apart
         half *= 1.2
         lip_h = 11.0
     if on["Smiling"]:
