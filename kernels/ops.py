@@ -267,7 +267,8 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
     # and still runs in eager and in the warm-up runs made before capturing (replays run no Python at all).
     # check_labels=False drops the per-call sync for callers that validate their labels once. Not
     # torch._assert_async: a failed device-side assert leaves the CUDA context unusable and names no value.
-    if check_labels and _may_read_back(z):
+    # Packed labels were checked by pack_labels (the kernels count nothing for them), so they skip the read.
+    if check_labels and not packed and _may_read_back(z):
         bad = int(bad)
         if bad:
             raise ValueError(f"dual_bce: y must hold labels in {{0, 1}}, got {bad} values outside it")
