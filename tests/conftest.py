@@ -3,7 +3,6 @@ import getpass
 import os
 import tempfile
 
-import pytest
 import torch
 
 # The Triton kernels run compiled on a CUDA device where there is one, else on CPU tensors through the
@@ -21,14 +20,3 @@ if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
         tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY']}")
 
-
-def triton_device() -> str:
-    """Where backend "triton" tensors live: "cpu" where its kernels are interpreted, else "cuda"."""
-    from dualvae.kernels import ops
-
-    return "cpu" if ops._tk is None or ops._tk.INTERPRET else "cuda"
-
-
-@pytest.fixture(name="triton_device")
-def _triton_device() -> str:
-    return triton_device()
