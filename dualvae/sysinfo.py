@@ -34,9 +34,10 @@ def cpu_isa() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
-def isa_level() -> str:
-    """A one-word summary of cpu_isa(): 'avx512' (F+BW+VL+DQ), 'avx2' (AVX2+FMA), else the machine name."""
-    isa = set(cpu_isa())
+def isa_level(flags: list[str] | None = None) -> str:
+    """A one-word summary of cpu_isa() (or of `flags`, its result): 'avx512' (F+BW+VL+DQ), 'avx2' (AVX2+FMA),
+    else the machine name."""
+    isa = set(cpu_isa() if flags is None else flags)
     if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= isa:
         return "avx512"
     if {"avx2", "fma"} <= isa:
@@ -46,5 +47,6 @@ def isa_level() -> str:
 
 def cpu_report() -> dict:
     """The CPU fields every benchmark JSON carries: model, ISA level and flags, logical cores."""
-    return {"cpu_model": cpu_model(), "cpu_isa_level": isa_level(), "cpu_isa": cpu_isa(),
+    flags = cpu_isa()
+    return {"cpu_model": cpu_model(), "cpu_isa_level": isa_level(flags), "cpu_isa": flags,
             "cpu_count": os.cpu_count()}
