@@ -197,6 +197,7 @@ def main(argv=None) -> int:
             write_synth_celeba(root, num=num, seed=0, workers=threads)
             report["synth_s"] = round(time.perf_counter() - t, 2)
         cache, no_cache = a.cache, None
+        prep_s = None
         if cache is None and no_dali:
             no_cache = f"needs a cache and `prepare` decodes with DALI: {no_dali}; pass --cache"
         elif cache is None:
@@ -204,11 +205,12 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             prepare(root, cache, image_size=size, workers=threads, progress=False)
             prep_s = time.perf_counter() - t
-            n_cache = sum(read_cache_info(cache)["split_sizes"])
-            report.update(prepare_s=round(prep_s, 2), prepare_images_per_s=round(n_cache / prep_s, 1))
         if cache is not None:
+            n_cache = sum(read_cache_info(cache)["split_sizes"])
+            if prep_s is not None:
+                report.update(prepare_s=round(prep_s, 2), prepare_images_per_s=round(n_cache / prep_s, 1))
             report["cache"] = a.cache or "prepared here"
-            report["cache_images"] = sum(read_cache_info(cache)["split_sizes"])
+            report["cache_images"] = n_cache
         report["num_images"] = len(read_source_list(root)[0])
 
         def mk(backend, dev, src):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as _dt
+import functools
 import gc
 import json
 import logging
@@ -732,21 +733,17 @@ def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-_SPIN_CYCLES_PER_MS: list[float] = []
-
-
+@functools.cache
 def _spin_cycles_per_ms() -> float:
     """GPU clock cycles of torch.cuda._sleep per millisecond, measured once (the clock varies by card and state)."""
-    if not _SPIN_CYCLES_PER_MS:
-        n = 2_000_000
-        torch.cuda._sleep(n)  # warm the clock up
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        torch.cuda._sleep(n)
-        e1.record()
-        torch.cuda.synchronize()
-        _SPIN_CYCLES_PER_MS.append(n / max(e0.elapsed_time(e1), 1e-3))
-    return _SPIN_CYCLES_PER_MS[0]
+    n = 2_000_000
+    torch.cuda._sleep(n)  # warm the clock up
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    torch.cuda._sleep(n)
+    e1.record()
+    torch.cuda.synchronize()
+    return n / max(e0.elapsed_time(e1), 1e-3)
 
 
 def copy_bandwidth_gbps() -> float:

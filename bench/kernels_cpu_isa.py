@@ -130,10 +130,8 @@ def merge_into(prefix: str, comp: dict) -> None:
         report["cpu_fields_added_after"] = (f"{', '.join(added)}: filled in by bench/kernels_cpu_isa.py on the "
                                             "machine that made the measurement, right after it")
     report["isa_comparison"] = comp
-    tmp = prefix + ".json.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(report, fh, indent=1)
-    os.replace(tmp, prefix + ".json")
+    from dualvae.checkpoint import write_text_atomic
+    write_text_atomic(prefix + ".json", json.dumps(report, indent=1))
     with open(prefix + ".md", "a") as fh:
         fh.write(f"\nCPU: {report['cpu_model']}, ISA level {report['cpu_isa_level']} ({' '.join(report['cpu_isa'])}); "
                  f"C++ kernel build of the grid above: {report['cpu_kernels_isa']}.\n")

@@ -42,7 +42,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402  (after the path: runnable from a checkout)
+from dualvae.checkpoint import write_json_atomic, write_text_atomic  # noqa: E402  (after the path: runnable from a checkout)
+from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
 
@@ -141,13 +142,6 @@ class Runner:
 
     def close(self) -> None:
         self.loader.close()
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _summary(values: list[float], digits: int) -> dict:
@@ -278,8 +272,8 @@ def main(argv=None) -> int:
                              f"{row['precision']} | {row['compile']} | - | - | - | {why} |")
         os.makedirs(a.out, exist_ok=True)
         path = os.path.join(a.out, f"train-{dev_name}.json")
-        _write_atomic(path, json.dumps(report, indent=2) + "\n")
-        _write_atomic(os.path.join(a.out, f"train-{dev_name}.md"), "\n".join(table) + "\n")
+        write_json_atomic(path, report)
+        write_text_atomic(os.path.join(a.out, f"train-{dev_name}.md"), "\n".join(table) + "\n")
         if final:
             print("\n" + "\n".join(table))
             print(f"ours / eager: {report['ours_over_eager']}x (target on a GPU: >= 1.5x)\nwrote {path}")
