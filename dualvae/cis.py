@@ -87,7 +87,7 @@ def scores_from_M(M: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def conditional_inception_score(model, classifier, images: torch.Tensor, *, domains=None, lam=1.0,
                                 batched: bool = True, max_batch: int | None = None, precision: str = "fp32",
-                                keep_M: bool = True, progress: bool = False):
+                                keep_M: bool = True, progress: bool = False, source_labels: torch.Tensor | None = None):
     """Algorithm 2 over `images` (N, C, H, W) in [-1, 1].
 
     model: batched, a `BatchTransferModel` (or anything with the loop's `transfer`); the loop needs
@@ -100,6 +100,8 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
     max_batch: triples per chunk (batched); default from the free memory on a GPU, a fixed size on a CPU.
     precision: "fp32", or "bf16" (autocast; M, ts, rs are still reduced in fp32/fp64).
     keep_M: batched only; False drops M (result.M is None) and keeps only ts and rs.
+    source_labels: batched only; (N, num_labels) dataset labels of the images, handed to the model's
+           `transfer_all` (label-conditioned models then start from them instead of predicting their own).
     Models (and the classifier) that are nn.Modules must be in eval mode: BatchNorm in train mode would make the
     scores depend on the batch.
     """
@@ -115,9 +117,15 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
         if isinstance(obj, nn.Module) and obj.training:
             raise ValueError(f"CIS: {what} is in training mode (BatchNorm would use batch statistics); call .eval()")
     domain_idx = resolve_domains(model, domains)
+    if source_labels is not None:
+        if not batched:
+            raise ValueError("CIS: source_labels needs the batched evaluator (batched=True)")
+        if source_labels.dim() != 2 or len(source_labels) != len(images):
+            raise ValueError(f"CIS: source_labels has shape {tuple(source_labels.shape)}, expected "
+                             f"({len(images)}, num_labels)")
     with _autocast(images.device, precision):
         if batched:
-            results = _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress)
+            results = _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress, source_labels)
         else:
             results = {lam_: _cis_loop(model, f, images, domain_idx, lam_, progress) for lam_ in lams}
     return results[lams[0]] if single else results
@@ -197,7 +205,8 @@ def _default_chunk(model, f, images, domain_idx, transfer_all) -> int:
     return batching.max_batch_for(images.device, per_row)
 
 
-def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress) -> dict[float, CISResult]:
+def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress,
+                 source_labels=None) -> dict[float, CISResult]:
     N, n, L = len(images), len(domain_idx), len(lams)
     cl = torch.channels_last
     transfer_all = transfer_all_of(model)
@@ -212,7 +221,8 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
     bar = tqdm(total=N * n * L, desc=f"CIS {L} lam x {N} images x {n} domains", unit="transfer",
                disable=not progress, dynamic_ncols=True)
     for group, rows in _packed(_work_items(N, n, L, chunk), n, chunk):
-        x_t = [transfer_all(images[js], domain_idx[ks], lams[l], max_batch=chunk).flatten(0, 1)
+        x_t = [transfer_all(images[js], domain_idx[ks], lams[l], max_batch=chunk,
+                            **({} if source_labels is None else {"source_labels": source_labels[js]})).flatten(0, 1)
                for l, js, ks in group]
         probs = f(torch.cat(x_t).contiguous(memory_format=cl))[:, dom].float()  # one classifier pass per chunk
         start = 0

@@ -140,13 +140,14 @@ class DualVAE(nn.Module):
 
     @torch.no_grad()
     def transfer_all(self, x: torch.Tensor, domains=None, lam: float = 1.0,
-                     max_batch: int | None = None) -> torch.Tensor:
+                     max_batch: int | None = None, source_labels: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 3 for every image and every domain: (N, n_dom, C, H, W), out[j, k] = decode(z_j + lam * u_{d_k}).
 
         x (N, C, H, W) is encoded once; all w = z_j + lam * u_i form one (N * n_dom, d) tensor, decoded in chunks
         of `max_batch` rows (default: from the free memory on a GPU, `batching.CPU_MAX_BATCH` on a CPU).
         `domains`: None (all), or indices/names (one int or name: that domain). The interface the batched CIS
-        evaluator needs from any transfer model (`dualvae.cis.BatchTransferModel`).
+        evaluator needs from any transfer model (`dualvae.cis.BatchTransferModel`). `source_labels` is accepted
+        for that interface and unused: z + lam * u_i needs no labels of x.
         """
         from dualvae import batching
 

@@ -1,7 +1,10 @@
 """`dualvae experiment` in its tiny form (16x16 networks, a few steps), so the commands cannot rot: every
-command writes its files, runs are cached and shared, and the claims are judged from the numbers."""
+subcommand writes its files, runs are cached and shared, an interrupted command resumes without retraining what
+finished, a dataset with fewer attributes is scored at the domain counts it has, the strength grid brackets its
+optimum, and the claims are judged from the numbers."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -16,33 +19,134 @@ def synth_root(tmp_path_factory):
     return root
 
 
-def test_experiment_all_tiny_then_cached(synth_root, tmp_path, capsys):
-    out = str(tmp_path / "exp")
+@pytest.fixture(scope="module")
+def tiny_all(synth_root, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("exp"))
     assert main(["experiment", "all", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "1",
                  "--quiet"]) == 0
-    for name in ("table1.md", "table1.json", "fig4.png", "fig5.png", "fig6.png", "fig6.json", "fig6_images.png",
-                 "claims.json", "timing-all.json"):
-        assert os.path.getsize(os.path.join(out, name)) > 0, name
-    runs = sorted(os.listdir(os.path.join(out, "runs")))
-    assert runs == sorted(r.name for r in set(E.table1_runs(1) + E.fig6_runs(1)))
-    table = json.load(open(os.path.join(out, "table1.json")))
-    assert set(table["table"]) == set(E.MODELS) and table["test_images"] == 4
-    for m in E.MODELS:
-        assert table["table"][m]["40"]["paper"]["mean"] == E.PAPER_TABLE1[m][40][0]
-    md = open(os.path.join(out, "table1.md")).read()
-    assert "| DualVAE |" in md and "+0.140 ± 0.020" in md
-    claims = json.load(open(os.path.join(out, "claims.json")))
-    assert len(claims) == 8 and all(isinstance(c["holds"], bool) for c in claims)
-    ev = json.load(open(os.path.join(out, "runs", "stargan-s0.9-seed0", "eval.json")))
-    assert ev["lam"] == 1.0 and set(ev["chosen"]) == {"20", "40"}
+    return out
 
-    # A second command reuses the cached runs: nothing is trained or scored again.
-    stamps = {r: os.path.getmtime(os.path.join(out, "runs", r, "model.pt")) for r in runs}
+
+def run_names(seeds=1):
+    return sorted(r.name for r in set(E.table1_runs(seeds) + E.fig6_runs(seeds)))
+
+
+def model_stamps(out):
+    runs = os.path.join(out, "runs", "tiny")
+    return {r: os.path.getmtime(os.path.join(runs, r, "model.pt")) for r in os.listdir(runs)}
+
+
+def test_experiment_all_tiny_writes_both_protocols(tiny_all):
+    out = tiny_all
+    for name in ("table1.md", "table1.json", "fig4.png", "fig5.png", "fig6.png", "fig6.json", "fig6_images.png",
+                 "curves.png", "claims.json", "timing-all.json", "classifier-tiny.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert sorted(os.listdir(os.path.join(out, "runs", "tiny"))) == run_names()
+    table = json.load(open(os.path.join(out, "table1.json")))
+    assert table["columns"] == ["20", "20_trained", "40"]
+    assert table["test_images"] == 4 and table["subset_images"] == 2
+    for proto in E.PROTOCOLS:
+        assert set(table[proto]) == set(E.MODELS)
+        for m in E.MODELS:
+            cell = table[proto][m]["40"]
+            assert cell["paper"]["mean"] == E.PAPER_TABLE1[m][40][0]
+            assert {"mean", "std_seeds", "std_subsets", "lam", "failed"} <= set(cell)
+    for m in ("cvae", "fader", "stargan"):  # the paper's protocol: unit strength
+        assert table["paper_default"][m]["40"]["lam"] == [1.0]
+    assert table["paper_default"]["dualvae"]["40"]["lam"] == table["tuned"]["dualvae"]["40"]["lam"]
+    md = open(os.path.join(out, "table1.md")).read()
+    assert "**paper_default**" in md and "**tuned**" in md and "+0.140 ± 0.020" in md
+    claims = json.load(open(os.path.join(out, "claims.json")))
+    assert len(claims) == 2 * (3 * 3 + 2)
+    assert {c["protocol"] for c in claims} == set(E.PROTOCOLS)
+    ev = json.load(open(os.path.join(out, "runs", "tiny", "stargan-s0.9-seed0", "eval.json")))
+    assert ev["lam"]["paper_default"] == 1.0 and ev["domain_counts"] == [20, 40]
+    assert len(ev["test"]["tuned"]["40"]["subsets"]) == 2
+    assert [c["step"] for c in ev["curve"]] == E.curve_steps(E.BUDGETS["tiny"].steps["stargan"], 2)
+    assert isinstance(ev["failed"], bool) and ev["reconstruction_ratio"] > 0
+    ev20 = json.load(open(os.path.join(out, "runs", "tiny", "cvae-n20-s0-seed0", "eval.json")))
+    assert ev20["labels"] == 20 and ev20["domain_counts"] == [20]
+
+
+def test_every_subcommand_reuses_the_cached_runs(tiny_all, synth_root, capsys):
+    stamps = model_stamps(tiny_all)
+    files = {"table1": "table1.md", "fig4": "fig4.png", "fig5": "fig5.png", "fig6": "fig6.png",
+             "curves": "curves.png"}
+    for which, name in files.items():
+        os.remove(os.path.join(tiny_all, name))
+        capsys.readouterr()
+        assert main(["experiment", which, "--data", synth_root, "--out", tiny_all, "--budget", "tiny",
+                     "--seeds", "1", "--quiet"]) == 0
+        printed = capsys.readouterr().out
+        assert "runs cached" in printed and "to run:" not in printed, which
+        assert os.path.getsize(os.path.join(tiny_all, name)) > 0, which
+    assert model_stamps(tiny_all) == stamps
+
+
+def test_dataset_source_labels_are_an_option(tiny_all, synth_root):
+    assert main(["experiment", "table1", "--data", synth_root, "--out", tiny_all, "--budget", "tiny", "--seeds",
+                 "1", "--source-labels", "dataset", "--quiet"]) == 0
+    table = json.load(open(os.path.join(tiny_all, "table1.json")))
+    assert table["source_labels"] == "dataset"
+    assert os.path.exists(os.path.join(tiny_all, "runs", "tiny", "cvae-s0-seed0", "eval-dataset-labels.json"))
+
+
+def test_an_interrupted_experiment_resumes_without_retraining(synth_root, tiny_all, tmp_path, capsys):
+    out = str(tmp_path / "exp")
+    shutil.copytree(tiny_all, out, symlinks=True)
+    runs = os.path.join(out, "runs", "tiny")
+    # As if killed while these two were training: no train.json, no eval.json; DualVAE keeps its first checkpoint.
+    cut = ["dualvae-s0.5-seed0", "fader-s0-seed0"]
+    for name in cut:
+        for f in ("train.json", "eval.json"):
+            os.remove(os.path.join(runs, name, f))
+    ckpts = sorted(os.listdir(os.path.join(runs, cut[0], "ckpt")))
+    os.remove(os.path.join(runs, cut[0], "ckpt", ckpts[-1]))
+    stamps = model_stamps(out)
     capsys.readouterr()
-    assert main(["experiment", "table1", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "1",
+    assert main(["experiment", "all", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "1",
                  "--quiet"]) == 0
-    assert "| CVAE |" in capsys.readouterr().out
-    assert stamps == {r: os.path.getmtime(os.path.join(out, "runs", r, "model.pt")) for r in runs}
+    printed = capsys.readouterr().out
+    total = len(run_names())
+    assert f"{total - 2} of {total} runs cached; to run: " in printed
+    assert sorted(printed.split("to run: ")[1].splitlines()[0].split(", ")) == sorted(cut)
+    after = model_stamps(out)
+    assert {r: t for r, t in after.items() if r not in cut} == {r: t for r, t in stamps.items() if r not in cut}
+    assert "resumed from" in open(os.path.join(runs, cut[0], "events.log")).read()
+    for name in cut:
+        assert os.path.exists(os.path.join(runs, name, "eval.json"))
+
+
+def test_a_ten_attribute_dataset_is_scored_at_ten_domains(synth_root, tmp_path, capsys):
+    root = E.first_attributes_root(synth_root, str(tmp_path), 10)
+    out = str(tmp_path / "exp")
+    capsys.readouterr()
+    assert main(["experiment", "table1", "--data", root, "--out", out, "--budget", "tiny", "--seeds", "1",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "has 10 attributes; scoring [10] domains, skipping 20, 40 domains" in printed
+    table = json.load(open(os.path.join(out, "table1.json")))
+    assert table["columns"] == ["10"]
+    assert "20" not in table["tuned"]["dualvae"] and "40" not in table["tuned"]["dualvae"]
+    assert not any("-n20" in r for r in os.listdir(os.path.join(out, "runs", "tiny")))
+
+
+def test_strength_grid_is_extended_until_the_optimum_is_interior():
+    def score(peak):
+        return lambda lams: {lam: -abs(lam - peak) for lam in lams}
+
+    best, values, added = E.choose_strength(score(100.0), [1.0, 2.0, 4.0, 8.0, 16.0])
+    assert best == 128.0 and added == [32.0, 64.0, 128.0, 256.0] and E.is_bracketed(best, values)
+    best, values, added = E.choose_strength(score(0.1), [1.0, 2.0, 4.0])
+    assert best == 0.125 and added == [0.5, 0.25, 0.125, 0.0625]
+    best, values, added = E.choose_strength(score(3.5), [2.0, 4.0, 8.0])
+    assert best == 4.0 and added == []  # already interior: nothing added
+    best, values, added = E.choose_strength(score(3.0), [3.0])  # one point: extended both ways
+    assert best == 3.0 and added == [6.0, 1.5]
+    best, values, added = E.choose_strength(score(1e9), [1.0], max_extensions=3)
+    assert len(added) == 3 and not E.is_bracketed(best, values)  # gave up: the record says so
+    with pytest.raises(ValueError, match="positive strengths"):
+        E.choose_strength(score(1.0), [0.0, 1.0])
 
 
 def test_experiment_errors_are_clear(tmp_path, capsys):
@@ -51,28 +155,36 @@ def test_experiment_errors_are_clear(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["experiment", "fig4", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["experiment", "fig4", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no list_attr_celeba.txt" in capsys.readouterr().err
 
 
 def test_claims_verdicts_follow_the_numbers():
     def row(mean, std=0.01):
-        return {"mean": mean, "std": std}
+        return {"mean": mean, "std_seeds": std}
 
-    table = {"table": {"dualvae": {"20": row(0.2), "40": row(0.1)}, "cvae": {"20": row(0.1), "40": row(0.2)},
-                       "fader": {"20": row(0.19), "40": row(0.0)}, "stargan": {"20": row(0.3), "40": row(0.05)}}}
-    fig6 = {"dualvae": {"0": {"cis40": (0.1, 0.01)}, "0.5": {"cis40": (0.1, 0.01)},
-                        "0.9": {"cis40": (0.09, 0.01)}, "0.99": {"cis40": (0.0, 0.01)}},
-            "stargan": {"0": {"cis40": (0.05, 0.01), "output_spread": (1.0, 0.0)},
-                        "0.9": {"cis40": (0.049, 0.01), "output_spread": (0.9, 0.0)}}}
-    got = {c["claim"]: (c["holds"], c.get("clearly")) for c in E.claims(table, fig6)}
-    assert got["DualVAE > CVAE at 20 domains"] == (True, True)
-    assert got["DualVAE > FaderNetworks at 20 domains"] == (True, False)  # within the noise
-    assert got["DualVAE > StarGAN at 20 domains"] == (False, False)
-    assert got["DualVAE > CVAE at 40 domains"] == (False, False)
-    assert got["DualVAE CIS stable up to s = 0.9 (40 domains)"][0] is True
-    assert got["StarGAN fails at s = 0.9 (CIS drops, or identical images)"][0] is False
-    fig6["stargan"]["0.9"]["output_spread"] = (0.01, 0.0)  # identical images whatever the input
-    got = {c["claim"]: c["holds"] for c in E.claims(table, fig6)}
-    assert got["StarGAN fails at s = 0.9 (CIS drops, or identical images)"] is True
+    t = {"dualvae": {"20": row(0.2), "40": row(0.1)}, "cvae": {"20": row(0.1), "40": row(0.2)},
+         "fader": {"20": row(0.19), "40": row(0.0)}, "stargan": {"20": row(0.3), "40": row(0.05)}}
+    table = {"columns": ["20", "40"], "paper_default": t, "tuned": t}
+
+    def s(mean, std=0.01):
+        return {"paper_default": {"cis": (mean, std)}, "tuned": {"cis": (mean, std)}}
+
+    fig6 = {"dualvae": {"0": s(0.1), "0.5": s(0.1), "0.9": s(0.09), "0.99": s(0.0)},
+            "stargan": {"0": {**s(0.05), "failed": [False]}, "0.9": {**s(0.049), "failed": [False]}}}
+    got = {(c["protocol"], c["claim"]): (c["holds"], c.get("clearly")) for c in E.claims(table, fig6)}
+    p = "tuned"
+    assert got[p, "DualVAE > CVAE at 20 domains (block)"] == (True, True)
+    assert got[p, "DualVAE > FaderNetworks at 20 domains (block)"] == (True, False)  # within the noise
+    assert got[p, "DualVAE > StarGAN at 20 domains (block)"] == (False, False)
+    assert got[p, "DualVAE > CVAE at 40 domains"] == (False, False)
+    assert got[p, "DualVAE CIS stable up to s = 0.9"][0] is True
+    sg = "StarGAN fails at s = 0.9 (CIS drops, or the model fails)"
+    assert got[p, sg][0] is False
+    fig6["stargan"]["0.9"]["failed"] = [True]  # noise at s = 0.9
+    assert {(c["protocol"], c["claim"]): c["holds"] for c in E.claims(table, fig6)}[p, sg] is True
+    fig6["stargan"]["0"]["failed"] = [True]  # already noise at s = 0: nothing to compare
+    assert {(c["protocol"], c["claim"]): c["holds"] for c in E.claims(table, fig6)}[p, sg] == "untestable"
 
 
 @pytest.mark.slow
@@ -81,4 +193,4 @@ def test_experiment_all_tiny_two_seeds_in_two_processes(synth_root, tmp_path):
     assert main(["experiment", "all", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "2",
                  "--jobs", "2", "--quiet"]) == 0
     table = json.load(open(os.path.join(out, "table1.json")))
-    assert all(len(table["table"][m]["40"]["per_seed"]) == 2 for m in E.MODELS)
+    assert all(len(table["tuned"][m]["40"]["per_seed"]) == 2 for m in E.MODELS)

@@ -35,9 +35,12 @@ def load(path: str, map_location="cpu"):
 
 
 def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tensor | None, *, steps: int,
-        batch_size: int = 64, seed: int = 0, progress: bool = True, log_every: int = 25) -> list[dict]:
+        batch_size: int = 64, seed: int = 0, progress: bool = True, log_every: int = 25,
+        checkpoint_steps=(), on_checkpoint=None) -> list[dict]:
     """Train `model` for `steps` steps on uint8 images (N, C, S, S) with 0/1 labels and the observed mask
-    (True = observed); epochs in an order drawn from `seed`. Returns the logged rows; leaves the model in eval mode.
+    (True = observed); epochs in an order drawn from `seed`. After each step count in `checkpoint_steps`,
+    `on_checkpoint(step_count)` is called with the model in eval mode (training resumes after it). Returns the
+    logged rows; leaves the model in eval mode.
     """
     from dualvae.data import to_unit_range
 
@@ -61,6 +64,10 @@ def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tens
         if step % log_every == 0 or step == steps - 1:
             rows.append({"step": step, "time_s": round(time.time() - t0, 2), **stats})
             bar.set_postfix(loss=f"{stats['loss']:.3g}")
+        if on_checkpoint is not None and step + 1 in checkpoint_steps:
+            model.eval()
+            on_checkpoint(step + 1)
+            model.train()
     model.eval()
     return rows
 

@@ -1,12 +1,17 @@
-"""What the three baselines share: the masked label loss, how missing labels are filled, the λ label shift,
-the batched transfer driver, checkpoints and a small in-memory training loop helper.
+"""What the three baselines share: the masked label loss, how missing labels are filled, the target labels of a
+transfer (StarGAN's `create_labels`, with a strength λ), the batched transfer driver and the reconstruction check
+that tells a face model from a failed one.
+
+Attribute losses are summed over the attributes and averaged over the batch, as the originals compute them
+(StarGAN's `classification_loss`, FaderNetworks' per-attribute cross-entropies added up).
 
 Missing labels (mask I from `dualvae.data.draw_label_mask`, True = observed):
 - every classification loss is a masked BCE (`masked_bce`): a missing entry contributes neither loss nor gradient;
 - where a network is *conditioned* on y (CVAE's encoder/decoder, Fader's decoder, StarGAN's reconstruction
   target), a missing entry is filled with the model's own prediction of it (`fill_missing`, detached), so the
   value stored at a missing entry never reaches any gradient. At transfer time the source labels of a test image
-  are likewise the model's prediction (every model sees only x, as DualVAE does).
+  are likewise the model's prediction (every model sees only x, as DualVAE does), unless the caller passes the
+  dataset's labels (`transfer_all(..., source_labels=y)`).
 """
 from __future__ import annotations
 
@@ -19,18 +24,24 @@ from dualvae import batching
 
 
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean BCE-with-logits over the observed entries (mask 1); 0 (with a graph) when none is observed."""
+    """BCE-with-logits summed over the attributes, averaged over the batch (the originals' reduction).
+
+    With a mask (1 = observed) the sum runs over the observed entries and is scaled by n / (observed entries per
+    row), so that it equals the full sum when every label is observed and keeps that size as labels go missing:
+    the attribute term's weight against the adversarial and reconstruction terms does not shrink with s. 0 (with a
+    graph) when nothing is observed."""
     if logits.shape != y.shape:
         raise ValueError(f"masked_bce: logits have shape {tuple(logits.shape)}, y {tuple(y.shape)}")
+    n = logits.shape[-1]
     if mask is None:
-        return F.binary_cross_entropy_with_logits(logits, y)
+        return F.binary_cross_entropy_with_logits(logits, y, reduction="sum") / max(len(logits), 1)
     if mask.shape != y.shape:
         raise ValueError(f"masked_bce: mask has shape {tuple(mask.shape)}, expected {tuple(y.shape)}")
     m = mask.to(logits.dtype)
     # where(): the value of y at a missing entry cannot leak into the loss, even as NaN.
     y_obs = torch.where(m > 0, y.to(logits.dtype), torch.zeros_like(logits))
     per = F.binary_cross_entropy_with_logits(logits, y_obs, reduction="none") * m
-    return per.sum() / m.sum().clamp_min(1.0)
+    return per.sum() * n / m.sum().clamp_min(1.0)
 
 
 def fill_missing(y: torch.Tensor, mask: torch.Tensor | None, predicted: torch.Tensor) -> torch.Tensor:
@@ -40,12 +51,33 @@ def fill_missing(y: torch.Tensor, mask: torch.Tensor | None, predicted: torch.Te
     return torch.where(mask.bool(), y, predicted.detach().to(y.dtype))
 
 
-def shift_label(y: torch.Tensor, domain: torch.Tensor, lam: float) -> torch.Tensor:
-    """Target labels for transfer to `domain` (one index per row): y_i + lam * (1 - y_i) on the target entry, the
-    rest unchanged. lam = 1 sets y_i to 1; lam scales the change of y_i (CVAE, Fader)."""
+HAIR_COLORS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")  # StarGAN's create_labels group
+
+
+def exclusive_groups(attr_names) -> list[list[int]]:
+    """Groups of mutually exclusive attributes among `attr_names`: CelebA's hair colours, as StarGAN's
+    `create_labels` treats them (setting one turns the others off)."""
+    names = list(attr_names or [])
+    group = [names.index(a) for a in HAIR_COLORS if a in names]
+    return [group] if len(group) > 1 else []
+
+
+def target_labels(y: torch.Tensor, domain: torch.Tensor, lam: float, groups=()) -> torch.Tensor:
+    """Target labels of a transfer to `domain` (one index per row) at strength lam: y_i <- y_i + lam (1 - y_i)
+    on the target entry, and, when the target is in an exclusive group (hair colours), y_j <- y_j - lam y_j on
+    the others of the group; every other entry unchanged. lam = 1 gives StarGAN's `create_labels` targets
+    (c_i = 1, the other hair colours 0); lam != 1 scales every change (the attribute value shift of CVAE/Fader,
+    StarGAN's c_i beyond 1)."""
     out = y.clone()
     rows = torch.arange(len(y), device=y.device)
     out[rows, domain] = y[rows, domain] + lam * (1.0 - y[rows, domain])
+    for group in groups:
+        g = torch.tensor(group, device=y.device)
+        in_group = (domain[:, None] == g[None, :]).any(1)  # rows whose target is in the group
+        off = torch.zeros_like(y, dtype=torch.bool)
+        off[:, g] = in_group[:, None]
+        off[rows, domain] = False
+        out = torch.where(off, y - lam * y, out)
     return out
 
 
@@ -103,12 +135,32 @@ class TransferMixin:
     def _domains(self, domains) -> list[int]:
         return domain_list(domains, self.config.num_labels, type(self).__name__)
 
+    def targets(self, y: torch.Tensor, domain: torch.Tensor, lam: float) -> torch.Tensor:
+        """The target labels of a transfer (`target_labels`, with the model's exclusive hair-colour group)."""
+        return target_labels(y, domain, lam, exclusive_groups(self.attr_names))
+
     @torch.no_grad()
-    def transfer_all(self, x, domains=None, lam: float = 1.0, max_batch: int | None = None):
-        """(N, n_dom, C, H, W), out[j, k] = transfer of x_j to domains[k]; the source labels are predicted."""
+    def transfer_all(self, x, domains=None, lam: float = 1.0, max_batch: int | None = None,
+                     source_labels: torch.Tensor | None = None):
+        """(N, n_dom, C, H, W), out[j, k] = transfer of x_j to domains[k]. The source labels of x are the model's
+        prediction, or `source_labels` (N, num_labels) 0/1, the dataset's."""
         cfg = self.config
-        check_transfer_input(type(self).__name__, x, cfg.channels, cfg.image_size, lam, max_batch)
-        return transfer_all_rows(x, self._domains(domains), max_batch, self.predict_labels,
+        who = type(self).__name__
+        check_transfer_input(who, x, cfg.channels, cfg.image_size, lam, max_batch)
+        if source_labels is None:
+            labels_of = self.predict_labels
+        else:
+            if tuple(source_labels.shape) != (len(x), cfg.num_labels):
+                raise ValueError(f"{who}.transfer_all: source_labels have shape {tuple(source_labels.shape)}, "
+                                 f"expected ({len(x)}, {cfg.num_labels})")
+            y_all = source_labels.to(x.device, x.dtype)
+            start = [0]
+
+            def labels_of(xb):  # transfer_all_rows asks for the labels of consecutive slices of x
+                a = start[0]
+                start[0] += len(xb)
+                return y_all[a:a + len(xb)]
+        return transfer_all_rows(x, self._domains(domains), max_batch, labels_of,
                                  lambda xr, yr, dr: self.transfer_rows(xr, yr, dr, lam))
 
     @torch.no_grad()
@@ -118,3 +170,17 @@ class TransferMixin:
         if len(doms) != len(x):
             raise ValueError(f"transfer: {len(doms)} domains for {len(x)} images; give one, or one per image")
         return self.transfer_rows(x, self.predict_labels(x), torch.tensor(doms, device=x.device), lam)
+
+
+@torch.no_grad()
+def reconstruction_ratio(model, x: torch.Tensor, source_labels: torch.Tensor | None = None) -> float:
+    """Mean |x - x'| of the model's reconstruction x' (x -> its own labels c_x -> x: a transfer at strength 0),
+    over the same for the dataset mean image. About 1 or more for a model that outputs noise or one image for
+    every input; well below 1 for a model that reproduces faces. The failure detector of the experiments."""
+    if len(x) < 2:
+        raise ValueError(f"reconstruction_ratio: need at least 2 images, got {len(x)}")
+    kw = {} if source_labels is None else {"source_labels": source_labels}
+    rec = model.transfer_all(x, [0], 0.0, **kw)[:, 0]
+    err = (rec - x).abs().mean()
+    base = (x - x.mean(0, keepdim=True)).abs().mean().clamp_min(1e-8)
+    return (err / base).item()

@@ -27,7 +27,7 @@ class CVAEConfig:
     num_labels: int = 40
     width: int = 32
     recon_sigma: float = 0.2
-    alpha: float = 1.0  # weight of q(y|x)'s masked BCE (per observed label, mean) against the per-image ELBO
+    alpha: float = 1.0  # weight of q(y|x)'s masked BCE (summed over labels, batch mean) against the per-image ELBO
     lr: float = 1e-3
 
 
@@ -87,7 +87,7 @@ class CVAE(common.TransferMixin, nn.Module):
     def transfer_rows(self, x, y, domain, lam: float):
         """decode(mu(x, y), y with y_i shifted by lam) for each row, y the source labels (q(y|x))."""
         mu, _ = self.encode(self.features(x), y)
-        return self.decode(mu, common.shift_label(y, domain, lam))
+        return self.decode(mu, self.targets(y, domain, lam))
 
     def checkpoint_state(self) -> dict:
         return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),

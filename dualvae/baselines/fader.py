@@ -8,8 +8,9 @@
                    at transfer time (the original reads them from the dataset; here every model sees only x)
 
 Training, per batch: P steps on masked BCE(P(E(x)), y); then E, D step on MSE(D(E(x), y), x) +
-lam_dis(t) * masked BCE(P(E(x)), 1 - y) (fool P), lam_dis ramped linearly from 0 to `lambda_lat_dis` over
-`ramp_steps` (the original: 1e-4 over 500k steps). Adam lr 2e-4, beta1 0.5. Missing labels: P's and the encoder's
+lam_dis(t) * masked BCE(P(E(x)), 1 - y) (fool P), lam_dis ramped linearly from 0 to `lambda_lat_dis` (1e-4)
+over the run, as the original's schedule; gradients clipped at norm 5, as the original. Adam lr 2e-4, beta1 0.5.
+The attribute losses are summed over attributes (the original adds one cross-entropy per attribute). Missing labels: P's and the encoder's
 adversarial losses are masked; D is fed C's prediction (detached) at missing entries.
 Transfer to domain i: y = C(x), y_i <- y_i + lam (1 - y_i) (lam the attribute value shift), D(E(x), y').
 """
@@ -31,8 +32,9 @@ class FaderConfig:
     num_labels: int = 40
     width: int = 16  # the original starts at 16 channels and doubles per layer up to 512
     max_channels: int = 512
-    lambda_lat_dis: float = 1e-4
-    ramp_steps: int = 500_000
+    lambda_lat_dis: float = 1e-4  # the original's final latent-discriminator weight
+    ramp_steps: int | None = None  # linear ramp 0 -> lambda_lat_dis over this many steps; None: the whole run
+    clip_grad_norm: float = 5.0  # the original clips the autoencoder's and the discriminator's gradients at 5
     lr: float = 2e-4
     dropout: float = 0.3  # the latent discriminator's dropout, as the original
 
@@ -91,8 +93,9 @@ class Fader(common.TransferMixin, nn.Module):
             h = torch.tanh(h) if k == len(self.dec) - 1 else torch.relu(bn(h))
         return h
 
-    def lambda_dis(self, step: int) -> float:
-        return self.config.lambda_lat_dis * min(1.0, step / max(1, self.config.ramp_steps))
+    def lambda_dis(self, step: int, total_steps: int = 1) -> float:
+        ramp = self.config.ramp_steps or total_steps
+        return self.config.lambda_lat_dis * min(1.0, step / max(1, ramp))
 
     def make_optimizers(self):
         lr, betas = self.config.lr, (0.5, 0.999)
@@ -106,25 +109,30 @@ class Fader(common.TransferMixin, nn.Module):
             z = self.encode(x)
         return common.masked_bce(self.lat_dis(z), y, mask)
 
-    def ae_loss(self, x, y, mask=None, step: int = 0):
+    def ae_loss(self, x, y, mask=None, step: int = 0, total_steps: int = 1):
         logits_c = self.predictor(x)
         pred = common.masked_bce(logits_c, y, mask)
         y_in = common.fill_missing(y, mask, torch.sigmoid(logits_c))
         z = self.encode(x)
         recon = ((self.decode(z, y_in) - x) ** 2).mean()
         adv = common.masked_bce(self.lat_dis(z), 1 - y, mask)  # fool the latent discriminator
-        return recon + self.lambda_dis(step) * adv, pred, {"recon": recon.item(), "adv": adv.item(),
+        return recon + self.lambda_dis(step, total_steps) * adv, pred, {"recon": recon.item(), "adv": adv.item(),
                                                            "pred": pred.item()}
 
     def train_step(self, opts, x, y, mask=None, step: int = 0, total_steps: int = 1) -> dict:
         d = self.dis_loss(x, y, mask)
         opts["dis"].zero_grad(set_to_none=True)
         d.backward()
+        clip = self.config.clip_grad_norm
+        if clip:
+            nn.utils.clip_grad_norm_(self.lat_dis.parameters(), clip)
         opts["dis"].step()
-        ae, pred, stats = self.ae_loss(x, y, mask, step)
+        ae, pred, stats = self.ae_loss(x, y, mask, step, total_steps)
         opts["ae"].zero_grad(set_to_none=True)
         opts["pred"].zero_grad(set_to_none=True)
         (ae + pred).backward()
+        if clip:
+            nn.utils.clip_grad_norm_([p for g in opts["ae"].param_groups for p in g["params"]], clip)
         opts["ae"].step()
         opts["pred"].step()
         return {"loss": ae.item(), "dis": d.item(), **stats}
@@ -135,7 +143,7 @@ class Fader(common.TransferMixin, nn.Module):
 
     def transfer_rows(self, x, y, domain, lam: float):
         """D(E(x), y with y_i shifted by lam) for each row, y the source labels (C(x))."""
-        return self.decode(self.encode(x), common.shift_label(y, domain, lam))
+        return self.decode(self.encode(x), self.targets(y, domain, lam))
 
     def checkpoint_state(self) -> dict:
         return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),

@@ -14,7 +14,10 @@ Missing labels: the BCE on real images is masked (a missing label teaches D_cls 
 (the reconstruction target, and the pool target labels are drawn from) are the observed value where observed and
 D_cls's own prediction, rounded, where missing; target labels c are the source labels of another image of the
 batch (the original's shuffle), so every entry of c is known and the BCE on fakes is not masked.
-Transfer to domain i: y = D_cls(x) rounded, c = y with c_i = 1, G(x, c). lam is ignored.
+Transfer to domain i: y = D_cls(x) rounded, c = y with c_i = 1 and the other hair colours 0 (the original's
+`create_labels`), G(x, c); lam != 1 scales the change of c (`common.target_labels`).
+The attribute losses are summed over attributes and averaged over the batch, as the original's
+`classification_loss`.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dualvae.baselines import common
@@ -72,7 +76,27 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x, c):
-        return self.net(torch.cat([x, common.label_maps(c, x.shape[-1])], 1))
+        """net(cat[x, c as constant maps]), with the first conv's label part computed without the maps: a
+        conv of a constant map is, at each position, the sum of the kernel taps that fall inside the image, so
+        conv(c maps) = c @ S with S (n, out, H, W) from the weights alone (the zero padding makes S differ at the
+        borders). The same function and parameters as the concatenated conv, at a small part of its cost: the
+        n label channels are most of the first conv's input."""
+        conv, k = self.net[0], self.net[0].kernel_size[0]
+        ch = x.shape[1]
+        h = F.conv2d(x, conv.weight[:, :ch], padding=conv.padding)
+        H, W = x.shape[-2:]
+        pad = conv.padding[0]
+        taps = torch.arange(k, device=x.device) - pad
+
+        def inside(size):  # (size, k): 1 where tap t of the kernel at position p reads a pixel of the image
+            src = torch.arange(size, device=x.device)[:, None] + taps
+            return ((src >= 0) & (src < size)).to(x.dtype)
+
+        inside_r, inside_c = inside(H), inside(W)
+        w = conv.weight[:, ch:].to(x.dtype)  # (out, n, k, k)
+        S = torch.einsum("oikl,pk,ql->iopq", w, inside_r, inside_c)
+        h = h + torch.einsum("bi,iopq->bopq", c.to(x.dtype), S)
+        return self.net[1:](h)
 
 
 class Discriminator(nn.Module):
@@ -167,8 +191,9 @@ class StarGAN(common.TransferMixin, nn.Module):
         return (self.D(x)[1] > 0).to(x.dtype)
 
     def transfer_rows(self, x, y, domain, lam: float = 1.0):
-        """G(x, c), c = the source labels with c_i = 1, for each row. lam is ignored."""
-        return self.G(x, common.shift_label(y, domain, 1.0))
+        """G(x, c) for each row, c the target labels of `create_labels` (c_i = 1, the other hair colours 0) at
+        strength lam (lam = 1: the original's targets)."""
+        return self.G(x, self.targets(y, domain, lam))
 
     def checkpoint_state(self) -> dict:
         return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),

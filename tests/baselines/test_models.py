@@ -117,14 +117,31 @@ def test_fit_save_load_and_cis(kind, tmp_path):
         assert abs(r[lam].cis - loop[lam].cis) < 1e-5
 
 
-def test_stargan_ignores_lam_and_fader_cvae_use_it():
+def test_every_baseline_uses_lam_as_its_strength():
     x, _, _ = batch(b=2)
     for kind in ("cvae", "fader", "stargan"):
         model = make(kind).eval()
         a, b = model.transfer_all(x, [0], 0.5), model.transfer_all(x, [0], 3.0)
-        assert torch.equal(a, b) == (kind == "stargan")
+        assert not torch.equal(a, b), kind
 
 
 def test_build_names_unknown_kind():
     with pytest.raises(ValueError, match="unknown baseline 'vae'"):
         baselines.build("vae")
+
+
+def test_stargan_generator_equals_the_concatenated_conv_in_float64():
+    """G's first conv computes the label maps' part from the weights alone; it must be the conv of cat[x, maps]
+    (borders included, where the zero padding cuts the kernel), values and gradients."""
+    from dualvae.baselines import common
+
+    torch.manual_seed(0)
+    m = baselines.build("stargan", image_size=16, num_labels=5, g_width=8, d_width=8, res_blocks=1).double()
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    c = torch.rand(3, 5, dtype=torch.float64, requires_grad=True)
+    got = m.G(x, c)
+    want = m.G.net(torch.cat([x, common.label_maps(c, 16)], 1))
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    wrt = [x, c, m.G.net[0].weight]
+    for a, b in zip(torch.autograd.grad(got.square().sum(), wrt), torch.autograd.grad(want.square().sum(), wrt)):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-11)
