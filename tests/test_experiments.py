@@ -39,7 +39,7 @@ def model_stamps(out):
 def test_experiment_all_tiny_writes_both_protocols(tiny_all):
     out = tiny_all
     for name in ("table1.md", "table1.json", "fig4.png", "fig5.png", "fig6.png", "fig6.json", "fig6_images.png",
-                 "curves.png", "claims.json", "timing-all.json", "classifier-tiny.json"):
+                 "curves.png", "claims.json", "claims.md", "timing-all.json", "classifier-tiny.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert sorted(os.listdir(os.path.join(out, "runs", "tiny"))) == run_names()
     table = json.load(open(os.path.join(out, "table1.json")))
