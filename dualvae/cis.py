@@ -87,7 +87,8 @@ def scores_from_M(M: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def conditional_inception_score(model, classifier, images: torch.Tensor, *, domains=None, lam=1.0,
                                 batched: bool = True, max_batch: int | None = None, precision: str = "fp32",
-                                keep_M: bool = True, progress: bool = False, source_labels: torch.Tensor | None = None):
+                                keep_M: bool = True, progress: bool = False,
+                                source_labels: torch.Tensor | None = None):
     """Algorithm 2 over `images` (N, C, H, W) in [-1, 1].
 
     model: batched, a `BatchTransferModel` (or anything with the loop's `transfer`); the loop needs
@@ -222,8 +223,8 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
                disable=not progress, dynamic_ncols=True)
     for group, rows in _packed(_work_items(N, n, L, chunk), n, chunk):
         x_t = [transfer_all(images[js], domain_idx[ks], lams[l], max_batch=chunk,
-                            **({} if source_labels is None else {"source_labels": source_labels[js]})).flatten(0, 1)
-               for l, js, ks in group]
+                            **({} if source_labels is None else {"source_labels": source_labels[js]}))
+               .flatten(0, 1) for l, js, ks in group]
         probs = f(torch.cat(x_t).contiguous(memory_format=cl))[:, dom].float()  # one classifier pass per chunk
         start = 0
         for l, js, ks in group:

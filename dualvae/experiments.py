@@ -1,6 +1,7 @@
 """The paper's experiments (Sec. 5) as commands: Table 1, Figures 4, 5 and 6, and training curves.
 
-    dualvae experiment table1|fig4|fig5|fig6|curves|all --data DIR --out DIR [--seeds 3] [--budget tiny|small|medium|paper]
+    dualvae experiment table1|fig4|fig5|fig6|curves|all --data DIR --out DIR [--seeds 3]
+                       [--budget tiny|small|medium|paper] [--jobs 1] [--source-labels predicted|dataset]
 
 Every command works from one cache of trained runs, OUT/runs/<budget>/<model>[-n20]-s<missing ratio>-seed<seed>/,
 so the commands share their runs, a second command trains nothing it already has, and an interrupted command

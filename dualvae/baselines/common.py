@@ -106,11 +106,15 @@ def domain_list(domains, num_labels: int, who: str) -> list[int]:
 def transfer_all_rows(x: torch.Tensor, domains: list[int], max_batch: int | None, source_labels, transfer_rows):
     """Drive a per-row transfer over every (image, domain) pair in chunks of `max_batch` rows.
 
-    source_labels(x) -> (N, n) labels of x; transfer_rows(x_rep, y_src_rep, dom_rep) -> images, one per row.
+    source_labels: the (N, n) labels of x, or a function x -> labels (run on chunks of x);
+    transfer_rows(x_rep, y_src_rep, dom_rep) -> images, one per row.
     Returns (N, len(domains), C, H, W) with out[j, k] = transfer of x_j to domains[k].
     """
     max_batch = max_batch or batching.CPU_MAX_BATCH
-    y = torch.cat([source_labels(x[a:a + max_batch]) for a in range(0, len(x), max_batch)])
+    if callable(source_labels):
+        y = torch.cat([source_labels(x[a:a + max_batch]) for a in range(0, len(x), max_batch)])
+    else:
+        y = source_labels
     n_dom = len(domains)
     dom = torch.tensor(domains, device=x.device)
     rows_img = torch.arange(len(x), device=x.device).repeat_interleave(n_dom)
@@ -147,20 +151,13 @@ class TransferMixin:
         cfg = self.config
         who = type(self).__name__
         check_transfer_input(who, x, cfg.channels, cfg.image_size, lam, max_batch)
-        if source_labels is None:
-            labels_of = self.predict_labels
-        else:
+        labels = self.predict_labels
+        if source_labels is not None:
             if tuple(source_labels.shape) != (len(x), cfg.num_labels):
                 raise ValueError(f"{who}.transfer_all: source_labels have shape {tuple(source_labels.shape)}, "
                                  f"expected ({len(x)}, {cfg.num_labels})")
-            y_all = source_labels.to(x.device, x.dtype)
-            start = [0]
-
-            def labels_of(xb):  # transfer_all_rows asks for the labels of consecutive slices of x
-                a = start[0]
-                start[0] += len(xb)
-                return y_all[a:a + len(xb)]
-        return transfer_all_rows(x, self._domains(domains), max_batch, labels_of,
+            labels = source_labels.to(x.device, x.dtype)
+        return transfer_all_rows(x, self._domains(domains), max_batch, labels,
                                  lambda xr, yr, dr: self.transfer_rows(xr, yr, dr, lam))
 
     @torch.no_grad()

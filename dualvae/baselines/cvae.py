@@ -3,7 +3,8 @@
     q(y | x)       linear head on the encoder's conv features (x only): predicts labels, trained by masked BCE
     q(z | x, y)    DualVAE's conv encoder, y joined to the conv features before the fc layer -> (mu, logvar)
     p(x | z, y)    DualVAE's decoder on [z, y] (Gaussian, fixed sigma, as DualVAE)
-    transfer to domain i: y = q(y|x) (the source labels), y_i <- y_i + lam (1 - y_i), decode(mu(x, y), y')
+    transfer to domain i: y = q(y|x) (the source labels), y_i <- y_i + lam (1 - y_i) (the other hair colours move
+                   down as far, as StarGAN's `create_labels`), decode(mu(x, y), y')
 
 Loss per batch: recon + KL + alpha * masked BCE(q(y|x), y). Missing labels: y fed to q(z|x,y) and p(x|z,y) is
 the observed value where observed and q(y|x)'s probability (detached) where missing (`common.fill_missing`).

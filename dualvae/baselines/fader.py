@@ -10,9 +10,10 @@
 Training, per batch: P steps on masked BCE(P(E(x)), y); then E, D step on MSE(D(E(x), y), x) +
 lam_dis(t) * masked BCE(P(E(x)), 1 - y) (fool P), lam_dis ramped linearly from 0 to `lambda_lat_dis` (1e-4)
 over the run, as the original's schedule; gradients clipped at norm 5, as the original. Adam lr 2e-4, beta1 0.5.
-The attribute losses are summed over attributes (the original adds one cross-entropy per attribute). Missing labels: P's and the encoder's
-adversarial losses are masked; D is fed C's prediction (detached) at missing entries.
-Transfer to domain i: y = C(x), y_i <- y_i + lam (1 - y_i) (lam the attribute value shift), D(E(x), y').
+The attribute losses are summed over attributes (the original adds one cross-entropy per attribute). Missing
+labels: P's and the encoder's adversarial losses are masked; D is fed C's prediction (detached) at missing entries.
+Transfer to domain i: y = C(x), y_i <- y_i + lam (1 - y_i) (lam the attribute value shift; the other hair
+colours move down as far, as StarGAN's `create_labels`), D(E(x), y').
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ class Fader(common.TransferMixin, nn.Module):
         z = self.encode(x)
         recon = ((self.decode(z, y_in) - x) ** 2).mean()
         adv = common.masked_bce(self.lat_dis(z), 1 - y, mask)  # fool the latent discriminator
-        return recon + self.lambda_dis(step, total_steps) * adv, pred, {"recon": recon.item(), "adv": adv.item(),
-                                                           "pred": pred.item()}
+        stats = {"recon": recon.item(), "adv": adv.item(), "pred": pred.item()}
+        return recon + self.lambda_dis(step, total_steps) * adv, pred, stats
 
     def train_step(self, opts, x, y, mask=None, step: int = 0, total_steps: int = 1) -> dict:
         d = self.dis_loss(x, y, mask)
