@@ -106,16 +106,29 @@ class Identity(torch.nn.Module):
         return x[:, None].expand(-1, len(domains), -1, -1, -1)
 
 
-def test_reconstruction_ratio_flags_noise_and_passes_a_face_model():
+def blobs(n, size=16, seed=0):
+    """n images of a coloured disc on a coloured background, at random places: a stand-in for faces."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    cx, cy, r = torch.rand(3, n, 1, 1, generator=g)
+    disc = ((xx - (cx - 0.5)) ** 2 + (yy - (cy - 0.5)) ** 2 < (0.2 + 0.4 * r) ** 2).float()[:, None]
+    fg, bg = torch.rand(2, n, 3, 1, 1, generator=g) * 2 - 1
+    return disc * fg + (1 - disc) * bg
+
+
+def test_reconstruction_ratio_flags_noise_and_passes_a_trained_model():
     from dualvae import baselines
     from dualvae.experiments import FAILED_RATIO
 
     torch.manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
-    faces = torch.stack([((xx - a) ** 2 + yy ** 2 < 0.4).float() * 2 - 1 for a in torch.linspace(-0.3, 0.3, 8)])
-    faces = faces[:, None].expand(-1, 3, -1, -1).contiguous()
-    assert common.reconstruction_ratio(Identity(), faces) == 0.0
+    x = blobs(256)
+    assert common.reconstruction_ratio(Identity(), x[:32]) == 0.0
     noise = baselines.build("stargan", image_size=16, num_labels=4, g_width=8, d_width=8, res_blocks=1).eval()
-    assert common.reconstruction_ratio(noise, faces) > FAILED_RATIO  # an untrained generator: noise
+    assert common.reconstruction_ratio(noise, x[:32]) > 1.0  # an untrained generator: noise
+    cvae = baselines.build("cvae", image_size=16, num_labels=4, width=8, latent_dim=16)
+    assert common.reconstruction_ratio(cvae.eval(), x[:32]) > FAILED_RATIO  # untrained: fails
+    u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    baselines.fit(cvae, u8, torch.zeros(256, 4), None, steps=300, batch_size=32, progress=False)
+    assert common.reconstruction_ratio(cvae, x[:32]) < FAILED_RATIO - 0.2  # trained: reproduces its inputs
     with pytest.raises(ValueError, match="at least 2 images"):
-        common.reconstruction_ratio(Identity(), faces[:1])
+        common.reconstruction_ratio(Identity(), x[:1])
