@@ -76,6 +76,11 @@ class Budget:
 
 
 UNIT = {"dualvae": None, "cvae": 1.0, "fader": 1.0, "stargan": 1.0}  # paper-default strength (None: tuned)
+# The networks of the CPU budgets (32x32) and the starting grids of the tuned protocol (extended as needed).
+CPU_NETS = {"dualvae": dict(width=16, latent_dim=64), "cvae": dict(width=16, latent_dim=64),
+            "fader": dict(width=8, max_channels=128), "stargan": dict(g_width=12, d_width=16, res_blocks=2)}
+GRIDS = {"dualvae": [8.0, 16.0, 32.0, 64.0, 128.0], "cvae": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+         "fader": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "stargan": [0.5, 1.0, 2.0, 4.0]}
 
 BUDGETS = {
     "tiny": Budget(
@@ -89,20 +94,12 @@ BUDGETS = {
     "small": Budget(
         image_size=32, batch_size=64, classifier_steps=1500, classifier_width=16, val_images=160,
         subset_images=160, test_subsets=1, grid_images=4,
-        steps={"dualvae": 300, "cvae": 300, "fader": 300, "stargan": 300},
-        configs={"dualvae": dict(width=16, latent_dim=64), "cvae": dict(width=16, latent_dim=64),
-                 "fader": dict(width=8, max_channels=128), "stargan": dict(g_width=12, d_width=16, res_blocks=2)},
-        lams={"dualvae": [16.0, 32.0, 64.0, 128.0], "cvae": [1.0, 2.0, 4.0, 8.0], "fader": [1.0, 2.0, 4.0, 8.0],
-              "stargan": [1.0, 2.0]},
+        steps={"dualvae": 300, "cvae": 300, "fader": 300, "stargan": 300}, configs=CPU_NETS, lams=GRIDS,
         batch_sizes={"stargan": 16}),
     "medium": Budget(
         image_size=32, batch_size=64, classifier_steps=4000, classifier_width=32, val_images=160,
         subset_images=160, test_subsets=5, grid_images=4,
-        steps={"dualvae": 1500, "cvae": 1500, "fader": 1500, "stargan": 6000},
-        configs={"dualvae": dict(width=16, latent_dim=64), "cvae": dict(width=16, latent_dim=64),
-                 "fader": dict(width=8, max_channels=128), "stargan": dict(g_width=12, d_width=16, res_blocks=2)},
-        lams={"dualvae": [8.0, 16.0, 32.0, 64.0, 128.0], "cvae": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
-              "fader": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "stargan": [0.5, 1.0, 2.0, 4.0]},
+        steps={"dualvae": 1500, "cvae": 1500, "fader": 1500, "stargan": 6000}, configs=CPU_NETS, lams=GRIDS,
         batch_sizes={"stargan": 16}),
     "paper": Budget(
         image_size=64, batch_size=64, classifier_steps=20000, classifier_width=32, val_images=160,
@@ -110,9 +107,7 @@ BUDGETS = {
         steps={"dualvae": 50000, "cvae": 50000, "fader": 100000, "stargan": 200000},
         configs={"dualvae": dict(width=32, latent_dim=128), "cvae": dict(width=32, latent_dim=128),
                  "fader": dict(width=16, max_channels=512), "stargan": dict(g_width=64, d_width=64, res_blocks=6)},
-        lams={"dualvae": [8.0, 16.0, 32.0, 64.0, 128.0], "cvae": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
-              "fader": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0], "stargan": [0.5, 1.0, 2.0, 4.0]},
-        batch_sizes={"stargan": 16}, curve_points=5),
+        lams=GRIDS, batch_sizes={"stargan": 16}, curve_points=5),
 }
 
 
