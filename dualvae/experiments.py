@@ -806,7 +806,8 @@ def claims(table: dict, fig6: dict | None) -> list[dict]:
                 gap, noise = a["mean"] - b["mean"], 2 * max(sa, sb)
                 out.append({"protocol": proto, "claim": f"DualVAE > {LABELS[m]} at {COLUMN_TITLES.get(col, col)}",
                             "holds": gap > 0, "clearly": gap > noise, "dualvae": [a["mean"], sa],
-                            "other": [b["mean"], sb], "gap": gap})
+                            "other": [b["mean"], sb], "gap": gap,
+                            "failed_seeds": {"dualvae": sum(a.get("failed", [])), m: sum(b.get("failed", []))}})
         if not fig6:
             continue
         f = {k: {s: v[proto]["cis"] for s, v in fig6[k].items()} for k in ("dualvae", "stargan")}
@@ -836,6 +837,9 @@ def claims_markdown(verdicts: list[dict]) -> str:
         if "gap" in c:
             word += (" (clearly)" if c["clearly"] else "") + (f": {c['dualvae'][0]:+.3f} ± {c['dualvae'][1]:.3f} vs "
                                                                f"{c['other'][0]:+.3f} ± {c['other'][1]:.3f}")
+            failed = {LABELS[k]: v for k, v in c.get("failed_seeds", {}).items() if v}
+            if failed:
+                word += "; failed seeds: " + ", ".join(f"{k} {v}" for k, v in failed.items())
         else:
             word += f": s=0 {c['s0'][0]:+.3f} ± {c['s0'][1]:.3f}, s=0.9 {c['s0.9'][0]:+.3f} ± {c['s0.9'][1]:.3f}"
         return word
