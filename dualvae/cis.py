@@ -51,13 +51,14 @@ class BatchTransferModel(Protocol):
         transfer_all(x, domains, lam, max_batch=None) -> (N, len(domains), C, H, W), out[j, k] = m^{domains[k]}(x_j)
 
     `domains` is a list of label indices, `lam` one number (a model without a lam may ignore it), `max_batch` the
-    most rows the model should push through its network at once. Optional: `domain_indices(domains)` (names to
+    most rows the model should push through its network at once, `source_labels` the dataset's labels of x (a
+    label-conditioned model starts from them; others ignore them). Optional: `domain_indices(domains)` (names to
     indices) and `config.num_labels`. A model with only the loop's `transfer(x, domains, lam)` (one domain per
     image) is used through `transfer_all_of`.
     """
 
     def transfer_all(self, x: torch.Tensor, domains: list[int], lam: float = 1.0,
-                     max_batch: int | None = None) -> torch.Tensor: ...
+                     max_batch: int | None = None, source_labels: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 def transfer_all_of(model):
@@ -65,7 +66,10 @@ def transfer_all_of(model):
     if hasattr(model, "transfer_all"):
         return model.transfer_all
 
-    def transfer_all(x, domains, lam=1.0, max_batch=None):
+    def transfer_all(x, domains, lam=1.0, max_batch=None, source_labels=None):
+        if source_labels is not None:
+            raise ValueError(f"CIS: source_labels needs a model with transfer_all; {type(model).__name__} has "
+                             f"only transfer")
         out = model.transfer(x.repeat_interleave(len(domains), dim=0), list(domains) * len(x), lam)
         return out.view(len(x), len(domains), *out.shape[1:])
 

@@ -6,6 +6,7 @@
 Every command works from one cache of trained runs, OUT/runs/<budget>/<model>[-n20]-s<missing ratio>-seed<seed>/,
 so the commands share their runs, a second command trains nothing it already has, and an interrupted command
 picks up where it stopped (DualVAE resumes from its last step checkpoint; a baseline that was cut short retrains).
+A cached run trained with other steps than the budget's is refused, not silently reused.
 
 One run = train the model on the training split with the missing-label mask I = draw_label_mask(seed, s), keeping
 `curve_points` checkpoints along the way; choose each transfer strength on the validation split; score the test
@@ -22,7 +23,7 @@ budget on the training split with every label, scores every model. A failed mode
 input) is told apart by its reconstruction ratio (`baselines.common.reconstruction_ratio`).
 
 Budgets: `tiny` (CI: seconds), `small` (a quick look: 32x32, hundreds of steps), `medium` (the committed results:
-2 CPU cores, generated faces, under 2 h for 3 seeds with --jobs 2), `paper` (the full protocol: 64x64, the original
+32x32, thousands of steps, sized for 2 CPU cores with --jobs 2), `paper` (the full protocol: 64x64, the original
 architectures, long training; for a GPU and real CelebA).
 """
 from __future__ import annotations
@@ -130,12 +131,18 @@ def first_attributes_root(data: str, out: str, k: int) -> str:
     for name in os.listdir(data):
         if name != "list_attr_celeba.txt" and not os.path.lexists(os.path.join(root, name)):
             os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(root, name))
-    with open(os.path.join(data, "list_attr_celeba.txt")) as f:
-        lines = f.read().splitlines()
-    head = [lines[0], " ".join(lines[1].split()[:k])]
-    body = [" ".join(line.split()[:k + 1]) for line in lines[2:] if line.strip()]
-    write_text_atomic(os.path.join(root, "list_attr_celeba.txt"), "\n".join(head + body) + "\n")
+    from dualvae.data.celeba import read_celeba_attributes
+
+    files, names, labels = read_celeba_attributes(data, check_images=False)
+    rows = [f"{f} " + " ".join(str(int(v)) for v in row[:k].tolist()) for f, row in zip(files, labels)]
+    write_text_atomic(os.path.join(root, "list_attr_celeba.txt"),
+                      "\n".join([str(len(files)), " ".join(names[:k]), *rows]) + "\n")
     return root
+
+
+def cache_file(out: str, budget: Budget, labels: int | None = None) -> str:
+    """DualVAE's HDF5 cache: OUT/data-S.h5, or OUT/data-S-first<k>.h5 for the first k attributes."""
+    return os.path.join(out, f"data-{budget.image_size}" + (f"-first{labels}" if labels else "") + ".h5")
 
 
 def prepare_data(data: str, out: str, budget: Budget, progress: bool = True) -> str:
@@ -152,7 +159,7 @@ def prepare_data(data: str, out: str, budget: Budget, progress: bool = True) -> 
             splits[split] = {"images": s.images, "labels": labels_to_binary(s.labels), "filenames": s.filenames}
         splits["attr_names"] = list(s.attr_names)
         save_atomic(splits, path)
-    prepare(data, os.path.join(out, f"data-{budget.image_size}.h5"), image_size=budget.image_size, progress=False)
+    prepare(data, cache_file(out, budget), image_size=budget.image_size, progress=False)
     return path
 
 
@@ -227,23 +234,32 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
     budget = BUDGETS[budget_name]
     rdir = run_dir(out, budget_name, run)
     path = os.path.join(rdir, "model.pt")
-    if os.path.exists(_done_file(rdir)):
-        return path
     steps = budget.steps[run.model]
     points = curve_steps(steps, budget.curve_points)
+    if os.path.exists(_done_file(rdir)):
+        with open(_done_file(rdir)) as f:
+            done = json.load(f)
+        if done.get("steps") != steps or done.get("checkpoints", points) != points:
+            raise ValueError(f"{rdir} was trained for {done.get('steps')} steps (checkpoints "
+                             f"{done.get('checkpoints')}), the {budget_name} budget now says {steps} ({points}); "
+                             f"remove that folder or use another --out")
+        return path
     bs = budget.batch_sizes.get(run.model, budget.batch_size)
     t0 = time.time()
     if run.model == "dualvae":
         from dualvae.train import TrainConfig, train
 
         cfg = budget.configs["dualvae"]
-        h5 = os.path.join(out, f"data-{budget.image_size}.h5")
-        if run.labels:
-            h5 = os.path.join(out, f"data-{budget.image_size}-first{run.labels}.h5")
-        train(TrainConfig(data=h5, out=rdir, steps=steps, batch_size=bs, width=cfg["width"],
+        train(TrainConfig(data=cache_file(out, budget, run.labels), out=rdir, steps=steps, batch_size=bs, width=cfg["width"],
                           latent_dim=cfg["latent_dim"], image_size=budget.image_size, missing_ratio=run.missing_ratio,
-                          seed=run.seed, ckpt_every=points[0], keep_ckpts=len(points), resume="auto",
+                          seed=run.seed, ckpt_every=points[0], keep_ckpts=len(points) + 1, resume="auto",
                           progress=progress))
+        from dualvae.train import list_checkpoints
+
+        newest = list_checkpoints(os.path.join(rdir, "ckpt"))
+        if not newest or checkpoint_step(newest[0]) != steps:  # stopped early (SIGTERM): not finished
+            raise RuntimeError(f"{run.name}: training stopped before step {steps}; run the command again to "
+                               f"resume it")
     else:
         from dualvae import baselines
         from dualvae.data import draw_label_mask
@@ -278,8 +294,10 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
 
 
 def curve_steps(steps: int, points: int) -> list[int]:
-    """`points` evenly spaced step counts ending at `steps` (distinct, at least 1)."""
-    return sorted({max(1, round(steps * k / points)) for k in range(1, points + 1)})
+    """The kept checkpoints: multiples of steps // points (DualVAE's trainer saves at multiples of its
+    ckpt_every), then `steps`; distinct, at least 1."""
+    every = max(1, steps // points)
+    return sorted({every * k for k in range(1, points) if every * k < steps} | {steps})
 
 
 def load_model_file(path: str, kind: str):
@@ -306,7 +324,7 @@ def choose_strength(score, grid, max_extensions: int = MAX_GRID_EXTENSIONS):
     while len(added) < max_extensions:
         lo, hi = min(values), max(values)
         best = max(values, key=values.get)
-        if len(values) > 1 and lo < best < hi:
+        if is_bracketed(best, values):
             break
         new = [v for v in ((2 * hi,) if best == hi else ()) + ((lo / 2,) if best == lo else ())]
         new = new[:max_extensions - len(added)]
@@ -329,6 +347,11 @@ def agreement(M: torch.Tensor, f0: torch.Tensor) -> float:
     return (after == before)[:, off].float().mean().item()
 
 
+def _labels_kw(split: dict, n: int, source_labels: bool, limit: int | None = None) -> dict:
+    """{"source_labels": the split's first n labels} for the dataset-labels option, else {}."""
+    return {"source_labels": split["labels"][:limit, :n].float()} if source_labels else {}
+
+
 def _scores(M: torch.Tensor, k: int) -> dict:
     from dualvae.cis import scores_from_M
 
@@ -345,7 +368,7 @@ def score_model(model, clf, d: dict, budget: Budget, lams: dict, *, n_dom: int, 
     from dualvae.data import to_unit_range
 
     test = to_unit_range(d["test"]["images"])
-    kw = {"source_labels": d["test"]["labels"][:, :model.config.num_labels].float()} if source_labels else {}
+    kw = _labels_kw(d["test"], model.config.num_labels, source_labels)
     uniq = sorted(set(lams.values()))
     res = conditional_inception_score(model, clf, test, domains=n_dom, lam=uniq, **kw)
     out = {}
@@ -355,8 +378,8 @@ def score_model(model, clf, d: dict, budget: Budget, lams: dict, *, n_dom: int, 
         for k in counts:
             entry[str(k)] = _scores(r.M, k)
             if subsets:
-                per = [_scores(r.M[a:a + budget.subset_images], k)["cis"]
-                       for a in range(0, len(test), budget.subset_images)]
+                size = budget.subset_images
+                per = [_scores(r.M[a:a + size], k)["cis"] for a in range(0, len(test) - size + 1, size)]
                 entry[str(k)]["subsets"] = per
                 entry[str(k)]["subset_std"] = mean_std(per)[1]
         out[proto] = entry
@@ -378,7 +401,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
 
     budget = BUDGETS[budget_name]
     rdir = run_dir(out, budget_name, run)
-    path = os.path.join(rdir, "eval-dataset-labels.json" if source_labels else "eval.json")
+    path = eval_file(rdir, source_labels)
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -388,7 +411,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     n_dom = model.config.num_labels
     counts = [k for k in domain_counts(len(d["attr_names"])) if k <= n_dom]
     val = to_unit_range(d["val"]["images"])
-    val_kw = {"source_labels": d["val"]["labels"][:, :n_dom].float()} if source_labels else {}
+    val_kw = _labels_kw(d["val"], n_dom, source_labels)
 
     val_scores = {}
 
@@ -401,6 +424,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
         return {lam: r.cis for lam, r in res.items()}
 
     best, val_cis, added = choose_strength(score_val, budget.lams[run.model])
+    bracketed = is_bracketed(best, val_cis)
     lams = {"paper_default": UNIT[run.model] if UNIT[run.model] is not None else best, "tuned": best}
     if lams["paper_default"] not in val_cis:
         val_cis.update(score_val([lams["paper_default"]]))
@@ -411,8 +435,12 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     curve_col = str(counts[-1])
     d_first = {**d, "test": {k: v[:budget.subset_images] for k, v in d["test"].items() if k != "filenames"}}
     curve = []
-    for p in sorted(list_checkpoints(os.path.join(rdir, "ckpt")), key=_step_of):
-        step = _step_of(p)
+    wanted = curve_steps(final_step, budget.curve_points)
+    kept = {checkpoint_step(p): p for p in list_checkpoints(os.path.join(rdir, "ckpt"))}
+    for step in wanted:
+        if step not in kept:
+            raise FileNotFoundError(f"{rdir}/ckpt has no checkpoint of step {step} (kept: {sorted(kept)})")
+        p = kept[step]
         if step == final_step:
             s = {proto: test[proto][curve_col]["subsets"][0] for proto in PROTOCOLS}
         else:
@@ -420,10 +448,11 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
                             counts=counts[-1:], source_labels=source_labels, subsets=False)
             s = {proto: r[proto][curve_col]["cis"] for proto in PROTOCOLS}
         curve.append({"step": step, **s})
-    ratio = reconstruction_ratio(model, to_unit_range(d["test"]["images"][:64]))
+    ratio = reconstruction_ratio(model, to_unit_range(d["test"]["images"][:64]),
+                                 **_labels_kw(d["test"], n_dom, source_labels, limit=64))
     result = {"model": run.model, "missing_ratio": run.missing_ratio, "seed": run.seed, "labels": n_dom,
               "budget": budget_name, "source_labels": "dataset" if source_labels else "predicted",
-              "lam": lams, "bracketed": is_bracketed(best, val_cis), "grid_extensions": added,
+              "lam": lams, "bracketed": bracketed, "grid_extensions": added,
               "val": {f"{lam:g}": val_scores[lam] for lam in sorted(val_scores)},
               "test": test, "curve": curve, "curve_domains": counts[-1],
               "reconstruction_ratio": ratio, "failed": ratio > FAILED_RATIO, "domain_counts": counts,
@@ -433,8 +462,10 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     return result
 
 
-def _step_of(path: str) -> int:
-    return int(os.path.basename(path)[len("step-"):-len(".pt")])
+def checkpoint_step(path: str) -> int:
+    from dualvae.train import CKPT_NAME
+
+    return int(CKPT_NAME.search(os.path.basename(path)).group(1))
 
 
 def do_run(args) -> dict:
@@ -449,9 +480,12 @@ def do_run(args) -> dict:
     return res
 
 
+def eval_file(rdir: str, source_labels: bool) -> str:
+    return os.path.join(rdir, "eval-dataset-labels.json" if source_labels else "eval.json")
+
+
 def _finished(out: str, budget_name: str, run: Run, source_labels: bool) -> bool:
-    rdir = run_dir(out, budget_name, run)
-    return os.path.exists(os.path.join(rdir, "eval-dataset-labels.json" if source_labels else "eval.json"))
+    return os.path.exists(eval_file(run_dir(out, budget_name, run), source_labels))
 
 
 def ensure_runs(data: str, out: str, budget_name: str, runs: list[Run], jobs: int = 1, progress: bool = True,
@@ -466,8 +500,7 @@ def ensure_runs(data: str, out: str, budget_name: str, runs: list[Run], jobs: in
             root = first_attributes_root(data, out, k)
             from dualvae.data import prepare
 
-            prepare(root, os.path.join(out, f"data-{budget.image_size}-first{k}.h5"), image_size=budget.image_size,
-                    progress=False)
+            prepare(root, cache_file(out, budget, k), image_size=budget.image_size, progress=False)
     ensure_classifier(data, out, budget_name, progress=progress)
     runs = sorted(set(runs), key=lambda r: (r.model != "stargan", -budget.steps[r.model], r.model,
                                             r.labels or 0, r.missing_ratio, r.seed))  # the costliest first
@@ -569,10 +602,9 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
         doc[proto] = table
         head = [COLUMN_TITLES.get(c, f"{c} domains") for c in cols]
         paper_cols = [c for c in cols if c in ("20", "40")]
-        lines += [f"**{proto}** ({PROTOCOL_TITLES[proto]})", "",
-                  "| Method | " + " | ".join(head) + " | " + " | ".join(f"paper {c}" for c in paper_cols)
-                  + " | strength (per seed) |",
-                  "|---" * (2 + len(cols) + len(paper_cols)) + "|"]
+        header = ["Method", *head, *(f"paper {c}" for c in paper_cols), "strength (per seed)"]
+        lines += [f"**{proto}** ({PROTOCOL_TITLES[proto]})", "", "| " + " | ".join(header) + " |",
+                  "|---" * len(header) + "|"]
         for m in MODELS:
             cells = []
             for c in cols:
@@ -584,9 +616,9 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
                 cells.append(f"**{txt}**" if best else txt)
             p = PAPER_TABLE1[m]
             lams = table[m][cols[-1]]["lam"]
-            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " | "
-                         + " | ".join(f"{p[int(c)][0]:+.3f} ± {p[int(c)][1]:.3f}" for c in paper_cols)
-                         + " | " + ", ".join(f"{v:g}" for v in lams) + " |")
+            row = [LABELS[m], *cells, *(f"{p[int(c)][0]:+.3f} ± {p[int(c)][1]:.3f}" for c in paper_cols),
+                   ", ".join(f"{v:g}" for v in lams)]
+            lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     write_json_atomic(os.path.join(out, "table1.json"), doc)
     write_text_atomic(os.path.join(out, "table1.md"), "\n".join(lines))
@@ -861,12 +893,11 @@ def claims_markdown(verdicts: list[dict]) -> str:
 
 
 def _attr_names(data: str) -> list[str]:
-    path = os.path.join(data, "list_attr_celeba.txt")
-    if not os.path.exists(path):
+    from dualvae.data.celeba import read_celeba_attributes
+
+    if not os.path.exists(os.path.join(data, "list_attr_celeba.txt")):
         raise FileNotFoundError(f"--data {data}: no list_attr_celeba.txt (a CelebA-format root has one)")
-    with open(path) as f:
-        f.readline()
-        return f.readline().split()
+    return read_celeba_attributes(data, check_images=False)[1]
 
 
 def cmd_experiment(a) -> None:

@@ -116,6 +116,14 @@ def test_an_interrupted_experiment_resumes_without_retraining(synth_root, tiny_a
     for name in cut:
         assert os.path.exists(os.path.join(runs, name, "eval.json"))
 
+    # A cache trained to other steps than the budget's is refused, not reused.
+    done = os.path.join(runs, "cvae-s0-seed0", "train.json")
+    json.dump({**json.load(open(done)), "steps": 99}, open(done, "w"))
+    capsys.readouterr()
+    assert main(["experiment", "table1", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "1",
+                 "--quiet"]) == 2
+    assert "was trained for 99 steps" in capsys.readouterr().err
+
 
 def test_a_ten_attribute_dataset_is_scored_at_ten_domains(synth_root, tmp_path, capsys):
     root = E.first_attributes_root(synth_root, str(tmp_path), 10)
@@ -127,6 +135,8 @@ def test_a_ten_attribute_dataset_is_scored_at_ten_domains(synth_root, tmp_path, 
     assert "has 10 attributes; scoring [10] domains, skipping 20, 40 domains" in printed
     table = json.load(open(os.path.join(out, "table1.json")))
     assert table["columns"] == ["10"]
+    rows = [line for line in open(os.path.join(out, "table1.md")) if line.startswith("|")]
+    assert len({line.count("|") for line in rows}) == 1  # header, separator and rows have the same cells
     assert "20" not in table["tuned"]["dualvae"] and "40" not in table["tuned"]["dualvae"]
     assert not any("-n20" in r for r in os.listdir(os.path.join(out, "runs", "tiny")))
 

@@ -65,9 +65,10 @@ def exclusive_groups(attr_names) -> list[list[int]]:
 def target_labels(y: torch.Tensor, domain: torch.Tensor, lam: float, groups=()) -> torch.Tensor:
     """Target labels of a transfer to `domain` (one index per row) at strength lam: y_i <- y_i + lam (1 - y_i)
     on the target entry, and, when the target is in an exclusive group (hair colours), y_j <- y_j - lam y_j on
-    the others of the group; every other entry unchanged. lam = 1 gives StarGAN's `create_labels` targets
-    (c_i = 1, the other hair colours 0); lam != 1 scales every change (the attribute value shift of CVAE/Fader,
-    StarGAN's c_i beyond 1)."""
+    the others of the group; every other entry unchanged. lam = 1 treats the hair colours as StarGAN's
+    `create_labels` does (c_i = 1, the other hair colours 0); any other target is set to 1 (the transfer to domain
+    i of the CIS protocol), where `create_labels` flips it. lam != 1 scales every change (the attribute value shift
+    of CVAE/Fader, StarGAN's c_i beyond 1)."""
     out = y.clone()
     rows = torch.arange(len(y), device=y.device)
     out[rows, domain] = y[rows, domain] + lam * (1.0 - y[rows, domain])

@@ -8,8 +8,9 @@
                    at transfer time (the original reads them from the dataset; here every model sees only x)
 
 Training, per batch: P steps on masked BCE(P(E(x)), y); then E, D step on MSE(D(E(x), y), x) +
-lam_dis(t) * masked BCE(P(E(x)), 1 - y) (fool P), lam_dis ramped linearly from 0 to `lambda_lat_dis` (1e-4)
-over the run, as the original's schedule; gradients clipped at norm 5, as the original. Adam lr 2e-4, beta1 0.5.
+lam_dis(t) * masked BCE(P(E(x)), 1 - y) (fool P), lam_dis ramped linearly from 0 to `lambda_lat_dis` (1e-4, the
+original's final weight) over the whole run by default (the original ramps over its first 500k steps;
+`ramp_steps` sets a length); gradients clipped at norm 5, as the original. Adam lr 2e-4, beta1 0.5.
 The attribute losses are summed over attributes (the original adds one cross-entropy per attribute). Missing
 labels: P's and the encoder's adversarial losses are masked; D is fed C's prediction (detached) at missing entries.
 Transfer to domain i: y = C(x), y_i <- y_i + lam (1 - y_i) (lam the attribute value shift; the other hair

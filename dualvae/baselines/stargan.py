@@ -14,8 +14,9 @@ Missing labels: the BCE on real images is masked (a missing label teaches D_cls 
 (the reconstruction target, and the pool target labels are drawn from) are the observed value where observed and
 D_cls's own prediction, rounded, where missing; target labels c are the source labels of another image of the
 batch (the original's shuffle), so every entry of c is known and the BCE on fakes is not masked.
-Transfer to domain i: y = D_cls(x) rounded, c = y with c_i = 1 and the other hair colours 0 (the original's
-`create_labels`), G(x, c); lam != 1 scales the change of c (`common.target_labels`).
+Transfer to domain i: y = D_cls(x) rounded, c = y with c_i = 1 and the other hair colours 0 (hair colours as the
+original's `create_labels`; it flips the other attributes, the CIS protocol sets them), G(x, c); lam != 1 scales
+the change of c (`common.target_labels`).
 The attribute losses are summed over attributes and averaged over the batch, as the original's
 `classification_loss`.
 """
@@ -191,8 +192,7 @@ class StarGAN(common.TransferMixin, nn.Module):
         return (self.D(x)[1] > 0).to(x.dtype)
 
     def transfer_rows(self, x, y, domain, lam: float = 1.0):
-        """G(x, c) for each row, c the target labels of `create_labels` (c_i = 1, the other hair colours 0) at
-        strength lam (lam = 1: the original's targets)."""
+        """G(x, c) for each row, c the target labels (c_i = 1, the other hair colours 0) at strength lam."""
         return self.G(x, self.targets(y, domain, lam))
 
     def checkpoint_state(self) -> dict:

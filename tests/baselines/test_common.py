@@ -23,7 +23,7 @@ def test_masked_bce_is_the_sum_over_attributes_with_its_gradient():
         g_got, = torch.autograd.grad(got, logits)
         g_want, = torch.autograd.grad(want, logits)
         assert torch.allclose(g_got, g_want, rtol=1e-12)
-        # 7 attributes: the sum is 7x the mean over entries the baselines used to take
+        # 7 attributes: the sum is 7x the mean over all entries
         assert torch.allclose(got, 7 * F.binary_cross_entropy_with_logits(logits, y), rtol=1e-12)
 
 
