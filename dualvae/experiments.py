@@ -792,7 +792,7 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
                                         "reconstruction_ratio": mean_std([r["reconstruction_ratio"] for r in rs_])}
     ax.set_xlabel("rs (reconstruction score)")
     ax.set_ylabel("ts (transfer score)")
-    ax.set_title(f"Fig. 6: missing ratio s, {col} domains; lines: λ sweep on validation (seed means), "
+    ax.set_title(f"Fig. 6: missing ratio s, {col} domains\nlines: λ sweep on validation (seed means); "
                  f"points: test at the chosen strength (seeds)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
