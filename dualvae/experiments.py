@@ -247,15 +247,13 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
     bs = budget.batch_sizes.get(run.model, budget.batch_size)
     t0 = time.time()
     if run.model == "dualvae":
-        from dualvae.train import TrainConfig, train
+        from dualvae.train import TrainConfig, list_checkpoints, train
 
         cfg = budget.configs["dualvae"]
-        train(TrainConfig(data=cache_file(out, budget, run.labels), out=rdir, steps=steps, batch_size=bs, width=cfg["width"],
-                          latent_dim=cfg["latent_dim"], image_size=budget.image_size, missing_ratio=run.missing_ratio,
-                          seed=run.seed, ckpt_every=points[0], keep_ckpts=len(points) + 1, resume="auto",
-                          progress=progress))
-        from dualvae.train import list_checkpoints
-
+        train(TrainConfig(data=cache_file(out, budget, run.labels), out=rdir, steps=steps, batch_size=bs,
+                          width=cfg["width"], latent_dim=cfg["latent_dim"], image_size=budget.image_size,
+                          missing_ratio=run.missing_ratio, seed=run.seed, ckpt_every=points[0],
+                          keep_ckpts=len(points) + 1, resume="auto", progress=progress))
         newest = list_checkpoints(os.path.join(rdir, "ckpt"))
         if not newest or checkpoint_step(newest[0]) != steps:  # stopped early (SIGTERM): not finished
             raise RuntimeError(f"{run.name}: training stopped before step {steps}; run the command again to "
