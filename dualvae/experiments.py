@@ -493,12 +493,11 @@ def ensure_runs(data: str, out: str, budget_name: str, runs: list[Run], jobs: in
     budget = BUDGETS[budget_name]
     os.makedirs(out, exist_ok=True)
     prepare_data(data, out, budget, progress=progress)
-    if any(r.labels for r in runs):
-        for k in sorted({r.labels for r in runs if r.labels}):
-            root = first_attributes_root(data, out, k)
-            from dualvae.data import prepare
+    from dualvae.data import prepare
 
-            prepare(root, cache_file(out, budget, k), image_size=budget.image_size, progress=False)
+    for k in sorted({r.labels for r in runs if r.labels}):
+        prepare(first_attributes_root(data, out, k), cache_file(out, budget, k), image_size=budget.image_size,
+                progress=False)
     ensure_classifier(data, out, budget_name, progress=progress)
     runs = sorted(set(runs), key=lambda r: (r.model != "stargan", -budget.steps[r.model], r.model,
                                             r.labels or 0, r.missing_ratio, r.seed))  # the costliest first
