@@ -125,18 +125,23 @@ def first_attributes_root(data: str, out: str, k: int) -> str:
     """A CelebA-format root holding only the first k attributes of `data` (the same images, linked), for the
     models trained on k labels: OUT/celeba-first<k>/."""
     from dualvae.checkpoint import write_text_atomic
+    from dualvae.data.celeba import ATTR_FILE, read_celeba_attributes
 
     root = os.path.join(out, f"celeba-first{k}")
     os.makedirs(root, exist_ok=True)
     for name in os.listdir(data):
-        if name != "list_attr_celeba.txt" and not os.path.lexists(os.path.join(root, name)):
+        if name != ATTR_FILE and not os.path.lexists(os.path.join(root, name)):
             os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(root, name))
-    from dualvae.data.celeba import read_celeba_attributes
-
     files, names, labels = read_celeba_attributes(data, check_images=False)
     rows = [f"{f} " + " ".join(str(int(v)) for v in row[:k].tolist()) for f, row in zip(files, labels)]
-    write_text_atomic(os.path.join(root, "list_attr_celeba.txt"),
-                      "\n".join([str(len(files)), " ".join(names[:k]), *rows]) + "\n")
+    text = "\n".join([str(len(files)), " ".join(names[:k]), *rows]) + "\n"
+    path = os.path.join(root, ATTR_FILE)
+    old = None
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    if old != text:  # every command calls this; rewrite only a change
+        write_text_atomic(path, text)
     return root
 
 
