@@ -23,10 +23,10 @@ import time
 import torch
 
 from dualvae import kernels
-from dualvae.checkpoint import write_json_atomic
+from dualvae.atomic import write_json_atomic
 from dualvae.model import DualVAE
 from dualvae.sysinfo import cpu_report
-from dualvae.train import TrainConfig, make_optimizers, train_step
+from dualvae.training.loop import TrainConfig, make_optimizers, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("reference", "cpu")

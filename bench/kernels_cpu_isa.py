@@ -130,7 +130,7 @@ def merge_into(prefix: str, comp: dict) -> None:
         report["cpu_fields_added_after"] = (f"{', '.join(added)}: filled in by bench/kernels_cpu_isa.py on the "
                                             "machine that made the measurement, right after it")
     report["isa_comparison"] = comp
-    from dualvae.checkpoint import write_text_atomic
+    from dualvae.atomic import write_text_atomic
     write_text_atomic(prefix + ".json", json.dumps(report, indent=1))
     with open(prefix + ".md", "a") as fh:
         fh.write(f"\nCPU: {report['cpu_model']}, ISA level {report['cpu_isa_level']} ({' '.join(report['cpu_isa'])}); "

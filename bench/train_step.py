@@ -42,7 +42,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from dualvae.checkpoint import write_json_atomic, write_text_atomic  # noqa: E402  (after the path: runnable from a checkout)
+from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402  (after the path: runnable from a checkout)
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -94,7 +94,7 @@ class Runner:
                  compile: bool, batch: int, size: int, width: int, threads: int):
         from dualvae.data import make_loader
         from dualvae.model import DualVAE
-        from dualvae.train import LossFns, TrainConfig, fused_losses, make_optimizers
+        from dualvae.training.loop import LossFns, TrainConfig, fused_losses, make_optimizers
 
         torch.manual_seed(0)
         self.device, self.batch = device, batch
@@ -114,7 +114,7 @@ class Runner:
         self.last_neg_elbo = None
 
     def _step(self, batch) -> None:
-        from dualvae.train import train_step
+        from dualvae.training.loop import train_step
 
         x, y, m = batch
         eps = torch.randn(len(x), self.cfg.latent_dim, generator=self.gen).to(self.device)

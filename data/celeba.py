@@ -21,6 +21,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dualvae.atomic import write_text_atomic
+
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
@@ -36,13 +38,6 @@ CELEBA_WIDTH, CELEBA_HEIGHT = 178, 218
 FACE_BOX = (0, 20, 178, 198)  # PIL box: left, upper, right, lower
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def format_attribute_rows(filenames: Sequence[str], labels: np.ndarray) -> list[str]:
     """Rows of list_attr_celeba.txt: name, then each value right-aligned in width 2 after a space."""
     return [name + "".join(f" {int(v):>2}" for v in row) for name, row in zip(filenames, labels)]
@@ -52,20 +47,20 @@ def write_celeba_attributes(root: str, filenames: Sequence[str], attr_names: Seq
     """Write list_attr_celeba.txt exactly as CelebA ships it (count line; names line ending with a space)."""
     labels = np.asarray(labels)
     lines = [str(len(filenames)), " ".join(attr_names) + " ", *format_attribute_rows(filenames, labels)]
-    _write_atomic(os.path.join(root, ATTR_FILE), "\n".join(lines) + "\n")
+    write_text_atomic(os.path.join(root, ATTR_FILE), "\n".join(lines) + "\n")
 
 
 def write_celeba_partition(root: str, filenames: Sequence[str], partition: Sequence[int]) -> None:
     """Write list_eval_partition.txt: `file split` per line (0 train, 1 val, 2 test)."""
     lines = [f"{name} {int(p)}" for name, p in zip(filenames, partition)]
-    _write_atomic(os.path.join(root, PARTITION_FILE), "\n".join(lines) + "\n")
+    write_text_atomic(os.path.join(root, PARTITION_FILE), "\n".join(lines) + "\n")
 
 
 def write_celeba_landmarks(root: str, filenames: Sequence[str], landmarks) -> None:
     """Write list_landmarks_align_celeba.txt: count, the 10 column names, then 10 integer coordinates a row."""
     landmarks = np.asarray(landmarks).round().astype(int)
     rows = [f"{name:<10}" + "".join(f" {int(v):>5}" for v in row) for name, row in zip(filenames, landmarks)]
-    _write_atomic(os.path.join(root, LANDMARKS_FILE), "\n".join([str(len(filenames)), " ".join(LANDMARK_NAMES), *rows]) + "\n")
+    write_text_atomic(os.path.join(root, LANDMARKS_FILE), "\n".join([str(len(filenames)), " ".join(LANDMARK_NAMES), *rows]) + "\n")
 
 
 def celeba_partition_of(index: int, num: int) -> int:

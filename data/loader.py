@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dualvae.atomic import atomic_output
+
 from .celeba import (
     ATTR_FILE,
     IMAGE_DIR,
@@ -769,10 +771,8 @@ def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = N
         split_position[rows] = np.arange(len(rows))
     split_sizes = [int((parts == sid).sum()) for sid in (0, 1, 2)]
 
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = f"{out}.tmp{os.getpid()}"
     try:
-        with h5py.File(tmp, "w") as f:
+        with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
             images = f.create_dataset("images", shape=(n, 3, s, s), maxshape=(None, 3, s, s), dtype=np.uint8,
                                       chunks=(min(CACHE_CHUNK_ROWS, max(n, 1)), 3, s, s))
             kept_rows: list[np.ndarray] = []
@@ -795,11 +795,8 @@ def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = N
             f.attrs.update(dualvae_cache_format=CACHE_FORMAT, image_size=s, source=os.path.abspath(celeba),
                            fingerprint=fingerprint, attr_names=json.dumps(list(attr_names)),
                            split_sizes=json.dumps(split_sizes), skipped=json.dumps(decoder.skipped))
-        os.replace(tmp, out)
     finally:
         decoder.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
     if decoder.skipped:
         log.warning("prepare: %d corrupt image(s) left out of %s", len(decoder.skipped), out)
     return {"out": out, "images": int(len(rows)), "skipped": list(decoder.skipped), "up_to_date": False}

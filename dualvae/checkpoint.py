@@ -4,32 +4,14 @@ str, int, float, bool, None) only, so loading one cannot run code. A file that c
 is refused (UnsafeCheckpointError), naming what it carries."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
-import shutil
 from collections import OrderedDict
 
 import torch
 
-
-def _write_atomic(path: str, write) -> str:
-    """write(f) into a temporary file in the same folder, fsync, then rename over `path`; on any error the
-    temporary file is removed and `path` is untouched."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+from dualvae.atomic import write_atomic
 
 
 # exact types: a numpy float64 is a float, but pickles as a numpy object
@@ -58,31 +40,7 @@ def save_atomic(obj, path: str) -> str:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`; `obj` must hold
     tensors and plain values only (check_plain), so that load_checkpoint can read it back."""
     check_plain(obj)
-    return _write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def copy_atomic(src: str, path: str) -> str:
-    """Copy file `src` to `path` the same way: readers see the old file or the whole copy."""
-    def write(f):
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f)
-
-    return _write_atomic(path, write)
-
-
-def write_text_atomic(path: str, text: str) -> str:
-    """Write a text file through a temporary file and a rename: readers see the old file or the new one."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def write_json_atomic(path: str, obj) -> str:
-    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 class UnsafeCheckpointError(ValueError):

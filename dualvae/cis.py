@@ -15,7 +15,6 @@ Two evaluators behind `conditional_inception_score`, which agree to 1e-5 (tests/
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,7 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from dualvae import batching
+from dualvae.precision import autocast, check_precision
 
+# fp16 would need a loss scale, which evaluation has no use for
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -114,8 +115,7 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
         raise ValueError(f"CIS: images must be a non-empty (N, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"CIS: precision must be one of {PRECISIONS}, got {precision!r}")
+    check_precision(precision, "CIS", PRECISIONS)
     batching.check_max_batch(max_batch, "CIS")
     f = classifier.probs if hasattr(classifier, "probs") else classifier
     for what, obj in (("model", model), ("classifier", getattr(f, "__self__", classifier))):
@@ -128,7 +128,7 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
         if source_labels.dim() != 2 or len(source_labels) != len(images):
             raise ValueError(f"CIS: source_labels has shape {tuple(source_labels.shape)}, expected "
                              f"({len(images)}, num_labels)")
-    with _autocast(images.device, precision):
+    with autocast(images.device, precision):
         if batched:
             results = _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress, source_labels)
         else:
@@ -146,12 +146,6 @@ def _check_lams(lam) -> tuple[list[float], bool]:
     if len(set(lams)) != len(lams):
         raise ValueError(f"CIS: lam has repeated values: {lam!r}")
     return lams, single
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _cis_loop(model, f, images, domain_idx, lam, progress) -> CISResult:

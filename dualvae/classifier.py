@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dualvae.checkpoint import load_model, save_atomic, write_json_atomic
+from dualvae.atomic import write_json_atomic
+from dualvae.checkpoint import load_model, save_atomic
 
 
 class AttributeClassifier(nn.Module):

@@ -49,7 +49,7 @@ def cmd_synth(a) -> None:
 
 
 def _train_config(a):
-    from dualvae.train import TrainConfig
+    from dualvae.training.loop import TrainConfig
 
     return TrainConfig(data=a.data, out=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                        label_lr=a.label_lr, label_optimizer=a.label_optimizer, alpha=a.alpha,
@@ -79,7 +79,7 @@ def cmd_prepare(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from dualvae.train import TrainingError, train
+    from dualvae.training.loop import TrainingError, train
 
     try:
         path = train(_train_config(a))
@@ -119,7 +119,7 @@ def cmd_transfer(a) -> None:
 
 
 def cmd_cis(a) -> None:
-    from dualvae.checkpoint import write_json_atomic
+    from dualvae.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep
     from dualvae.classifier import AttributeClassifier
     from dualvae.model import DualVAE
@@ -157,13 +157,13 @@ def cmd_demo(a) -> None:
     """synth -> train DualVAE -> train classifier -> transfer grid -> lam on val -> CIS on test."""
     import torch
 
-    from dualvae.checkpoint import write_json_atomic
+    from dualvae.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier, ClassifierConfig
     from dualvae.data import prepare
     from dualvae.data.synth import write_preview, write_synth_celeba
     from dualvae.model import DualVAE
-    from dualvae.train import TrainConfig, train
+    from dualvae.training.loop import TrainConfig, train
     from dualvae.transfer import write_transfer_grid
 
     t_start = time.time()

@@ -124,7 +124,7 @@ def data_file(out: str, budget: Budget) -> str:
 def first_attributes_root(data: str, out: str, k: int) -> str:
     """A CelebA-format root holding only the first k attributes of `data` (the same images, linked), for the
     models trained on k labels: OUT/celeba-first<k>/."""
-    from dualvae.checkpoint import write_text_atomic
+    from dualvae.atomic import write_text_atomic
     from dualvae.data.celeba import ATTR_FILE, read_celeba_attributes
 
     root = os.path.join(out, f"celeba-first{k}")
@@ -234,7 +234,8 @@ def _done_file(rdir: str) -> str:
 def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = False) -> str:
     """Train one model, keeping `curve_points` checkpoints (rdir/ckpt/step-N.pt); returns rdir/model.pt. A run is
     finished when rdir/train.json exists; DualVAE resumes an interrupted run from its newest step checkpoint."""
-    from dualvae.checkpoint import save_atomic, write_json_atomic
+    from dualvae.atomic import write_json_atomic
+    from dualvae.checkpoint import save_atomic
 
     budget = BUDGETS[budget_name]
     rdir = run_dir(out, budget_name, run)
@@ -252,7 +253,7 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
     bs = budget.batch_sizes.get(run.model, budget.batch_size)
     t0 = time.time()
     if run.model == "dualvae":
-        from dualvae.train import TrainConfig, list_checkpoints, train
+        from dualvae.training.loop import TrainConfig, list_checkpoints, train
 
         cfg = budget.configs["dualvae"]
         train(TrainConfig(data=cache_file(out, budget, run.labels), out=rdir, steps=steps, batch_size=bs,
@@ -396,11 +397,11 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     detector; and the training curve (test CIS at each kept checkpoint, at the final model's strengths). Written
     to rdir/eval.json (eval-dataset-labels.json with source_labels) and reused when it exists."""
     from dualvae.baselines.common import reconstruction_ratio
-    from dualvae.checkpoint import write_json_atomic
+    from dualvae.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score
     from dualvae.classifier import AttributeClassifier
     from dualvae.data import to_unit_range
-    from dualvae.train import list_checkpoints
+    from dualvae.training.loop import list_checkpoints
 
     budget = BUDGETS[budget_name]
     rdir = run_dir(out, budget_name, run)
@@ -466,7 +467,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
 
 
 def checkpoint_step(path: str) -> int:
-    from dualvae.train import CKPT_NAME
+    from dualvae.training.loop import CKPT_NAME
 
     return int(CKPT_NAME.search(os.path.basename(path)).group(1))
 
@@ -588,7 +589,7 @@ COLUMN_TITLES = {"20": "20 domains (block)", "20_trained": "20 domains (trained 
 
 
 def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str) -> dict:
-    from dualvae.checkpoint import write_json_atomic, write_text_atomic
+    from dualvae.atomic import write_json_atomic, write_text_atomic
 
     cols = _columns(results)
     doc = {"budget": budget_name, "seeds": seeds, "columns": cols}
@@ -752,7 +753,7 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
     """DualVAE at each missing ratio s over its strength sweep (seed means, validation), StarGAN at s = 0
     and 0.9 at both protocols' strengths; a JSON of CIS per s and protocol; and a grid: test images transferred
     to blond hair, eyeglasses and a mustache by DualVAE and StarGAN trained at s = 0.9 (the paper's Fig. 6)."""
-    from dualvae.checkpoint import write_json_atomic
+    from dualvae.atomic import write_json_atomic
     from dualvae.data import to_unit_range
     from dualvae.transfer import save_grid_png
 
@@ -903,7 +904,7 @@ def _attr_names(data: str) -> list[str]:
 
 
 def cmd_experiment(a) -> None:
-    from dualvae.checkpoint import write_json_atomic, write_text_atomic
+    from dualvae.atomic import write_json_atomic, write_text_atomic
 
     if a.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {a.seeds}")

@@ -10,7 +10,7 @@ import torch
 
 from dualvae import baselines
 from dualvae.checkpoint import UnsafeCheckpointError, check_plain, load_checkpoint, save_atomic
-from dualvae.distributed import Dist
+from dualvae.training.distributed import Dist
 from dualvae.model import DualVAE
 
 MARKER = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dualvae-test-checkpoint-ran-{os.getpid()}")
@@ -58,7 +58,7 @@ def test_old_checkpoint_with_numpy_rng_state_says_to_resave(tmp_path):
 
 
 def test_auto_resume_stops_at_an_unsafe_checkpoint_instead_of_falling_back(tmp_path):
-    from dualvae.train import TrainConfig, _find_resume
+    from dualvae.training.loop import TrainConfig, _find_resume
 
     ckpt = tmp_path / "run" / "ckpt"
     save_atomic({"kind": "dualvae", "v": 1}, str(ckpt / "step-000000002.pt"))
@@ -118,7 +118,7 @@ def test_every_model_kind_goes_through_one_loader(tmp_path):
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
-    from dualvae.train import _rng_state, _set_rng_state
+    from dualvae.training.loop import _rng_state, _set_rng_state
 
     gen, d = torch.Generator().manual_seed(3), Dist()
     np.random.seed(5)

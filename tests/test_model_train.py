@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dualvae.model import DualVAE
-from dualvae.train import TrainConfig, draw_label_mask, make_optimizers, train_step
+from dualvae.training.loop import TrainConfig, draw_label_mask, make_optimizers, train_step
 
 
 def tiny_model(**kw):

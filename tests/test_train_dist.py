@@ -19,7 +19,7 @@ import torch
 from dualvae.checkpoint import load_checkpoint
 from dualvae.cli import main
 from dualvae.model import DualVAE
-from dualvae.train import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
+from dualvae.training.loop import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
 
 # 40 training images, global batch 8: 5 steps an epoch; tiny nets so that a step takes a few ms.
 TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=40, progress=False, deterministic=True,
@@ -171,7 +171,7 @@ def test_resume_refuses_other_settings(cache, reference_run, tmp_path):
 
 
 def _inject_nan(monkeypatch, at_calls):
-    import dualvae.train as T
+    import dualvae.training.loop as T
 
     orig, calls = T.gaussian_recon_nll, [0]
 
@@ -237,7 +237,7 @@ def test_sigterm_writes_a_loadable_checkpoint_and_exits_cleanly(cache, tmp_path)
 
 
 def test_oom_names_the_batch_size(cache, tmp_path, monkeypatch):
-    from dualvae.train import LossFns
+    from dualvae.training.loop import LossFns
 
     def oom(self, x, eps):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -264,7 +264,7 @@ def test_compile_matches_eager(cache, tmp_path, backend):
     """--compile: both losses, with the dualvae:: ops (the C++ CPU kernels; Triton through its interpreter),
     through torch.compile(fullgraph=True), where a graph break would raise: the same losses as eager."""
     from dualvae import kernels
-    from dualvae.train import fused_losses
+    from dualvae.training.loop import fused_losses
 
     if backend == "cpu" and not kernels.has_compiled_ops():
         pytest.skip("the C++ CPU kernels are not built")

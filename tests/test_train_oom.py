@@ -8,10 +8,10 @@ import weakref
 import pytest
 import torch
 
-import dualvae.train as T
+import dualvae.training.loop as T
 from dualvae.cli import main
-from dualvae.distributed import Dist
-from dualvae.train import TrainConfig, TrainingOOMError, train
+from dualvae.training.distributed import Dist
+from dualvae.training.loop import TrainConfig, TrainingOOMError, train
 
 TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=16, progress=False, device="cpu",
             data_backend="pil", workers=0)

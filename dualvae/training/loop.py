@@ -19,14 +19,13 @@ The missing-label indicator I (1 = observed) is drawn once per run from `missing
 whole training label matrix, and saved in the checkpoint.
 
 At scale and under faults (README, "Training at scale"): under torchrun every process runs `train` on its shard
-of the global batch, gradients and metrics summed before each of the two steps (dualvae.distributed); autocast
+of the global batch, gradients and metrics summed before each of the two steps (dualvae.training.distributed); autocast
 (`precision`), torch.compile of the two losses (`compile`); rotating checkpoints in out/ckpt with everything a
 resume needs (optimizers, scaler, epoch position, RNG states), `resume="auto"` past corrupt files; a NaN/inf
 loss stops (or is skipped), SIGTERM checkpoints and returns, out-of-memory names the batch size.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import gc
 import glob
@@ -45,14 +44,14 @@ import torch
 from tqdm import tqdm
 
 from dualvae import kernels
-from dualvae.checkpoint import (UnsafeCheckpointError, copy_atomic, load_checkpoint, save_atomic, write_json_atomic,
-                                write_text_atomic)
+from dualvae.atomic import copy_atomic, write_json_atomic, write_text_atomic
+from dualvae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
 from dualvae.data import draw_label_mask, make_loader  # noqa: F401  (draw_label_mask: re-exported for callers)
-from dualvae.distributed import (Dist, barrier, broadcast_object, convert_batchnorm, gather_objects, init_from_env,
+from dualvae.training.distributed import (Dist, barrier, broadcast_object, convert_batchnorm, gather_objects, init_from_env,
                                  reduce_grads_and_stats, shutdown)
 from dualvae.model import DualVAE
+from dualvae.precision import autocast, check_precision
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Fields a resumed run must share with the checkpoint it resumes (the data stream and the model depend on them).
 RESUME_FIELDS = ("image_size", "latent_dim", "width", "batch_size", "seed", "missing_ratio", "limit")
 
@@ -154,11 +153,6 @@ def fused_losses(kernel_backend: str, device: torch.device) -> bool:
     return kernels.ops._resolve_backend("train", kernel_backend, device, torch.float32) != "reference"
 
 
-def _autocast(device: torch.device, precision: str):
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
 def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dist: Dist | None = None,
                fns: LossFns | None = None, scaler=None, stop: bool = False) -> dict | None:
     """One iteration of Algorithm 1 on a batch: the VAE step with g, then the label step with g_e.
@@ -170,7 +164,7 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
     """
     d = dist or Dist(device=x.device)
     fns = fns or LossFns(model, cfg)
-    amp = _autocast(x.device, cfg.precision)
+    amp = autocast(x.device, cfg.precision)
     n = torch.tensor([float(len(x))], device=x.device)
     if d.enabled:  # the global row count divides the mean loss of every rank
         n = reduce_grads_and_stats([], n, d)
@@ -221,9 +215,8 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
 def train(cfg: TrainConfig) -> str:
     """Train DualVAE on the training split of a CelebA-format root or a cache written by `dualvae prepare`;
     returns the path of out/model.pt. Under torchrun, every process runs this with the same cfg (see
-    dualvae.distributed); only rank 0 writes files."""
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {cfg.precision!r}")
+    dualvae.training.distributed); only rank 0 writes files."""
+    check_precision(cfg.precision, "train")
     if cfg.ckpt_every < 1 or cfg.keep_ckpts < 1:
         raise ValueError(f"ckpt_every and keep_ckpts must be >= 1, got {cfg.ckpt_every} and {cfg.keep_ckpts}")
     d = init_from_env(cfg.device)
@@ -519,7 +512,7 @@ def _oom_message(cfg: TrainConfig, d: Dist, error: str, probe) -> str:
 
 def _fits(model, fns, cfg, x, y, m, eps) -> None:
     """A forward + backward of both losses on this batch (no optimizer step); raises when it does not fit."""
-    with _autocast(x.device, cfg.precision):
+    with autocast(x.device, cfg.precision):
         r, k = fns.vae(x, eps)
         nll, _, _ = fns.label(x, y, m, eps)
     (r + k + nll).backward()
