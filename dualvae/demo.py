@@ -1,0 +1,151 @@
+"""`dualvae demo` (`make demo`): the whole job on generated data, in five stages.
+
+    1. synth     CelebA-format cartoon faces with 40 attributes (dualvae.data.synth)
+    2. train     DualVAE (Algorithm 1) on an HDF5 cache of them, and in parallel the attribute classifier f
+    3. wait      for f, and report its test AUC
+    4. lam       choose the transfer strength lam on the validation split (CIS of each candidate, one pass)
+    5. CIS       Algorithm 2 on the test split at that lam; the transfer grid, the sweep plot and cis.json
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DemoConfig:
+    out: str = field(default="demo-out", metadata={"help": "output folder (data, run, classifier, pictures)"})
+    num: int = field(default=6000, metadata={"help": "generated images"})
+    steps: int = field(default=800, metadata={"help": "DualVAE training steps"})
+    classifier_steps: int = field(default=900, metadata={"help": "attribute classifier training steps"})
+    batch_size: int = field(default=64, metadata={"help": "DualVAE batch size"})
+    width: int = field(default=24, metadata={"help": "DualVAE conv width (channels of the first conv)"})
+    missing_ratio: float = field(default=0.0, metadata={"help": "share s of training labels hidden (mask I)"})
+    num_images: int = field(default=160, metadata={"help": "test images for CIS"})
+    val_images: int = field(default=64, metadata={"help": "validation images for choosing lam"})
+    lams: list[float] = field(default_factory=lambda: [16.0, 24.0, 32.0, 40.0, 48.0, 64.0],
+                              metadata={"help": "lam candidates, separated by commas"})
+    domains: int = field(default=40, metadata={"help": "domains scored (the first k attributes)"})
+    seed: int = field(default=0, metadata={"help": "seed of the data, the models and the label mask"})
+
+
+def _train_classifier_with_threads(cfg, threads: int):
+    import torch
+
+    from dualvae.classifier import train_classifier
+
+    torch.set_num_threads(threads)
+    return train_classifier(cfg)
+
+
+def _start_classifier(c: DemoConfig, data: str, out: str):
+    """f trains in a second process while DualVAE trains here: on these small convs two single-threaded
+    processes get more done than one process with two threads. Returns (process, checkpoint path, its threads)."""
+    import torch
+
+    from dualvae.classifier import ClassifierConfig
+
+    cfg = ClassifierConfig(data=data, out=os.path.join(out, "classifier.pt"), steps=c.classifier_steps,
+                           seed=c.seed, progress=False)
+    threads = max(1, torch.get_num_threads() // 3)
+    # spawn: a fork after OpenMP has run can hang the child; non-daemonic, so its loading may use a pool
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_train_classifier_with_threads, args=(cfg, threads), name="train-classifier")
+    proc.start()
+    return proc, cfg.out, threads
+
+
+def _train_dualvae(c: DemoConfig, data: str, out: str, threads: int) -> str:
+    import torch
+
+    from dualvae.data import prepare
+    from dualvae.training.loop import TrainConfig, train
+
+    all_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cache = os.path.join(out, "data-64.h5")  # decoded once (DALI); training gathers batches from memory
+        prepare(data, cache, image_size=64, progress=False)
+        return train(TrainConfig(data=cache, out=os.path.join(out, "run"), steps=c.steps, batch_size=c.batch_size,
+                                 width=c.width, missing_ratio=c.missing_ratio, seed=c.seed))
+    finally:
+        torch.set_num_threads(all_threads)
+
+
+def run_demo(c: DemoConfig) -> None:
+    import torch
+
+    from dualvae.atomic import write_json_atomic
+    from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
+    from dualvae.classifier import AttributeClassifier
+    from dualvae.cli import _load_images
+    from dualvae.data.synth import write_preview, write_synth_celeba
+    from dualvae.model import DualVAE
+    from dualvae.transfer import write_transfer_grid
+
+    t_start = time.time()
+    out = os.path.abspath(c.out)
+    data = os.path.join(out, "data")
+    timings = {}
+
+    def stage(name):
+        timings[name] = round(time.time() - t_start - sum(timings.values()), 1)
+
+    print(f"[1/5] generating {c.num} CelebA-format cartoon faces -> {data}")
+    write_synth_celeba(data, num=c.num, seed=c.seed)
+    preview = write_preview(data, os.path.join(out, "synth_preview.png"))
+    stage("synth")
+    print(f"[2/5] training DualVAE ({c.steps} steps, batch {c.batch_size}) and, in parallel, the attribute "
+          f"classifier ({c.classifier_steps} steps)")
+    clf_proc, clf_path, clf_threads = _start_classifier(c, data, out)
+    try:
+        model_path = _train_dualvae(c, data, out, max(1, torch.get_num_threads() - clf_threads))
+    except BaseException:
+        clf_proc.terminate()
+        raise
+    stage("train")
+    print("[3/5] waiting for the attribute classifier")
+    clf_proc.join()
+    if clf_proc.exitcode != 0:
+        raise RuntimeError(f"training the attribute classifier failed (exit code {clf_proc.exitcode}); "
+                           f"its traceback is printed above")
+    report_path = os.path.splitext(clf_path)[0] + ".json"
+    with open(report_path) as f:
+        report = json.load(f)
+    stage("classifier")
+    print(f"  classifier test AUC: mean {report['mean_auc']:.3f}, min {report['min_auc']:.3f} "
+          f"(report: {report_path})")
+
+    model, clf = DualVAE.load(model_path), AttributeClassifier.load(clf_path)
+    val_images, _ = _load_images(data, "val", c.val_images, model.config.image_size)
+    test_images, _ = _load_images(data, "test", c.num_images, model.config.image_size)
+    print(f"[4/5] choosing lam on {len(val_images)} validation images over {c.lams}")
+    with torch.no_grad():
+        best_lam, sweep = sweep_lam(model, clf, val_images, c.lams, domains=c.domains, progress=True)
+    for lam, r in sweep.items():
+        print(f"  val lam={lam:<5g} ts {r.ts:+.4f}  rs {r.rs:+.4f}  CIS {r.cis:+.4f}")
+    sweep_png = plot_sweep(sweep, os.path.join(out, "lam_sweep_val.png"),
+                           title=f"DualVAE, {len(val_images)} val images, {c.domains} domains")
+    grid = write_transfer_grid(model, test_images[:8], os.path.join(out, "transfer_grid.png"), lam=best_lam,
+                               domains=c.domains)
+    stage("lam_sweep_and_grid")
+
+    print(f"[5/5] CIS on {len(test_images)} test images, {c.domains} domains, lam={best_lam:g}")
+    result = conditional_inception_score(model, clf, test_images, domains=c.domains, lam=best_lam, progress=True)
+    stage("cis")
+    cis = result.as_dict(model.attr_names)
+    cis.update(lam_chosen_on="val",
+               val_sweep={str(k): {"ts": v.ts, "rs": v.rs, "cis": v.cis} for k, v in sweep.items()},
+               classifier_test_mean_auc=report["mean_auc"], classifier_test_min_auc=report["min_auc"],
+               seconds=timings, total_seconds=round(time.time() - t_start, 1))
+    cis_path = write_json_atomic(os.path.join(out, "cis.json"), cis)
+    print(f"\nCIS = {result.cis:.4f} (ts {result.ts:.4f}, rs {result.rs:.4f}), test split, lam={best_lam:g}, "
+          f"{time.time() - t_start:.0f} s in all")
+    for what, path in [("data", data), ("synth preview", preview), ("model", model_path),
+                       ("loss plot", os.path.join(out, "run", "loss.png")), ("classifier", clf_path),
+                       ("classifier report", report_path), ("transfer grid", grid),
+                       ("lam sweep (val)", sweep_png), ("CIS", cis_path)]:
+        print(f"  {what:<18} {path}")

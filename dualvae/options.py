@@ -1,0 +1,81 @@
+"""Command-line options generated from config dataclasses: each field's default, type, choices and help are
+written once, on the field (`field(default=..., metadata={"help": ..., "choices": ...})`), and `--help` states
+every default.
+
+A field becomes `--field-name`: required when it has no default; a bool defaulting to False a switch; one
+defaulting to True a `--name/--no-name` pair; `list[float]` numbers separated by commas; `X | None` an optional
+X. `metadata={"cli": False}` keeps a field off the command line (its default is used).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+
+def number_list(text: str) -> list[float]:
+    """'16,32,64' -> [16.0, 32.0, 64.0]."""
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _base_type(hint):
+    """The type a value is parsed as: X for `X | None` and `Optional[X]`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _default_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def cli_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser:
+    """One option per field of dataclass `cls` (see the module docstring)."""
+    hints = typing.get_type_hints(cls)
+    for f in cli_fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        typ, default, help_ = _base_type(hints[f.name]), _default(f), f.metadata.get("help", "")
+        kw: dict = {"dest": f.name}
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        if "metavar" in f.metadata:
+            kw["metavar"] = f.metadata["metavar"]
+        if default is dataclasses.MISSING:
+            kw["required"] = True
+        elif typ is bool:
+            kw.update(action=argparse.BooleanOptionalAction if default else "store_true", default=default)
+            help_ += f" (default: {'on' if default else 'off'})"
+        else:
+            kw["default"] = default
+            help_ += f" (default: {_default_text(default)})"
+        if typ is not bool:
+            kw["type"] = number_list if typing.get_origin(typ) is list else typ
+        parser.add_argument(flag, help=help_, **kw)
+    return parser
+
+
+def config_from(cls, args: argparse.Namespace):
+    """`cls` built from the parsed options of `add_options(parser, cls)`."""
+    return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
