@@ -9,8 +9,8 @@ import os
 
 import torch
 
-from dualvae.experiments.budgets import BUDGETS, FAILED_RATIO, MAX_GRID_EXTENSIONS, PROTOCOLS, UNIT, Budget, \
-    domain_counts
+from dualvae.experiments.budgets import (BUDGETS, FAILED_RATIO, MAX_GRID_EXTENSIONS, PROTOCOLS, UNIT, Budget,
+                                         domain_counts)
 from dualvae.experiments.prepare import classifier_file, load_data
 from dualvae.experiments.runs import Run, checkpoint_step, curve_steps, load_model_file, run_dir
 

@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from dualvae.experiments.budgets import BUDGETS, COLORS, COLUMN_TITLES, FIG6_DOMAINS, LABELS, MISSING_RATIOS, \
-    MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS
+from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, FIG6_DOMAINS, LABELS, MISSING_RATIOS,
+                                         MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS)
 from dualvae.experiments.evaluate import mean_std
 from dualvae.experiments.prepare import load_data
 from dualvae.experiments.runs import Run, load_model_file, run_dir
