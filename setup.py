@@ -44,7 +44,8 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=["dualvae", "dualvae.baselines", "dualvae.training", "dualvae.kernels", "dualvae.data"],
+    packages=["dualvae", "dualvae.baselines", "dualvae.training", "dualvae.kernels", "dualvae.data",
+              "dualvae.experiments"],
     package_dir={"dualvae": "dualvae", "dualvae.kernels": "kernels", "dualvae.data": "data"},
     ext_modules=[CMakeExtension("dualvae.kernels._C", sourcedir=ROOT)],
     cmdclass={"build_ext": CMakeBuild},

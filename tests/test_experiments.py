@@ -204,3 +204,25 @@ def test_experiment_all_tiny_two_seeds_in_two_processes(synth_root, tmp_path):
                  "--jobs", "2", "--quiet"]) == 0
     table = json.load(open(os.path.join(out, "table1.json")))
     assert all(len(table["tuned"][m]["40"]["per_seed"]) == 2 for m in E.MODELS)
+
+
+def test_the_options_come_from_experiment_config(capsys):
+    import argparse
+    import dataclasses
+
+    from dualvae.experiments.cli import config_from_args
+
+    parser = argparse.ArgumentParser()
+    E.add_dataclass_options(parser, E.ExperimentConfig)
+    a = parser.parse_args(["fig4", "--data", "D", "--out", "O", "--source-labels", "dataset", "--quiet"])
+    cfg = config_from_args(E.ExperimentConfig, a)
+    assert cfg == E.ExperimentConfig(which="fig4", data="D", out="O", source_labels="dataset", quiet=True)
+    assert (cfg.seeds, cfg.budget, cfg.jobs) == (3, "medium", 1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fig4", "--data", "D", "--out", "O", "--budget", "huge"])  # not one of the choices
+    with pytest.raises(SystemExit):
+        main(["experiment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(E.ExperimentConfig):
+        if f.default is not dataclasses.MISSING:
+            assert f"(default: {f.default})" in text, f.name

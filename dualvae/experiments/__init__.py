@@ -1,0 +1,53 @@
+"""The paper's experiments (Sec. 5) as commands: Table 1, Figures 4, 5 and 6, and training curves.
+
+    dualvae experiment table1|fig4|fig5|fig6|curves|all --data DIR --out DIR [--seeds 3]
+                       [--budget tiny|small|medium|paper] [--jobs 1] [--source-labels predicted|dataset]
+
+Every command works from one cache of trained runs, OUT/runs/<budget>/<model>[-n20]-s<missing ratio>-seed<seed>/,
+so the commands share their runs, a second command trains nothing it already has, and an interrupted command
+picks up where it stopped (DualVAE resumes from its last step checkpoint; a baseline that was cut short retrains).
+A cached run trained with other steps than the budget's is refused, not silently reused.
+
+One run = train the model on the training split with the missing-label mask I = draw_label_mask(seed, s), keeping
+`curve_points` checkpoints along the way; choose each transfer strength on the validation split; score the test
+split. Two protocols:
+- paper_default: each label-conditioned baseline at its own unit strength (CVAE y_i <- 1, FaderNetworks alpha = 1,
+  StarGAN c_i = 1); DualVAE at the lambda chosen on validation (lambda is its only knob);
+- tuned: every model's strength chosen on validation from a grid that brackets the optimum (a choice on a grid
+  edge extends the grid: doubled above, halved below, until the optimum is interior).
+The test split is scored as `test_subsets` disjoint subsets of `subset_images` images (CIS mean and std over them,
+as the paper's "calculated several times"), at 40 domains and at 20 (the top-left 20 x 20 block of the same M);
+models trained on the first 20 attributes only (`-n20` runs) are scored at 20 domains. With fewer attributes than
+40 the domain counts that do not exist are skipped (and the command says so). One classifier f, trained once per
+budget on the training split with every label, scores every model. A failed model (noise, or one image for every
+input) is told apart by its reconstruction ratio (`baselines.common.reconstruction_ratio`).
+
+Budgets: `tiny` (CI: seconds), `small` (a quick look: 32x32, hundreds of steps), `medium` (the committed results:
+32x32, thousands of steps, sized for 2 CPU cores with --jobs 2), `paper` (the full protocol: 64x64, the original
+architectures, long training; for a GPU and real CelebA).
+
+Modules: budgets (what is compared, at what size), prepare (the data and f, once per OUT), runs (one run: its
+training and cache folder), evaluate (one run's scores), pool (every run a command needs), figures (Table 1,
+Figs. 4-6, training curves), claims (the verdicts), cli (the subcommand and its ExperimentConfig).
+"""
+from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, DOMAIN_COUNTS, FAILED_RATIO, FIG6_DOMAINS,
+                                         LABELS, MISSING_RATIOS, MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS,
+                                         UNIT, Budget, domain_counts)
+from dualvae.experiments.claims import claims, claims_markdown
+from dualvae.experiments.cli import (COMMANDS, ExperimentConfig, add_dataclass_options, add_experiment_parser,
+                                     cmd_experiment, run_experiment)
+from dualvae.experiments.evaluate import choose_strength, evaluate_run, is_bracketed, mean_std, score_model
+from dualvae.experiments.figures import make_curves, make_fig4, make_fig5, make_fig6, make_table1, stack_pngs
+from dualvae.experiments.pool import ensure_runs
+from dualvae.experiments.prepare import ensure_classifier, first_attributes_root, load_data, prepare_data
+from dualvae.experiments.runs import Run, curve_steps, fig6_runs, load_model_file, run_dir, table1_runs, train_run
+
+__all__ = [
+    "BUDGETS", "COLORS", "COLUMN_TITLES", "COMMANDS", "DOMAIN_COUNTS", "FAILED_RATIO", "FIG6_DOMAINS", "LABELS",
+    "MISSING_RATIOS", "MODELS", "PAPER_TABLE1", "PROTOCOL_TITLES", "PROTOCOLS", "UNIT", "Budget", "ExperimentConfig",
+    "Run", "add_dataclass_options", "add_experiment_parser", "choose_strength", "claims", "claims_markdown",
+    "cmd_experiment", "curve_steps", "domain_counts", "ensure_classifier", "ensure_runs", "evaluate_run",
+    "fig6_runs", "first_attributes_root", "is_bracketed", "load_data", "load_model_file", "make_curves", "make_fig4",
+    "make_fig5", "make_fig6", "make_table1", "mean_std", "prepare_data", "run_dir", "run_experiment", "score_model",
+    "stack_pngs", "table1_runs", "train_run",
+]

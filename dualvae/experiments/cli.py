@@ -1,0 +1,153 @@
+"""`dualvae experiment`: its options as one dataclass (ExperimentConfig), the argparse options built from it, and
+the command that makes the tables, figures and claims from the cached runs."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+import typing
+from dataclasses import dataclass, field
+
+import torch
+
+from dualvae.experiments.budgets import BUDGETS, DOMAIN_COUNTS, domain_counts
+from dualvae.experiments.claims import claims, claims_markdown
+from dualvae.experiments.figures import make_curves, make_fig4, make_fig5, make_fig6, make_table1
+from dualvae.experiments.pool import ensure_runs
+from dualvae.experiments.runs import fig6_runs, table1_runs
+
+COMMANDS = ("table1", "fig4", "fig5", "fig6", "curves", "all")
+
+
+@dataclass
+class ExperimentConfig:
+    """The options of `dualvae experiment`: one field per option, with its help, choices and default."""
+    which: str = field(metadata={"help": "what to make (all: every table and figure, then the claims)",
+                                 "choices": COMMANDS, "positional": True})
+    data: str = field(metadata={"help": "CelebA-format root (real CelebA, or `dualvae synth` output)"})
+    out: str = field(metadata={"help": "output folder; trained runs are cached in OUT/runs/BUDGET/"})
+    seeds: int = field(default=3, metadata={"help": "seeds per model (mean ± std over them)"})
+    budget: str = field(default="medium", metadata={
+        "help": "tiny: CI smoke test; small: a quick look; medium: the committed results (2 CPU cores, generated "
+                "data, under 2 h); paper: the full protocol (GPU)", "choices": tuple(BUDGETS)})
+    jobs: int = field(default=1, metadata={"help": "runs trained at once, one thread each when > 1"})
+    source_labels: str = field(default="predicted", metadata={
+        "help": "the source labels label-conditioned models start a transfer from: their own prediction from x "
+                "(predicted), or the dataset's labels of the image (dataset)", "choices": ("predicted", "dataset")})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One argparse option per field of the dataclass `cls`: --field-name (a positional argument where the
+    field's metadata says "positional"), typed by its annotation, with the metadata's "help" and "choices".
+    A field without a default is required; a bool is a flag that defaults to False. The help shows every default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        has_default = f.default is not dataclasses.MISSING
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"add_dataclass_options: {cls.__name__}.{f.name} has a default_factory; give it a "
+                            f"plain default")
+        if kind is bool and f.default is not False:
+            raise TypeError(f"add_dataclass_options: {cls.__name__}.{f.name} is a flag, so its default must be "
+                            f"False, got {f.default!r}")
+        help_ = f.metadata.get("help", "") + (f" (default: {f.default})" if has_default else "")
+        kw = {"help": help_}
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        if kind is bool:
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = kind
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, **kw)
+        elif has_default:
+            parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), required=True, **kw)
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """The dataclass `cls` filled from the options add_dataclass_options registered."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _attr_names(data: str) -> list[str]:
+    from dualvae.data.celeba import ATTR_FILE, read_celeba_attributes
+
+    if not os.path.exists(os.path.join(data, ATTR_FILE)):
+        raise FileNotFoundError(f"--data {data}: no {ATTR_FILE} (a CelebA-format root has one)")
+    return read_celeba_attributes(data, check_images=False)[1]
+
+
+def run_experiment(cfg: ExperimentConfig) -> None:
+    """Train and evaluate the runs `cfg.which` needs (those not cached yet), then write its tables and figures,
+    the claims for `all`, and OUT/timing-<which>.json."""
+    from dualvae.atomic import write_json_atomic, write_text_atomic
+
+    if cfg.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
+    if cfg.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
+    if not os.path.isdir(cfg.data):
+        raise FileNotFoundError(f"--data {cfg.data} is not a folder (make one with `dualvae synth --out DIR`)")
+    t0 = time.time()
+    out = os.path.abspath(cfg.out)
+    n_attrs = len(_attr_names(cfg.data))
+    counts = domain_counts(n_attrs)
+    skipped = [k for k in DOMAIN_COUNTS if k not in counts]
+    if skipped:
+        print(f"experiment: {cfg.data} has {n_attrs} attributes; scoring {counts} domains, skipping "
+              f"{', '.join(str(k) for k in skipped)} domains" + ("" if n_attrs >= 40 else
+                                                                 " and the models trained on 20 attributes"))
+    which = cfg.which
+    source_labels = cfg.source_labels == "dataset"
+    runs = []
+    if which in ("table1", "fig4", "fig5", "curves", "all"):
+        runs += table1_runs(cfg.seeds, n_attrs) if which in ("table1", "all") else table1_runs(cfg.seeds, 0)
+    if which in ("fig6", "all"):
+        runs += fig6_runs(cfg.seeds)
+    results = ensure_runs(cfg.data, out, cfg.budget, runs, jobs=cfg.jobs, progress=not cfg.quiet,
+                          source_labels=source_labels)
+    table = fig6 = None
+    written = []
+    if which in ("table1", "all"):
+        table = make_table1(out, results, cfg.seeds, cfg.budget)
+        written += ["table1.md", "table1.json"]
+    if which in ("fig4", "all"):
+        written.append(os.path.basename(make_fig4(out, results, cfg.seeds)))
+    if which in ("curves", "all"):
+        written.append(os.path.basename(make_curves(out, results, cfg.seeds)))
+    if which in ("fig5", "all"):
+        written.append(os.path.basename(make_fig5(out, cfg.budget, results)))
+    if which in ("fig6", "all"):
+        fig6 = make_fig6(out, cfg.budget, results, cfg.seeds)
+        written += ["fig6.png", "fig6.json", "fig6_images.png"]
+    if which == "all":
+        verdicts = claims(table, fig6)
+        write_json_atomic(os.path.join(out, "claims.json"), verdicts)
+        write_text_atomic(os.path.join(out, "claims.md"), claims_markdown(verdicts))
+        written += ["claims.json", "claims.md"]
+        for c in verdicts:
+            v = c["holds"]
+            print(f"  {c['protocol']:13} {v if isinstance(v, str) else ('HOLDS' if v else 'FAILS'):10} {c['claim']}")
+    seconds = round(time.time() - t0, 1)
+    write_json_atomic(os.path.join(out, f"timing-{which}.json"),
+                      {"command": which, "budget": cfg.budget, "seeds": cfg.seeds, "jobs": cfg.jobs,
+                       "seconds": seconds, "run_seconds": {r.name: res.get("seconds") for r, res in results.items()},
+                       "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                       "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
+    print(f"experiment {which}: {seconds:.0f} s; wrote " + ", ".join(os.path.join(out, w) for w in written))
+
+
+def cmd_experiment(a: argparse.Namespace) -> None:
+    run_experiment(config_from_args(ExperimentConfig, a))
+
+
+def add_experiment_parser(sub) -> None:
+    """Register `dualvae experiment` on the CLI's subparsers, its options from ExperimentConfig."""
+    e = sub.add_parser("experiment", help="the paper's experiments: Table 1, Figures 4-6, training curves "
+                                          "(runs cached in OUT)")
+    add_dataclass_options(e, ExperimentConfig)
+    e.set_defaults(func=cmd_experiment)

@@ -1,0 +1,91 @@
+"""The data and the classifier, prepared once per output folder and shared by every run: the decoded splits at
+the budget's image size, DualVAE's HDF5 caches, and f."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dualvae.experiments.budgets import BUDGETS, Budget
+
+
+def data_file(out: str, budget: Budget) -> str:
+    return os.path.join(out, f"data-{budget.image_size}-v{budget.val_images}-t{budget.test_images}.pt")
+
+
+def first_attributes_root(data: str, out: str, k: int) -> str:
+    """A CelebA-format root holding only the first k attributes of `data` (the same images, linked), for the
+    models trained on k labels: OUT/celeba-first<k>/."""
+    from dualvae.atomic import write_text_atomic
+    from dualvae.data.celeba import ATTR_FILE, read_celeba_attributes
+
+    root = os.path.join(out, f"celeba-first{k}")
+    os.makedirs(root, exist_ok=True)
+    for name in os.listdir(data):
+        if name != ATTR_FILE and not os.path.lexists(os.path.join(root, name)):
+            os.symlink(os.path.abspath(os.path.join(data, name)), os.path.join(root, name))
+    files, names, labels = read_celeba_attributes(data, check_images=False)
+    rows = [f"{f} " + " ".join(str(int(v)) for v in row[:k].tolist()) for f, row in zip(files, labels)]
+    text = "\n".join([str(len(files)), " ".join(names[:k]), *rows]) + "\n"
+    path = os.path.join(root, ATTR_FILE)
+    old = None
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    if old != text:  # every command calls this; rewrite only a change
+        write_text_atomic(path, text)
+    return root
+
+
+def cache_file(out: str, budget: Budget, labels: int | None = None) -> str:
+    """DualVAE's HDF5 cache: OUT/data-S.h5, or OUT/data-S-first<k>.h5 for the first k attributes."""
+    return os.path.join(out, f"data-{budget.image_size}" + (f"-first{labels}" if labels else "") + ".h5")
+
+
+def prepare_data(data: str, out: str, budget: Budget, progress: bool = True) -> str:
+    """Decode the splits once at the budget's image size: OUT/data-S-vV-tT.pt (uint8 images, 0/1 labels; train,
+    and the first V / T images of val and test) and, for DualVAE's trainer, the HDF5 cache OUT/data-S.h5."""
+    from dualvae.checkpoint import save_atomic
+    from dualvae.data import labels_to_binary, load_split, prepare
+
+    path = data_file(out, budget)
+    if not os.path.exists(path):
+        splits = {}
+        for split, limit in (("train", None), ("val", budget.val_images), ("test", budget.test_images)):
+            s = load_split(data, split, image_size=budget.image_size, limit=limit, progress=progress)
+            splits[split] = {"images": s.images, "labels": labels_to_binary(s.labels), "filenames": s.filenames}
+        splits["attr_names"] = list(s.attr_names)
+        save_atomic(splits, path)
+    prepare(data, cache_file(out, budget), image_size=budget.image_size, progress=False)
+    return path
+
+
+def load_data(out: str, budget: Budget) -> dict:
+    from dualvae.checkpoint import load_checkpoint
+
+    return load_checkpoint(data_file(out, budget))
+
+
+def classifier_file(out: str, budget_name: str) -> str:
+    return os.path.join(out, f"classifier-{budget_name}.pt")
+
+
+def ensure_classifier(data: str, out: str, budget_name: str, progress: bool = True) -> str:
+    """f, trained once per budget on the training split (every label) and shared by every model and seed."""
+    from dualvae.classifier import ClassifierConfig, train_classifier
+    from dualvae.data import CelebASplit
+
+    budget = BUDGETS[budget_name]
+    path = classifier_file(out, budget_name)
+    if os.path.exists(path):
+        return path
+    d = load_data(out, budget)
+
+    def split(name):  # the -1/+1 labels CelebASplit holds
+        s = d[name]
+        return CelebASplit(s["images"], (s["labels"] * 2 - 1).to(torch.int8), s["filenames"], d["attr_names"])
+
+    cfg = ClassifierConfig(data=data, out=path, steps=budget.classifier_steps, width=budget.classifier_width,
+                           image_size=budget.image_size, batch_size=budget.batch_size, seed=0, progress=progress)
+    train_classifier(cfg, train_split=split("train"), test_split=split("test"))
+    return path
