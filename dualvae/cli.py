@@ -180,9 +180,10 @@ def cmd_cis(c: CISConfig) -> None:
 
 
 def _commands():
-    """(name, help, config class, function) of every subcommand but `experiment`."""
+    """(name, help, config class, function) of every subcommand."""
     from dualvae.classifier import ClassifierConfig
     from dualvae.demo import DemoConfig, run_demo
+    from dualvae.experiments import ExperimentConfig, run_experiment
     from dualvae.training.loop import TrainConfig
 
     return [
@@ -196,6 +197,8 @@ def _commands():
          cmd_transfer),
         ("cis", "conditional inception score (Algorithm 2), one pass over one or several lam", CISConfig, cmd_cis),
         ("demo", "synth -> train -> classifier -> transfer grid -> CIS, on generated data", DemoConfig, run_demo),
+        ("experiment", "the paper's experiments: Table 1, Figures 4-6, training curves (runs cached in OUT)",
+         ExperimentConfig, run_experiment),
     ]
 
 
@@ -205,10 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_, cls, fn in _commands():
         s = add_options(sub.add_parser(name, help=help_, description=help_), cls)
         s.set_defaults(func=lambda a, cls=cls, fn=fn: fn(config_from(cls, a)))
-
-    from dualvae.experiments import add_experiment_parser
-
-    add_experiment_parser(sub)
     return p
 
 

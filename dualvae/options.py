@@ -4,7 +4,8 @@ every default.
 
 A field becomes `--field-name`: required when it has no default; a bool defaulting to False a switch; one
 defaulting to True a `--name/--no-name` pair; `list[float]` numbers separated by commas; `X | None` an optional
-X. `metadata={"cli": False}` keeps a field off the command line (its default is used).
+X. `metadata={"positional": True}` makes a field a positional argument, `metadata={"cli": False}` keeps it off
+the command line (its default is used).
 """
 from __future__ import annotations
 
@@ -72,7 +73,11 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
             help_ += f" (default: {_default_text(default)})"
         if typ is not bool:
             kw["type"] = number_list if typing.get_origin(typ) is list else typ
-        parser.add_argument(flag, help=help_, **kw)
+        if f.metadata.get("positional"):
+            kw.pop("required", None)
+            parser.add_argument(kw.pop("dest"), help=help_, **kw)
+        else:
+            parser.add_argument(flag, help=help_, **kw)
     return parser
 
 

@@ -210,12 +210,11 @@ def test_the_options_come_from_experiment_config(capsys):
     import argparse
     import dataclasses
 
-    from dualvae.experiments.cli import config_from_args
+    from dualvae.options import add_options, config_from
 
-    parser = argparse.ArgumentParser()
-    E.add_dataclass_options(parser, E.ExperimentConfig)
+    parser = add_options(argparse.ArgumentParser(), E.ExperimentConfig)
     a = parser.parse_args(["fig4", "--data", "D", "--out", "O", "--source-labels", "dataset", "--quiet"])
-    cfg = config_from_args(E.ExperimentConfig, a)
+    cfg = config_from(E.ExperimentConfig, a)
     assert cfg == E.ExperimentConfig(which="fig4", data="D", out="O", source_labels="dataset", quiet=True)
     assert (cfg.seeds, cfg.budget, cfg.jobs) == (3, "medium", 1)
     with pytest.raises(SystemExit):

@@ -28,14 +28,13 @@ architectures, long training; for a GPU and real CelebA).
 
 Modules: budgets (what is compared, at what size), prepare (the data and f, once per OUT), runs (one run: its
 training and cache folder), evaluate (one run's scores), pool (every run a command needs), figures (Table 1,
-Figs. 4-6, training curves), claims (the verdicts), cli (the subcommand and its ExperimentConfig).
+Figs. 4-6, training curves), claims (the verdicts), cli (the subcommand's ExperimentConfig and run_experiment).
 """
 from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, DOMAIN_COUNTS, FAILED_RATIO, FIG6_DOMAINS,
                                          LABELS, MISSING_RATIOS, MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS,
                                          UNIT, Budget, domain_counts)
 from dualvae.experiments.claims import claims, claims_markdown
-from dualvae.experiments.cli import (COMMANDS, ExperimentConfig, add_dataclass_options, add_experiment_parser,
-                                     cmd_experiment, run_experiment)
+from dualvae.experiments.cli import COMMANDS, ExperimentConfig, run_experiment
 from dualvae.experiments.evaluate import choose_strength, evaluate_run, is_bracketed, mean_std, score_model
 from dualvae.experiments.figures import make_curves, make_fig4, make_fig5, make_fig6, make_table1, stack_pngs
 from dualvae.experiments.pool import ensure_runs
@@ -45,8 +44,8 @@ from dualvae.experiments.runs import Run, curve_steps, fig6_runs, load_model_fil
 __all__ = [
     "BUDGETS", "COLORS", "COLUMN_TITLES", "COMMANDS", "DOMAIN_COUNTS", "FAILED_RATIO", "FIG6_DOMAINS", "LABELS",
     "MISSING_RATIOS", "MODELS", "PAPER_TABLE1", "PROTOCOL_TITLES", "PROTOCOLS", "UNIT", "Budget", "ExperimentConfig",
-    "Run", "add_dataclass_options", "add_experiment_parser", "choose_strength", "claims", "claims_markdown",
-    "cmd_experiment", "curve_steps", "domain_counts", "ensure_classifier", "ensure_runs", "evaluate_run",
+    "Run", "choose_strength", "claims", "claims_markdown",
+    "curve_steps", "domain_counts", "ensure_classifier", "ensure_runs", "evaluate_run",
     "fig6_runs", "first_attributes_root", "is_bracketed", "load_data", "load_model_file", "make_curves", "make_fig4",
     "make_fig5", "make_fig6", "make_table1", "mean_std", "prepare_data", "run_dir", "run_experiment", "score_model",
     "stack_pngs", "table1_runs", "train_run",

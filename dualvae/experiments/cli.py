@@ -1,12 +1,9 @@
-"""`dualvae experiment`: its options as one dataclass (ExperimentConfig), the argparse options built from it, and
-the command that makes the tables, figures and claims from the cached runs."""
+"""`dualvae experiment`: its options as one dataclass (ExperimentConfig; the command line is generated from it by
+dualvae.options) and the command that makes the tables, figures and claims from the cached runs."""
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import time
-import typing
 from dataclasses import dataclass, field
 
 import torch
@@ -36,41 +33,6 @@ class ExperimentConfig:
         "help": "the source labels label-conditioned models start a transfer from: their own prediction from x "
                 "(predicted), or the dataset's labels of the image (dataset)", "choices": ("predicted", "dataset")})
     quiet: bool = field(default=False, metadata={"help": "no progress bars"})
-
-
-def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One argparse option per field of the dataclass `cls`: --field-name (a positional argument where the
-    field's metadata says "positional"), typed by its annotation, with the metadata's "help" and "choices".
-    A field without a default is required; a bool is a flag that defaults to False. The help shows every default."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        has_default = f.default is not dataclasses.MISSING
-        if f.default_factory is not dataclasses.MISSING:
-            raise TypeError(f"add_dataclass_options: {cls.__name__}.{f.name} has a default_factory; give it a "
-                            f"plain default")
-        if kind is bool and f.default is not False:
-            raise TypeError(f"add_dataclass_options: {cls.__name__}.{f.name} is a flag, so its default must be "
-                            f"False, got {f.default!r}")
-        help_ = f.metadata.get("help", "") + (f" (default: {f.default})" if has_default else "")
-        kw = {"help": help_}
-        if "choices" in f.metadata:
-            kw["choices"] = list(f.metadata["choices"])
-        if kind is bool:
-            kw["action"] = "store_true"
-        else:
-            kw["type"] = kind
-        if f.metadata.get("positional"):
-            parser.add_argument(f.name, **kw)
-        elif has_default:
-            parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, **kw)
-        else:
-            parser.add_argument("--" + f.name.replace("_", "-"), required=True, **kw)
-
-
-def config_from_args(cls, args: argparse.Namespace):
-    """The dataclass `cls` filled from the options add_dataclass_options registered."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def _attr_names(data: str) -> list[str]:
@@ -139,15 +101,3 @@ def run_experiment(cfg: ExperimentConfig) -> None:
                        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())})
     print(f"experiment {which}: {seconds:.0f} s; wrote " + ", ".join(os.path.join(out, w) for w in written))
-
-
-def cmd_experiment(a: argparse.Namespace) -> None:
-    run_experiment(config_from_args(ExperimentConfig, a))
-
-
-def add_experiment_parser(sub) -> None:
-    """Register `dualvae experiment` on the CLI's subparsers, its options from ExperimentConfig."""
-    e = sub.add_parser("experiment", help="the paper's experiments: Table 1, Figures 4-6, training curves "
-                                          "(runs cached in OUT)")
-    add_dataclass_options(e, ExperimentConfig)
-    e.set_defaults(func=cmd_experiment)
