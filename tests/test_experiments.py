@@ -224,4 +224,5 @@ def test_the_options_come_from_experiment_config(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for f in dataclasses.fields(E.ExperimentConfig):
         if f.default is not dataclasses.MISSING:
-            assert f"(default: {f.default})" in text, f.name
+            shown = {False: "off", True: "on"}.get(f.default, f.default)
+            assert f"(default: {shown})" in text, f.name
