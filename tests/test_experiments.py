@@ -224,5 +224,5 @@ def test_the_options_come_from_experiment_config(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for f in dataclasses.fields(E.ExperimentConfig):
         if f.default is not dataclasses.MISSING:
-            shown = {False: "off", True: "on"}.get(f.default, f.default)
+            shown = "off" if f.default is False else f.default
             assert f"(default: {shown})" in text, f.name
