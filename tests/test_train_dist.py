@@ -19,7 +19,7 @@ import torch
 from dualvae.checkpoint import load_checkpoint
 from dualvae.cli import main
 from dualvae.model import DualVAE
-from dualvae.training.loop import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
+from dualvae.training import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
 
 # 40 training images, global batch 8: 5 steps an epoch; tiny nets so that a step takes a few ms.
 TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=40, progress=False, deterministic=True,
@@ -171,16 +171,16 @@ def test_resume_refuses_other_settings(cache, reference_run, tmp_path):
 
 
 def _inject_nan(monkeypatch, at_calls):
-    import dualvae.training.loop as T
+    import dualvae.losses as L
 
-    orig, calls = T.gaussian_recon_nll, [0]
+    orig, calls = L.gaussian_recon_nll, [0]
 
     def recon(x_hat, x, sigma):
         calls[0] += 1
         out = orig(x_hat, x, sigma)
         return out * float("nan") if calls[0] in at_calls else out
 
-    monkeypatch.setattr(T, "gaussian_recon_nll", recon)
+    monkeypatch.setattr(L, "gaussian_recon_nll", recon)
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(cache, tmp_path, monkeypatch, capsys):
@@ -237,7 +237,7 @@ def test_sigterm_writes_a_loadable_checkpoint_and_exits_cleanly(cache, tmp_path)
 
 
 def test_oom_names_the_batch_size(cache, tmp_path, monkeypatch):
-    from dualvae.training.loop import LossFns
+    from dualvae.losses import LossFns
 
     def oom(self, x, eps):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -264,11 +264,10 @@ def test_compile_matches_eager(cache, tmp_path, backend):
     """--compile: both losses, with the dualvae:: ops (the C++ CPU kernels; Triton through its interpreter),
     through torch.compile(fullgraph=True), where a graph break would raise: the same losses as eager."""
     from dualvae import kernels
-    from dualvae.training.loop import fused_losses
 
     if backend == "cpu" and not kernels.has_compiled_ops():
         pytest.skip("the C++ CPU kernels are not built")
-    assert fused_losses(backend, torch.device("cpu"))
+    assert kernels.resolve_backend(backend, device=torch.device("cpu")) != "reference"  # fused: one graph per loss
     logs = {}
     for compiled in (False, True):
         out = tmp_path / str(compiled)
@@ -303,8 +302,8 @@ def test_cuda_single_process_training_matches_the_cpu_at_the_first_step(root, tm
                                        if v.is_floating_point())
         logs[device] = ck["log"]
     assert "on cuda:" in (tmp_path / "cuda" / "events.log").read_text()
-    from dualvae.kernels import ops
-    assert ops._resolve_backend("train", "auto", torch.device("cuda"), torch.float32) == "triton"
+    from dualvae import kernels
+    assert kernels.resolve_backend("auto", device=torch.device("cuda")) == "triton"
     for key in ("recon", "kl", "label_bce"):
         assert logs["cuda"][0][key] == pytest.approx(logs["cpu"][0][key], rel=1e-2), key
     assert len(logs["cuda"]) == 6
