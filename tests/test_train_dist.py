@@ -21,7 +21,7 @@ from dualvae.cli import main
 from dualvae.model import DualVAE
 from dualvae.training import NonFiniteLossError, TrainConfig, TrainingOOMError, list_checkpoints, train
 
-# 40 training images, global batch 8: 5 steps an epoch; tiny nets so that a step takes a few ms.
+# 40 training images, global batch 8: 5 steps an epoch; tiny nets, so that the runs are quick.
 TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=40, progress=False, deterministic=True,
             device="cpu")
 TINY_ARGS = ["--image-size", "16", "--width", "8", "--latent-dim", "16", "--batch-size", "8", "--limit", "40",
@@ -258,7 +258,7 @@ def test_mixed_precision_runs(cache, tmp_path, precision):
     assert ck["model"]["U"].dtype == torch.float32  # autocast: parameters stay fp32
 
 
-@pytest.mark.slow  # ~50 s of inductor compilation per backend on a 2-core CPU
+@pytest.mark.slow  # inductor compiles both losses for each backend: slow on a CPU
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
 def test_compile_matches_eager(cache, tmp_path, backend):
     """--compile: both losses, with the dualvae:: ops (the C++ CPU kernels; Triton through its interpreter),
