@@ -28,7 +28,6 @@ Rows that need DALI are skipped, with the reason, where nvidia.dali is not impor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re

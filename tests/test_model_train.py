@@ -1,5 +1,4 @@
 """Model shapes, the losses, Algorithm 1's parameter ownership, checkpoint round trip, TrainConfig's help."""
-import copy
 
 import pytest
 import torch
