@@ -258,12 +258,21 @@ def test_sample_latent_and_the_two_losses():
     assert mu16.dtype == z16.dtype == torch.bfloat16
 
 
-def test_loss_fns_resolve_the_backend_once():
+def test_loss_fns_resolve_the_backend_once(monkeypatch):
     import dualvae.kernels as K
     from dualvae.losses import LossFns
 
-    m = tiny_model()
+    m = tiny_model().train()
+    resolved = []
+    resolve = K.resolve_backend
+    monkeypatch.setattr(K, "resolve_backend", lambda *a, **kw: resolved.append(a) or resolve(*a, **kw))
     auto = LossFns(m, 0.2)
+    cfg = TrainConfig(data="", out="", latent_dim=8)
+    g, g_e = make_optimizers(m, cfg)
+    for step in range(2):
+        train_step(m, g, g_e, *batch(seed=step), cfg, fns=auto)
+    assert resolved == [("auto",)]  # at LossFns, not at every step
+    monkeypatch.undo()
     assert auto.backend == K.resolve_backend("auto", device=torch.device("cpu"))
     assert auto.fused == K.has_compiled_ops()
     assert not LossFns(m, 0.2, backend="reference").fused
