@@ -72,6 +72,16 @@ def test_cpu_oom_names_the_batch_size(root, tmp_path, monkeypatch):
         train(TrainConfig(data=root, out=str(tmp_path), steps=2, **TINY))
 
 
+def test_oom_names_the_batch_size(root, tmp_path, monkeypatch):
+    def oom(self, x, eps):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LossFns, "_vae", oom)
+    with pytest.raises(TrainingOOMError, match=r"out of memory at batch size 8 per process \(global --batch-size "
+                                               r"8, 1 process.*the largest batch that fits is unknown"):
+        train(TrainConfig(data=root, out=str(tmp_path), steps=2, **TINY))
+
+
 class _Tiled:
     """A loader whose batches are another's, repeated k times: a batch far larger than the data set."""
 
