@@ -83,7 +83,7 @@ def time_loader(make, epochs: int, device: str) -> dict:
 def train_step_rate(device: str, batch: int, image_size: int, steps: int, width: int = 32) -> float:
     """Images/s Algorithm 1 consumes at this batch size (DualVAE width 32, latent 128, 40 labels)."""
     from dualvae.model import DualVAE
-    from dualvae.training.loop import TrainConfig, make_optimizers, train_step
+    from dualvae.training import TrainConfig, make_optimizers, train_step
 
     torch.manual_seed(0)
     cfg = TrainConfig(data="", out="", width=width)

@@ -6,8 +6,8 @@
 The demo's DualVAE (64x64, conv width 24, latent 128, 40 labels, batch 64) on random images and labels; each
 round times `steps` steps of every backend in turn (round-robin, so load drifts hit both alike) and the report
 keeps the median over rounds of the mean step time. It also times the two fused ops alone at these sizes
-(`fused_ops_ms`): their share of a step bounds what any kernel backend can change in the demo. The demo trains on one thread while the classifier trains on
-the other, so the default is --threads 1.
+(`fused_ops_ms`): their share of a step bounds what any kernel backend can change in the demo. The demo trains
+on one thread while the classifier trains on the other, so the default is --threads 1.
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ import torch
 
 from dualvae import kernels
 from dualvae.atomic import write_json_atomic
+from dualvae.losses import LossFns
 from dualvae.model import DualVAE
 from dualvae.sysinfo import cpu_report
-from dualvae.training.loop import TrainConfig, make_optimizers, train_step
+from dualvae.training import TrainConfig, make_optimizers, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("reference", "cpu")
@@ -43,16 +44,17 @@ def run(steps: int, rounds: int, threads: int, batch: int = 64) -> dict:
     setups = {}
     for backend in BACKENDS:
         torch.manual_seed(0)
-        model = DualVAE(64, 3, 128, 40, 24, kernel_backend=backend).train()
-        setups[backend] = (model, *make_optimizers(model, cfg))
-        train_step(setups[backend][0], setups[backend][1], setups[backend][2], x, y, mask, eps, cfg)  # warmup
+        model = DualVAE(64, 3, 128, 40, 24).train()
+        setups[backend] = (model, *make_optimizers(model, cfg), LossFns(model, cfg.recon_sigma, backend=backend))
+        model, opt_g, opt_ge, fns = setups[backend]
+        train_step(model, opt_g, opt_ge, x, y, mask, eps, cfg, fns=fns)  # warmup
     per_round = {b: [] for b in BACKENDS}
     for _ in range(rounds):
         for backend in BACKENDS:
-            model, opt_g, opt_ge = setups[backend]
+            model, opt_g, opt_ge, fns = setups[backend]
             t0 = time.perf_counter()
             for _ in range(steps):
-                train_step(model, opt_g, opt_ge, x, y, mask, eps, cfg)
+                train_step(model, opt_g, opt_ge, x, y, mask, eps, cfg, fns=fns)
             per_round[backend].append((time.perf_counter() - t0) / steps)
     ms = {b: statistics.median(v) * 1e3 for b, v in per_round.items()}
     return {"step_ms": {b: round(v, 2) for b, v in ms.items()},

@@ -28,7 +28,6 @@ Rows that need DALI are skipped, with the reason, where nvidia.dali is not impor
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -41,8 +40,8 @@ import traceback
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402  (after the path: runnable from a checkout)
+sys.path.insert(0, os.path.dirname(HERE))  # before the imports below: runnable from a checkout
+from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -93,28 +92,27 @@ class Runner:
     def __init__(self, root: str, device: torch.device, *, data_backend: str, kernel_backend: str, precision: str,
                  compile: bool, batch: int, size: int, width: int, threads: int):
         from dualvae.data import make_loader
+        from dualvae.losses import LossFns
         from dualvae.model import DualVAE
-        from dualvae.training.loop import LossFns, TrainConfig, fused_losses, make_optimizers
+        from dualvae.training import TrainConfig, make_optimizers
 
         torch.manual_seed(0)
         self.device, self.batch = device, batch
         self.cfg = TrainConfig(data=root, out="", batch_size=batch, width=width, image_size=size,
                                precision=precision, compile=compile, kernel_backend=kernel_backend)
-        self.fullgraph = compile and fused_losses(kernel_backend, device)
         self.loader = make_loader(root, "train", image_size=size, batch_size=batch, device=device,
                                   backend=data_backend, seed=0, threads=threads)
-        model = DualVAE(size, 3, self.cfg.latent_dim, len(self.loader.attr_names), width,
-                        kernel_backend=kernel_backend)
+        model = DualVAE(size, 3, self.cfg.latent_dim, len(self.loader.attr_names), width)
         self.model = model.to(device).train()
         self.g, self.g_e = make_optimizers(self.model, self.cfg)
-        self.fns = LossFns(self.model, self.cfg, compile=compile, fullgraph=self.fullgraph)
+        self.fns = LossFns(self.model, self.cfg.recon_sigma, backend=kernel_backend, compile=compile)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         self.gen = torch.Generator().manual_seed(0)
         self.epoch = 0
         self.last_neg_elbo = None
 
     def _step(self, batch) -> None:
-        from dualvae.training.loop import train_step
+        from dualvae.training import train_step
 
         x, y, m = batch
         eps = torch.randn(len(x), self.cfg.latent_dim, generator=self.gen).to(self.device)
@@ -314,7 +312,7 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 failed = True
                 continue
-            row.update(fullgraph=r.fullgraph, setup_and_warmup_s=round(time.perf_counter() - t, 2))
+            row.update(fullgraph=comp and r.fns.fused, setup_and_warmup_s=round(time.perf_counter() - t, 2))
             runners[name] = r
             times[name] = []
             print(f"{name:<12} ready (setup + warm-up {row['setup_and_warmup_s']} s, load {_loadavg()[0]})",

@@ -10,8 +10,8 @@ import torch
 
 from dualvae import baselines
 from dualvae.checkpoint import UnsafeCheckpointError, check_plain, load_checkpoint, save_atomic
-from dualvae.training.distributed import Dist
 from dualvae.model import DualVAE
+from dualvae.training.distributed import Dist
 
 MARKER = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"dualvae-test-checkpoint-ran-{os.getpid()}")
 
@@ -58,14 +58,15 @@ def test_old_checkpoint_with_numpy_rng_state_says_to_resave(tmp_path):
 
 
 def test_auto_resume_stops_at_an_unsafe_checkpoint_instead_of_falling_back(tmp_path):
-    from dualvae.training.loop import TrainConfig, _find_resume
+    from dualvae.training import TrainConfig
+    from dualvae.training.state import find_resume
 
     ckpt = tmp_path / "run" / "ckpt"
     save_atomic({"kind": "dualvae", "v": 1}, str(ckpt / "step-000000002.pt"))
     torch.save({"kind": "dualvae", "extra": Custom()}, str(ckpt / "step-000000004.pt"))
     cfg = TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), resume="auto")
     with pytest.raises(UnsafeCheckpointError, match="step-000000004.pt"):
-        _find_resume(cfg, Dist(), lambda msg: None)
+        find_resume(cfg, Dist(), lambda msg: None)
 
 
 def test_truncated_file_is_unreadable_not_unsafe(tmp_path):
@@ -118,20 +119,20 @@ def test_every_model_kind_goes_through_one_loader(tmp_path):
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
-    from dualvae.training.loop import _rng_state, _set_rng_state
+    from dualvae.training.state import rng_state, set_rng_state
 
     gen, d = torch.Generator().manual_seed(3), Dist()
     np.random.seed(5)
     np.random.randn(3)  # an odd count: numpy holds a cached Gaussian
     random.seed(9)
     random.gauss(0, 1)
-    path = save_atomic({"rng": [_rng_state(gen, d)]}, str(tmp_path / "rng.pt"))
+    path = save_atomic({"rng": [rng_state(gen, d)]}, str(tmp_path / "rng.pt"))
 
     def draw():
         return [np.random.rand(4), np.random.randn(1), random.random(), random.gauss(0, 1), torch.rand(2),
                 torch.rand(2, generator=gen)]
 
     first = draw()
-    _set_rng_state(load_checkpoint(path)["rng"][0], gen, d)
+    set_rng_state(load_checkpoint(path)["rng"][0], gen, d)
     for a, b in zip(first, draw()):
         assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -1,11 +1,11 @@
-"""Model shapes, Algorithm 1's parameter ownership, checkpoint round trip."""
-import copy
+"""Model shapes, the losses, Algorithm 1's parameter ownership, checkpoint round trip, TrainConfig's help."""
 
 import pytest
 import torch
 
+from dualvae.data import draw_label_mask
 from dualvae.model import DualVAE
-from dualvae.training.loop import TrainConfig, draw_label_mask, make_optimizers, train_step
+from dualvae.training import TrainConfig, make_optimizers, train_step
 
 
 def tiny_model(**kw):
@@ -180,8 +180,9 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
 
 
 def test_training_runs_through_auto_and_backends_agree():
-    """The model's losses go through dualvae.kernels with backend "auto"; the C++ CPU kernels, the Triton kernels
-    (interpreter) and the reference give the same parameters after a few Algorithm 1 steps."""
+    """The losses go through dualvae.kernels with the backend "auto" resolves to, once for the run; the C++ CPU
+    kernels, the Triton kernels (interpreter) and the reference give the same parameters after a few Algorithm 1
+    steps."""
     import dualvae.kernels as K
 
     calls = []
@@ -196,8 +197,8 @@ def test_training_runs_through_auto_and_backends_agree():
     try:
         states, logs = {}, {}
         for backend in ("auto", "reference", "triton", "cpu"):
-            m = tiny_model(kernel_backend=backend).train()
-            cfg = TrainConfig(data="", out="", latent_dim=8)
+            m = tiny_model().train()
+            cfg = TrainConfig(data="", out="", latent_dim=8, kernel_backend=backend)
             g, g_e = make_optimizers(m, cfg)
             logs[backend] = []
             for step in range(3):
@@ -207,7 +208,9 @@ def test_training_runs_through_auto_and_backends_agree():
     finally:
         for name in ("reparameterize_kl", "dual_bce"):
             setattr(K, name, getattr(K.ops, name))
-    assert ("reparameterize_kl", "auto") in calls and ("dual_bce", "auto") in calls
+    auto = K.resolve_backend("auto", device=torch.device("cpu"))
+    assert auto == ("cpu" if K.has_compiled_ops() else "reference")
+    assert ("reparameterize_kl", auto) in calls[:3] and ("dual_bce", auto) in calls[:3]  # the "auto" run's step
     # Conv biases feeding BatchNorm have a zero gradient up to rounding, which Adam scales up to lr-sized steps;
     # they (and the running means they shift) differ by rounding noise on any two backends, so they are left out.
     noise = {k for k in states["reference"] if k.endswith("running_mean")}
@@ -229,3 +232,70 @@ def test_training_runs_through_auto_and_backends_agree():
         assert states["cpu"]["U"].ne(states["reference"]["U"]).any()
         for k, v in states["cpu"].items():
             assert torch.equal(states["auto"][k], v), k
+
+
+def test_sample_latent_and_the_two_losses():
+    """sample_latent is z = mu + exp(logvar / 2) eps with the KL per row; neg_elbo and label_nll are row sums."""
+    from dualvae import losses
+    from dualvae.kernels import reference
+
+    m = tiny_model().eval()
+    x, y, mask, eps = batch()
+    z, kl, mu, logvar = losses.sample_latent(m, x, eps, "reference")
+    torch.testing.assert_close(z, mu + torch.exp(0.5 * logvar) * eps)
+    torch.testing.assert_close(kl, reference.kl_standard_normal(mu, logvar))
+    recon_sum, kl_sum = losses.neg_elbo(m, x, eps, 0.2, "reference")
+    torch.testing.assert_close(recon_sum, losses.gaussian_recon_nll(m.decode(z), x, 0.2).sum())
+    torch.testing.assert_close(kl_sum, kl.sum())
+    nll, correct, observed = losses.label_nll(m, x, y, mask, eps, "reference")
+    logits = z @ m.U.t()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    torch.testing.assert_close(nll, (bce * mask).sum())
+    assert observed.item() == mask.sum().item()
+    assert correct.item() == (((logits > 0).float() == y).float() * mask).sum().item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # eps is drawn in fp32, mu is bf16 under autocast
+        z16, _, mu16, _ = losses.sample_latent(m, x, eps, "reference")
+    assert mu16.dtype == z16.dtype == torch.bfloat16
+
+
+def test_loss_fns_resolve_the_backend_once(monkeypatch):
+    import dualvae.kernels as K
+    from dualvae.losses import LossFns
+
+    m = tiny_model().train()
+    resolved = []
+    resolve = K.resolve_backend
+    monkeypatch.setattr(K, "resolve_backend", lambda *a, **kw: resolved.append(a) or resolve(*a, **kw))
+    auto = LossFns(m, 0.2)
+    cfg = TrainConfig(data="", out="", latent_dim=8)
+    g, g_e = make_optimizers(m, cfg)
+    for step in range(2):
+        train_step(m, g, g_e, *batch(seed=step), cfg, fns=auto)
+    assert resolved == [("auto",)]  # at LossFns, not at every step
+    monkeypatch.undo()
+    assert auto.backend == K.resolve_backend("auto", device=torch.device("cpu"))
+    assert auto.fused == K.has_compiled_ops()
+    assert not LossFns(m, 0.2, backend="reference").fused
+    with pytest.raises(ValueError, match="backend must be one of"):
+        LossFns(m, 0.2, backend="fast")
+
+
+def test_train_config_fields_carry_their_help():
+    """`dualvae train`'s options and --help come from these fields: each has a one-line help, and its choices
+    (where it has some) are the values the trainer accepts."""
+    import dataclasses
+
+    from dualvae import kernels
+    from dualvae.precision import PRECISIONS
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for name, f in fields.items():
+        text = f.metadata.get("help")
+        assert text and "\n" not in text and text == text.strip(), name
+        if "choices" in f.metadata and f.default is not None:
+            assert f.default in f.metadata["choices"], name
+    assert fields["data"].default is dataclasses.MISSING and fields["out"].default is dataclasses.MISSING
+    assert set(fields["kernel_backend"].metadata["choices"]) == set(kernels.BACKENDS)
+    assert set(fields["precision"].metadata["choices"]) == set(PRECISIONS)
+    assert fields["label_optimizer"].metadata["choices"] == ("adam", "sgd")
+    assert fields["data_backend"].metadata["choices"] == ("dali", "pil", "hdf5")

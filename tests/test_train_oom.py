@@ -8,10 +8,12 @@ import weakref
 import pytest
 import torch
 
+import dualvae.training.faults as F
 import dualvae.training.loop as T
 from dualvae.cli import main
+from dualvae.losses import LossFns
+from dualvae.training import TrainConfig, TrainingOOMError, train
 from dualvae.training.distributed import Dist
-from dualvae.training.loop import TrainConfig, TrainingOOMError, train
 
 TINY = dict(image_size=16, width=8, latent_dim=16, batch_size=8, limit=16, progress=False, device="cpu",
             data_backend="pil", workers=0)
@@ -39,8 +41,8 @@ def test_probe_runs_after_the_failed_step_is_released(root, tmp_path, monkeypatc
         return 3
 
     monkeypatch.setattr(T, "train_step", failing_step)
-    monkeypatch.setattr(T, "_probe_blocker", lambda d: None)  # as on a single CUDA device
-    monkeypatch.setattr(T, "_largest_fitting_batch", probe)
+    monkeypatch.setattr(F, "probe_blocker", lambda d: None)  # as on a single CUDA device
+    monkeypatch.setattr(F, "largest_fitting_batch", probe)
     with pytest.raises(TrainingOOMError, match=r"out of memory at batch size 8 per process .*1 process.*the "
                                                r"largest batch per process that fits .* is 3.*Tried to allocate"):
         train(TrainConfig(data=root, out=str(tmp_path), steps=2, **TINY))
@@ -53,20 +55,30 @@ def test_no_probe_with_several_processes_and_why():
     def probe():
         raise AssertionError("probed with 2 processes")
 
-    msg = T._oom_message(cfg, Dist(rank=1, world=2, device=torch.device("cuda", 0)), "OutOfMemoryError: x", probe)
+    msg = F.oom_message(cfg, Dist(rank=1, world=2, device=torch.device("cuda", 0)), "OutOfMemoryError: x", probe)
     assert "out of memory at batch size 4 per process (global --batch-size 8, 2 process(es)" in msg
     assert "not measured with 2 processes" in msg and "SyncBatchNorm" in msg and "hang" in msg
-    assert "not measured on this device (cpu)" in T._oom_message(cfg, Dist(), "e", probe)
-    assert "is 5" in T._oom_message(cfg, Dist(device=torch.device("cuda", 0)), "e", lambda: 5)
+    assert "not measured on this device (cpu)" in F.oom_message(cfg, Dist(), "e", probe)
+    assert "is 5" in F.oom_message(cfg, Dist(device=torch.device("cuda", 0)), "e", lambda: 5)
 
 
 def test_cpu_oom_names_the_batch_size(root, tmp_path, monkeypatch):
     def oom(self, x, eps):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB")
 
-    monkeypatch.setattr(T.LossFns, "_vae", oom)
+    monkeypatch.setattr(LossFns, "_vae", oom)
     with pytest.raises(TrainingOOMError, match=r"batch size 8 per process.*unknown \(not measured on this device "
                                                r"\(cpu\)\).*lower --batch-size.*can't allocate memory"):
+        train(TrainConfig(data=root, out=str(tmp_path), steps=2, **TINY))
+
+
+def test_oom_names_the_batch_size(root, tmp_path, monkeypatch):
+    def oom(self, x, eps):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LossFns, "_vae", oom)
+    with pytest.raises(TrainingOOMError, match=r"out of memory at batch size 8 per process \(global --batch-size "
+                                               r"8, 1 process.*the largest batch that fits is unknown"):
         train(TrainConfig(data=root, out=str(tmp_path), steps=2, **TINY))
 
 

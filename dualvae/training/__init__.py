@@ -1,6 +1,16 @@
-"""Training DualVAE (Algorithm 1): the config, the loop and the step, its checkpoints and its faults."""
-from dualvae.training.loop import (NonFiniteLossError, TrainConfig, TrainingError, TrainingOOMError, list_checkpoints,
-                                   make_optimizers, train, train_step)
+"""Training DualVAE (Algorithm 1): the config, the loop and the step, its checkpoints and its faults.
 
-__all__ = ["TrainConfig", "train", "train_step", "make_optimizers", "list_checkpoints", "TrainingError",
-           "NonFiniteLossError", "TrainingOOMError"]
+    config.py       TrainConfig (every setting, its default and its help), RESUME_FIELDS
+    loop.py         train, train_step, make_optimizers: Algorithm 1
+    state.py        checkpoints (what one holds, rotation, list_checkpoints), resume, RNG states
+    faults.py       NaN/inf losses, SIGTERM, out of memory, and the errors they raise
+    log.py          events.log, log.csv, loss.png
+    distributed.py  torchrun data parallelism
+"""
+from dualvae.training.config import RESUME_FIELDS, TrainConfig
+from dualvae.training.faults import NonFiniteLossError, TrainingError, TrainingOOMError
+from dualvae.training.loop import make_optimizers, train, train_step
+from dualvae.training.state import CKPT_NAME, list_checkpoints
+
+__all__ = ["TrainConfig", "RESUME_FIELDS", "train", "train_step", "make_optimizers", "list_checkpoints",
+           "CKPT_NAME", "TrainingError", "NonFiniteLossError", "TrainingOOMError"]

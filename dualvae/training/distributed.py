@@ -6,7 +6,7 @@ the encoder (the VAE step with g, then the label step with g_e at the encoder g 
 by its own optimizer step. Each backward's gradients are summed over ranks here, in one flat buffer in a fixed
 parameter order, right before that step; that is exactly single-process training on the global batch when every
 rank's loss is its share of the global loss (sums over its rows, divided by the global row count where the loss
-is a mean; see train.train_step). The same buffer carries the step's metric sums and a stop flag, so every rank
+is a mean; see loop.train_step). The same buffer carries the step's metric sums and a stop flag, so every rank
 sees the same values and stops (NaN, SIGTERM) at the same step.
 """
 from __future__ import annotations

@@ -1,0 +1,172 @@
+"""A run's checkpoints: what one holds, their rotation in out/ckpt, resuming from one, and the RNG states.
+
+A checkpoint holds everything a resume needs: the model, both optimizers, the GradScaler, the step, the epoch and
+the position in it, every rank's RNG states, the missing-label mask, the loss log and the config. It holds
+tensors and plain values only, so that it loads with torch.load(weights_only=True) (dualvae.checkpoint).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from dualvae.atomic import copy_atomic
+from dualvae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
+from dualvae.training.config import RESUME_FIELDS, TrainConfig
+from dualvae.training.distributed import Dist, broadcast_object
+
+CKPT_NAME = re.compile(r"step-(\d+)\.pt$")
+# What a checkpoint must hold to be resumed (a model-only one, DualVAE.checkpoint_state(), lacks most).
+RESUME_KEYS = ("model", "g", "g_e", "step", "epoch", "epoch_position", "rng", "train_config")
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint records besides the weights and optimizers."""
+
+    step: int = 0  # iterations done
+    epoch: int = 0
+    position: int = 0  # batches of this epoch taken
+    skipped_nonfinite: int = 0  # optimizer steps left out for a NaN/inf loss
+    log: list[dict] = field(default_factory=list)  # the rows of log.csv
+    last_ckpt: str | None = None  # the newest checkpoint this process wrote or resumed from
+
+
+def checkpoint_state(model, g, g_e, scaler, progress: Progress, cfg: TrainConfig, *, steps_per_epoch: int,
+                     rng: list[dict], world_size: int, label_mask: torch.Tensor) -> dict:
+    """The checkpoint of a run at progress.step; `rng` holds every rank's rng_state."""
+    return {
+        **model.checkpoint_state(),  # kind, config, model (the weights), attr_names: what DualVAE.load reads
+        "g": g.state_dict(),
+        "g_e": g_e.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "epoch_position": progress.position,
+        "steps_per_epoch": steps_per_epoch,
+        "rng": rng,
+        "world_size": world_size,
+        "label_mask": label_mask,
+        "skipped_nonfinite": progress.skipped_nonfinite,
+        "log": progress.log,
+        "train_config": asdict(cfg),
+    }
+
+
+def list_checkpoints(ckpt_dir: str) -> list[str]:
+    """Step checkpoints in `ckpt_dir`, newest (highest step) first."""
+    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "step-*.pt"))
+             if (m := CKPT_NAME.search(os.path.basename(p)))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def write_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep: int) -> str:
+    """out/ckpt/step-N.pt (atomic), then out/model.pt as a copy of it (atomic), then the oldest beyond `keep`
+    removed: a crash at any point leaves every file complete."""
+    path = save_atomic(ck, os.path.join(ckpt_dir, f"step-{step:09d}.pt"))
+    copy_atomic(path, model_path)
+    for old in list_checkpoints(ckpt_dir)[keep:]:
+        os.remove(old)
+    return path
+
+
+# -- resume -----------------------------------------------------------------------------------------------------
+def resume(cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generator, say,
+           steps_per_epoch: int) -> Progress:
+    """Restore the checkpoint cfg.resume names (find_resume) into the model, optimizers, scaler and RNGs and
+    return its progress; a fresh Progress when "auto" finds none."""
+    ck, path = find_resume(cfg, d, say)
+    if ck is None:
+        return Progress()
+    progress = restore(ck, cfg, d, model, g, g_e, scaler, gen, say)
+    progress.last_ckpt = path
+    say(f"resumed from {path}: step {progress.step}, epoch {progress.epoch}, batch {progress.position} of "
+        f"{steps_per_epoch}")
+    return progress
+
+
+def find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | None]:
+    """The checkpoint to resume: cfg.resume's path, or ("auto") the newest valid one in out/ckpt, falling back
+    to older ones past a corrupt file. Rank 0 chooses; every rank loads the chosen file."""
+    chosen = None
+    if d.is_main:
+        if cfg.resume != "auto":
+            chosen = cfg.resume
+        else:
+            candidates = list_checkpoints(os.path.join(cfg.out, "ckpt"))
+            for i, path in enumerate(candidates):
+                try:
+                    load_resumable(path)
+                    chosen = path
+                    break
+                except UnsafeCheckpointError:
+                    raise  # not a damaged file to skip: falling back past it could restart the run at step 0
+                except ValueError as exc:
+                    nxt = candidates[i + 1] if i + 1 < len(candidates) else None
+                    say(f"resume: {exc}; " + (f"falling back to the previous checkpoint {nxt}" if nxt else
+                                              "no older checkpoint to fall back to"))
+            if chosen is None:
+                say(f"resume auto: no valid checkpoint in {os.path.join(cfg.out, 'ckpt')}; starting at step 0")
+    chosen = broadcast_object(chosen, d)
+    if chosen is None:
+        return None, None
+    return load_resumable(chosen), chosen
+
+
+def load_resumable(path: str) -> dict:
+    ck = load_checkpoint(path, kind="dualvae")  # ValueError for unreadable/truncated files
+    missing = [k for k in RESUME_KEYS if k not in ck]
+    if missing:
+        raise ValueError(f"checkpoint {path} cannot be resumed: it lacks {', '.join(missing)}")
+    return ck
+
+
+def restore(ck: dict, cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generator, say) -> Progress:
+    """Load checkpoint `ck` into the run (refused when a RESUME_FIELDS setting differs); returns its progress."""
+    saved = ck["train_config"]
+    diff = [f"{k} {saved.get(k)!r} (checkpoint) vs {getattr(cfg, k)!r}" for k in RESUME_FIELDS
+            if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"resume: this run's settings differ from the checkpoint's: {'; '.join(diff)}")
+    model.load_state_dict(ck["model"])
+    g.load_state_dict(ck["g"])
+    g_e.load_state_dict(ck["g_e"])
+    if scaler is not None and ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    rngs = ck["rng"]
+    if len(rngs) != d.world:
+        say(f"resume: the checkpoint was written by {len(rngs)} process(es), this run has {d.world}; the data "
+            f"stream (order, eps) does not depend on it, each process takes rank 0's global RNG states")
+    set_rng_state(rngs[d.rank] if len(rngs) == d.world else rngs[0], gen, d)
+    return Progress(step=ck["step"], epoch=ck["epoch"], position=ck["epoch_position"],
+                    skipped_nonfinite=ck.get("skipped_nonfinite", 0), log=list(ck.get("log") or []))
+
+
+# -- RNG states -------------------------------------------------------------------------------------------------
+def rng_state(gen: torch.Generator, d: Dist) -> dict:
+    """Every RNG a step draws from, as tensors and plain values (checkpoints load with weights_only=True)."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {"eps": gen.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(d.device) if d.device.type == "cuda" else None,
+            "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                      "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+            "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64),
+                       "gauss_next": py_gauss}}
+
+
+def set_rng_state(s: dict, gen: torch.Generator, d: Dist) -> None:
+    gen.set_state(s["eps"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and d.device.type == "cuda":
+        torch.cuda.set_rng_state(s["cuda"], d.device)
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
