@@ -115,7 +115,7 @@ def cmd_prepare(c: PrepareConfig) -> None:
 
 
 def cmd_train(c) -> None:
-    from dualvae.training.loop import TrainingError, train
+    from dualvae.training import TrainingError, train
 
     try:
         path = train(c)
@@ -184,7 +184,7 @@ def _commands():
     from dualvae.classifier import ClassifierConfig
     from dualvae.demo import DemoConfig, run_demo
     from dualvae.experiments import ExperimentConfig, run_experiment
-    from dualvae.training.loop import TrainConfig
+    from dualvae.training import TrainConfig
 
     return [
         ("synth", "write generated CelebA-format cartoon faces", SynthConfig, cmd_synth),

@@ -62,7 +62,7 @@ def _train_dualvae(c: DemoConfig, data: str, out: str, threads: int) -> str:
     import torch
 
     from dualvae.data import prepare
-    from dualvae.training.loop import TrainConfig, train
+    from dualvae.training import TrainConfig, train
 
     all_threads = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -108,7 +108,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     from dualvae.cis import conditional_inception_score
     from dualvae.classifier import AttributeClassifier
     from dualvae.data import to_unit_range
-    from dualvae.training.loop import list_checkpoints
+    from dualvae.training import list_checkpoints
 
     budget = BUDGETS[budget_name]
     rdir = run_dir(out, budget_name, run)

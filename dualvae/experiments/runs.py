@@ -56,7 +56,7 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
     bs = budget.batch_sizes.get(run.model, budget.batch_size)
     t0 = time.time()
     if run.model == "dualvae":
-        from dualvae.training.loop import TrainConfig, list_checkpoints, train
+        from dualvae.training import TrainConfig, list_checkpoints, train
 
         cfg = budget.configs["dualvae"]
         train(TrainConfig(data=cache_file(out, budget, run.labels), out=rdir, steps=steps, batch_size=bs,
@@ -118,7 +118,7 @@ def load_model_file(path: str, kind: str):
 
 
 def checkpoint_step(path: str) -> int:
-    from dualvae.training.loop import CKPT_NAME
+    from dualvae.training import CKPT_NAME
 
     return int(CKPT_NAME.search(os.path.basename(path)).group(1))
 
