@@ -44,10 +44,14 @@ class AttributeClassifier(nn.Module):
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(x))
 
+    def checkpoint_state(self) -> dict:
+        return {"kind": "classifier", "config": dict(self.config), "model": self.state_dict(),
+                "attr_names": self.attr_names}
+
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "AttributeClassifier":
         """The classifier of a checkpoint written by `dualvae train-classifier`, in eval mode."""
-        return load_model(cls, path, "classifier", map_location)
+        return load_model(path, "classifier", map_location)
 
 
 def binary_auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
@@ -147,7 +151,6 @@ def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -
     report = evaluate_classifier(model, test_split.images, labels_to_binary(test_split.labels))
     report.update(split="test", train_images=n, steps=cfg.steps, train_seconds=round(time.time() - t0, 1),
                   config=asdict(cfg))
-    save_atomic({"kind": "classifier", "config": model.config, "model": model.state_dict(),
-                 "attr_names": model.attr_names, "report": report}, cfg.out)
+    save_atomic({**model.checkpoint_state(), "report": report}, cfg.out)
     write_json_atomic(os.path.splitext(cfg.out)[0] + ".json", report)
     return cfg.out, report
