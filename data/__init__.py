@@ -16,7 +16,6 @@ from .celeba import (
     format_attribute_rows,
     labels_to_binary,
     load_celeba_image,
-    load_split,
     preprocess_image,
     read_celeba_attributes,
     read_celeba_partition,
@@ -39,6 +38,7 @@ from .loader import (
     shard_batches,
     source_fingerprint,
 )
+from .read import load_split, read_split
 
 __all__ = [
     "BACKENDS",
@@ -52,6 +52,7 @@ __all__ = [
     "read_cache_info",
     "shard_batches",
     "source_fingerprint",
+    "read_split",
     "ATTR_FILE",
     "CELEBA_ATTRIBUTES",
     "CELEBA_HEIGHT",

@@ -10,8 +10,6 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
 ).split()
 
-import math
-import multiprocessing
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -19,7 +17,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from dualvae.atomic import write_text_atomic
 
@@ -60,7 +57,8 @@ def write_celeba_landmarks(root: str, filenames: Sequence[str], landmarks) -> No
     """Write list_landmarks_align_celeba.txt: count, the 10 column names, then 10 integer coordinates a row."""
     landmarks = np.asarray(landmarks).round().astype(int)
     rows = [f"{name:<10}" + "".join(f" {int(v):>5}" for v in row) for name, row in zip(filenames, landmarks)]
-    write_text_atomic(os.path.join(root, LANDMARKS_FILE), "\n".join([str(len(filenames)), " ".join(LANDMARK_NAMES), *rows]) + "\n")
+    lines = [str(len(filenames)), " ".join(LANDMARK_NAMES), *rows]
+    write_text_atomic(os.path.join(root, LANDMARKS_FILE), "\n".join(lines) + "\n")
 
 
 def celeba_partition_of(index: int, num: int) -> int:
@@ -230,7 +228,8 @@ def read_celeba_attributes(root: str, check_images: bool = True) -> tuple[list[s
         raise _format_error(path, 1, "empty file; expected the image count")
     count_tokens = table.line_tokens(0)
     if len(count_tokens) != 1 or not (count_tokens[0].isascii() and count_tokens[0].isdigit()):
-        raise _format_error(path, 1, f"expected the image count (one non-negative integer), found {' '.join(count_tokens)!r}")
+        raise _format_error(path, 1, f"expected the image count (one non-negative integer), "
+                                     f"found {' '.join(count_tokens)!r}")
     count = int(count_tokens[0])
     attr_names = table.line_tokens(1) if table.num_lines > 1 else []
     if not attr_names:
@@ -259,7 +258,8 @@ def read_celeba_attributes(root: str, check_images: bool = True) -> tuple[list[s
     if not valid.all():
         r, c = (int(x) for x in np.argwhere(~valid)[0])
         value = table.buf[value_starts[r, c] : value_ends[r, c]].decode("utf-8")
-        raise _format_error(path, r + 3, f"value {value!r} for attribute {attr_names[c]!r} of {filenames[r]} is not 1 or -1")
+        raise _format_error(path, r + 3, f"value {value!r} for attribute {attr_names[c]!r} of {filenames[r]} "
+                                         f"is not 1 or -1")
     labels = torch.from_numpy(np.int8(1) - np.int8(2) * negative.view(np.int8))
 
     if check_images:
@@ -341,71 +341,6 @@ def load_celeba_image(path: str, image_size: int = 64) -> np.ndarray:
             return preprocess_image(img, image_size)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise CelebAFormatError(f"cannot decode image {path}: {type(e).__name__}: {e}") from None
-
-
-def _decode_chunk(task: tuple[list[str], int]) -> np.ndarray:
-    """Pool worker: decode a chunk of image paths -> uint8 (k, 3, S, S)."""
-    paths, image_size = task
-    out = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
-    for j, p in enumerate(paths):
-        out[j] = load_celeba_image(p, image_size).transpose(2, 0, 1)
-    return out
-
-
-def load_split(
-    root: str,
-    split: str | int = "train",
-    image_size: int = 64,
-    limit: int | None = None,
-    workers: int | None = None,
-    progress: bool = True,
-) -> CelebASplit:
-    """Decode one CelebA split into memory: images uint8 (N, 3, S, S) preprocessed by preprocess_image (face
-    square rows 20:198, resized to S), with their -1/+1 labels, file names and attribute names.
-
-    limit: only the first `limit` images of the split, in the attribute file's order.
-    workers: decoding processes (None: os.cpu_count(); 1: decode in this process, no pool). Images are decoded
-    in chunks and written in order, so the result does not depend on `workers`.
-    Only the selected images must be on disk (a partial download works for the images it has); a missing one
-    raises naming its path and attribute-file line, a corrupt one raises ValueError naming its path.
-    """
-    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
-        raise ValueError(f"limit must be None or a non-negative integer, got {limit!r}")
-    if image_size < 1:
-        raise ValueError(f"image_size must be positive, got {image_size!r}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
-
-    filenames, attr_names, labels = read_celeba_attributes(root, check_images=False)
-    rows = split_indices(filenames, read_celeba_partition(root), split)
-    if limit is not None:
-        rows = rows[:limit]
-    _check_images_exist(root, os.path.join(root, ATTR_FILE), filenames, rows)
-
-    names = [filenames[r] for r in rows]
-    image_dir = os.path.join(root, IMAGE_DIR)
-    paths = [os.path.join(image_dir, name) for name in names]
-    images = np.empty((len(paths), 3, image_size, image_size), dtype=np.uint8)
-    chunk = max(1, min(256, math.ceil(len(paths) / (workers * 4))))
-    tasks = [(paths[i : i + chunk], image_size) for i in range(0, len(paths), chunk)]
-    workers = min(workers, len(tasks))
-
-    with tqdm(total=len(paths), unit="img", desc=f"CelebA {split} {image_size}px", disable=not progress) as bar:
-        def store(i: int, decoded: np.ndarray) -> None:
-            images[i * chunk : i * chunk + len(decoded)] = decoded
-            bar.update(len(decoded))
-
-        if workers <= 1:
-            for i, task in enumerate(tasks):
-                store(i, _decode_chunk(task))
-        else:
-            with multiprocessing.get_context().Pool(workers) as pool:
-                for i, decoded in enumerate(pool.imap(_decode_chunk, tasks)):
-                    store(i, decoded)
-
-    index = torch.from_numpy(rows.astype(np.int64))
-    return CelebASplit(torch.from_numpy(images), labels[index], names, attr_names)
 
 
 def to_unit_range(images: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Checkpoints written atomically (a crash mid-write leaves the previous file intact, never half a file) and read
 back with `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python values (dict, list, tuple,
 str, int, float, bool, None) only, so loading one cannot run code. A file that carries any other pickled object
-is refused (UnsafeCheckpointError), naming what it carries."""
+is refused (UnsafeCheckpointError), naming what it carries.
+
+`load_model(path, kind)` is the one loader of every model kind (MODEL_KINDS: DualVAE, the baselines, the
+attribute classifier); DualVAE.load, baselines.load and AttributeClassifier.load go through it."""
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -82,20 +86,46 @@ def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] |
     return ckpt
 
 
-def restore_model(model, ckpt: dict, path: str):
-    """`model` with the checkpoint's weights and attribute names, in eval mode."""
+# Every checkpoint kind and the class that builds it from its config, imported only when a checkpoint of that kind
+# is loaded: the model modules import this one.
+MODEL_KINDS = {
+    "dualvae": "dualvae.model:DualVAE",
+    "cvae": "dualvae.baselines.cvae:CVAE",
+    "fader": "dualvae.baselines.fader:Fader",
+    "stargan": "dualvae.baselines.stargan:StarGAN",
+    "classifier": "dualvae.classifier:AttributeClassifier",
+}
+TRANSFER_KINDS = ("dualvae", "cvae", "fader", "stargan")
+BASELINE_KINDS = ("cvae", "fader", "stargan")
+
+
+def model_class(kind: str):
+    """The class that builds checkpoints of `kind` (a key of MODEL_KINDS)."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+    module, name = MODEL_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_model(path: str, kind: str | tuple[str, ...] | None = None, map_location="cpu"):
+    """The model in the checkpoint `path`, in eval mode: the one loader of every kind (MODEL_KINDS).
+
+    kind: the kind (or kinds) the file must hold; None accepts any. The file is read with load_checkpoint
+    (tensors and plain values only), the model built from its config dict by the kind's class, then given the
+    checkpoint's weights and attribute names. Each failure raises ValueError naming the file."""
+    kinds = tuple(MODEL_KINDS) if kind is None else (kind,) if isinstance(kind, str) else tuple(kind)
+    for k in kinds:
+        model_class(k)  # an unknown kind asked for is the caller's error, not the file's
+    ckpt = load_checkpoint(path, map_location=map_location, kind=kinds)
+    model = build_from_config(model_class(ckpt["kind"]), ckpt, path)
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"checkpoint {path}: its weights do not fit {type(model).__name__}: {exc}") from None
     model.attr_names = ckpt.get("attr_names")
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     return model.eval()
-
-
-def load_model(cls, path: str, kind: str, map_location="cpu"):
-    """Rebuild `cls(**config)` from a checkpoint of `kind`, load its weights and attribute names; eval mode."""
-    ckpt = load_checkpoint(path, map_location=map_location, kind=kind)
-    return restore_model(build_from_config(cls, ckpt, path), ckpt, path)
 
 
 def build_from_config(build, ckpt: dict, path: str):
@@ -105,5 +135,5 @@ def build_from_config(build, ckpt: dict, path: str):
         raise ValueError(f"checkpoint {path} has no config dict (found {type(config).__name__})")
     try:
         return build(**config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {path}: its config {config} does not build the model: {exc}") from None

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
-
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from dualvae import batching
 from dualvae.precision import autocast, check_precision
+from dualvae.transfer_model import TransferModel
 
 # fp16 would need a loss scale, which evaluation has no use for
 PRECISIONS = ("fp32", "bf16")
@@ -46,24 +45,9 @@ class CISResult:
                 "num_images": int(self.f_original.shape[0]), "domains": names or self.domains}
 
 
-class BatchTransferModel(Protocol):
-    """What the batched evaluator needs from a transfer model m (DualVAE, and the baselines alike):
-
-        transfer_all(x, domains, lam, max_batch=None) -> (N, len(domains), C, H, W), out[j, k] = m^{domains[k]}(x_j)
-
-    `domains` is a list of label indices, `lam` one number (a model without a lam may ignore it), `max_batch` the
-    most rows the model should push through its network at once, `source_labels` the dataset's labels of x (a
-    label-conditioned model starts from them; others ignore them). Optional: `domain_indices(domains)` (names to
-    indices) and `config.num_labels`. A model with only the loop's `transfer(x, domains, lam)` (one domain per
-    image) is used through `transfer_all_of`.
-    """
-
-    def transfer_all(self, x: torch.Tensor, domains: list[int], lam: float = 1.0,
-                     max_batch: int | None = None, source_labels: torch.Tensor | None = None) -> torch.Tensor: ...
-
-
 def transfer_all_of(model):
-    """`model.transfer_all`, or one built from `model.transfer` (each image repeated once per domain)."""
+    """`model.transfer_all` (every TransferModel's), or, for a plain model with only the loop's
+    `transfer(x, domains, lam)`, one built from it (each image repeated once per domain)."""
     if hasattr(model, "transfer_all"):
         return model.transfer_all
 
@@ -96,9 +80,9 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
                                 source_labels: torch.Tensor | None = None):
     """Algorithm 2 over `images` (N, C, H, W) in [-1, 1].
 
-    model: batched, a `BatchTransferModel` (or anything with the loop's `transfer`); the loop needs
-           `transfer(x, domains, lam)` taking one domain per image of x (DualVAE's signature). For `domains` given
-           by name, `domain_indices`.
+    model: a `dualvae.transfer_model.TransferModel` (DualVAE, the baselines). A plain object works too: batched,
+           with `transfer_all(x, domains, lam, max_batch=None)` or the loop's `transfer(x, domains, lam)` (one
+           domain per image of x); the loop needs `transfer`; domains given by name need `domain_indices`.
     classifier: callable (B, C, H, W) -> attribute probabilities (B, n_labels) (f), or a module with `probs`.
     domains: None (all of the model's labels), a count k (the first k), or a list of indices/names.
     lam: one number -> a CISResult; a list of numbers -> {lam: CISResult}, all of them from one pass.
@@ -246,9 +230,10 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
 
 
 def resolve_domains(model, domains) -> list[int]:
-    """Domain indices from None (all), a count k (the first k in the label order), or a list of indices/names."""
+    """Domain indices from None (all), a count k (the first k in the label order), or a list of indices/names
+    (`model.domain_indices`, a TransferModel's)."""
     if isinstance(domains, int) and not isinstance(domains, bool):
-        n_labels = model.config.num_labels if hasattr(model, "config") else None
+        n_labels = model.num_labels if isinstance(model, TransferModel) else None
         if domains < 1 or (n_labels is not None and domains > n_labels):
             raise ValueError(f"CIS: domains={domains} must be in [1, {n_labels}]")
         return list(range(domains))

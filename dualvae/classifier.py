@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +44,14 @@ class AttributeClassifier(nn.Module):
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(x))
 
+    def checkpoint_state(self) -> dict:
+        return {"kind": "classifier", "config": dict(self.config), "model": self.state_dict(),
+                "attr_names": self.attr_names}
+
     @classmethod
     def load(cls, path: str, map_location="cpu") -> "AttributeClassifier":
         """The classifier of a checkpoint written by `dualvae train-classifier`, in eval mode."""
-        return load_model(cls, path, "classifier", map_location)
+        return load_model(path, "classifier", map_location)
 
 
 def binary_auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
@@ -91,33 +95,46 @@ def evaluate_classifier(model: AttributeClassifier, images_u8: torch.Tensor, lab
             "attributes": per_attr}
 
 
+def _option(default, help: str, **extra):
+    """A ClassifierConfig field: its default and the one line `dualvae train-classifier --help` shows for it."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
 @dataclass
 class ClassifierConfig:
-    data: str
-    out: str
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 2e-3
-    width: int = 32
-    image_size: int = 64
-    limit: int | None = None
-    seed: int = 0
-    workers: int | None = None
-    progress: bool = True
+    data: str | None = _option(None, "CelebA root or a cache file written by `dualvae prepare`", required=True)
+    out: str | None = _option(None, "where to write the classifier checkpoint (its JSON report goes beside it)",
+                              required=True)
+    steps: int = _option(1500, "training steps")
+    batch_size: int = _option(64, "images per step")
+    lr: float = _option(2e-3, "peak learning rate of the one-cycle AdamW schedule")
+    width: int = _option(32, "channels of the first conv, doubled at every stride-2 stage")
+    image_size: int = _option(64, "side of the square images, in pixels")
+    limit: int | None = _option(None, "train on only the first LIMIT images of the training split")
+    seed: int = _option(0, "seed of the weights, the batch order and the shifts")
+    workers: int | None = _option(None, "decoding threads (DALI) or worker processes (PIL, 0: none); "
+                                        "default: all cores")
+    data_backend: str | None = _option(None, "how images are read: dali or pil for a CelebA root, hdf5 for a "
+                                       "cache; default: hdf5 for a file, dali for a folder",
+                                       choices=("dali", "pil", "hdf5"))
+    progress: bool = _option(True, "show progress bars")
 
 
 def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -> tuple[str, dict]:
     """Train f on the training split, evaluate on the test split; writes cfg.out (checkpoint) and a JSON report
-    beside it (same name, .json). Returns (checkpoint path, report)."""
-    from dualvae.data import labels_to_binary, load_split, to_unit_range
+    beside it (same name, .json). Returns (checkpoint path, report). The splits (CelebASplit) are read from
+    cfg.data with dualvae.data.read_split unless given."""
+    from dualvae.data import labels_to_binary, read_split, to_unit_range
 
+    if not cfg.out or (cfg.data is None and (train_split is None or test_split is None)):
+        raise ValueError(f"train_classifier: needs data (a CelebA root or cache) and out, got data={cfg.data!r}, "
+                         f"out={cfg.out!r}")
     torch.manual_seed(cfg.seed)
+    read = dict(image_size=cfg.image_size, backend=cfg.data_backend, threads=cfg.workers, progress=cfg.progress)
     if train_split is None:
-        train_split = load_split(cfg.data, "train", image_size=cfg.image_size, limit=cfg.limit,
-                                 workers=cfg.workers, progress=cfg.progress)
+        train_split = read_split(cfg.data, "train", limit=cfg.limit, **read)
     if test_split is None:
-        test_split = load_split(cfg.data, "test", image_size=cfg.image_size, workers=cfg.workers,
-                                progress=cfg.progress)
+        test_split = read_split(cfg.data, "test", **read)
     images, labels = train_split.images, labels_to_binary(train_split.labels)
     n = len(images)
     bs = min(cfg.batch_size, n)
@@ -147,7 +164,6 @@ def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -
     report = evaluate_classifier(model, test_split.images, labels_to_binary(test_split.labels))
     report.update(split="test", train_images=n, steps=cfg.steps, train_seconds=round(time.time() - t0, 1),
                   config=asdict(cfg))
-    save_atomic({"kind": "classifier", "config": model.config, "model": model.state_dict(),
-                 "attr_names": model.attr_names, "report": report}, cfg.out)
+    save_atomic({**model.checkpoint_state(), "report": report}, cfg.out)
     write_json_atomic(os.path.splitext(cfg.out)[0] + ".json", report)
     return cfg.out, report

@@ -5,18 +5,19 @@
     p_w(y | z)     Bern(y | sigmoid(U z)); the rows u_i of U are the dual vectors (Eq. 2)
     transfer       decode(z + lam * u_i), z the posterior mean                 (Eq. 3)
 
-Losses come from dualvae.kernels (reparameterize_kl, dual_bce), so a faster backend is a one-line swap there.
+The losses (the reparameterized sample and its KL, the dual-head BCE) are in dualvae/losses.py, the one caller
+of dualvae.kernels; the transfer interface (domains, input checks, transfer, checkpoint, load) is TransferModel's.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from dualvae import kernels
-from dualvae.checkpoint import load_model
+from dualvae import batching
+from dualvae.transfer_model import TransferModel
 
 
 @dataclass
@@ -74,19 +75,17 @@ class Decoder(nn.Module):
         return self.deconv(h)
 
 
-class DualVAE(nn.Module):
+class DualVAE(TransferModel):
+    kind = "dualvae"
+
     def __init__(self, image_size: int = 64, channels: int = 3, latent_dim: int = 128, num_labels: int = 40,
-                 width: int = 32, kernel_backend: str = "auto"):
+                 width: int = 32):
         super().__init__()
-        # Which dualvae.kernels backend computes the reparameterization + KL (and, in training, the dual-head
-        # loss): "auto" picks the fused kernels for the device. Not part of the checkpoint: a run choice.
-        self.kernel_backend = kernel_backend
         self.config = DualVAEConfig(image_size, channels, latent_dim, num_labels, width)
         self.encoder = Encoder(self.config)
         self.decoder = Decoder(self.config)
         # Dual matrix U (num_labels x latent_dim): row i is the dual vector u_i of domain i.
         self.U = nn.Parameter(torch.randn(num_labels, latent_dim) * 0.01)
-        self.attr_names: list[str] | None = None
 
     # -- the paper's pieces ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,44 +98,14 @@ class DualVAE(nn.Module):
         """Logits of p_w(y | z): z U^T, shape (B, num_labels)."""
         return z @ self.U.t()
 
-    def sample_latent(self, x: torch.Tensor, eps: torch.Tensor | None = None):
-        """(z, kl_per_row, mu, logvar) with z ~ q(z | x) by reparameterization."""
-        mu, logvar = self.encode(x)
-        if eps is not None and eps.dtype != mu.dtype:  # under autocast mu is bf16/fp16, eps drawn in fp32
-            eps = eps.to(mu.dtype)
-        z, kl = kernels.reparameterize_kl(mu, logvar, eps, backend=self.kernel_backend)
-        return z, kl, mu, logvar
-
     def dual_vectors(self, domains) -> torch.Tensor:
         """Rows of U for `domains` (an int, a name, or a list of them)."""
         return self.U[self.domain_indices(domains)]
 
-    def domain_indices(self, domains) -> list[int]:
-        if domains is None:
-            return list(range(self.config.num_labels))
-        if isinstance(domains, (int, str)):
-            domains = [domains]
-        out = []
-        for d in domains:
-            if isinstance(d, str):
-                if not self.attr_names or d not in self.attr_names:
-                    raise ValueError(f"DualVAE: unknown domain {d!r}; known: {self.attr_names}")
-                d = self.attr_names.index(d)
-            if not 0 <= int(d) < self.config.num_labels:
-                raise ValueError(f"DualVAE: domain {d} out of range [0, {self.config.num_labels})")
-            out.append(int(d))
-        return out
-
-    @torch.no_grad()
-    def transfer(self, x: torch.Tensor, domain, lam: float = 1.0) -> torch.Tensor:
-        """Eq. 3: decode(z + lam * u_i) with z the posterior mean of x.
-
-        `domain` is an index or attribute name applied to every image of x, or a sequence of them, one per image.
-        """
+    def transfer_domains(self, x, domain, lam, source_labels=None):
+        """Eq. 3: decode(z + lam * u_i) with z the posterior mean of x; no labels of x needed."""
         mu, _ = self.encode(x)
-        if not isinstance(domain, (int, str)) and len(domain) != len(x):
-            raise ValueError(f"transfer: {len(domain)} domains for {len(x)} images; give one, or one per image")
-        return self.decode(mu + lam * self.dual_vectors(domain))
+        return self.decode(mu + lam * self.U[domain])
 
     @torch.no_grad()
     def transfer_all(self, x: torch.Tensor, domains=None, lam: float = 1.0,
@@ -145,19 +114,10 @@ class DualVAE(nn.Module):
 
         x (N, C, H, W) is encoded once; all w = z_j + lam * u_i form one (N * n_dom, d) tensor, decoded in chunks
         of `max_batch` rows (default: from the free memory on a GPU, `batching.CPU_MAX_BATCH` on a CPU).
-        `domains`: None (all), or indices/names (one int or name: that domain). The interface the batched CIS
-        evaluator needs from any transfer model (`dualvae.cis.BatchTransferModel`). `source_labels` is accepted
-        for that interface and unused: z + lam * u_i needs no labels of x.
+        `source_labels` is checked and unused: z + lam * u_i needs no labels of x.
         """
-        from dualvae import batching
-
+        self.check_transfer_input(x, lam, max_batch, source_labels)
         cfg = self.config
-        if x.dim() != 4 or len(x) == 0 or tuple(x.shape[1:]) != (cfg.channels, cfg.image_size, cfg.image_size):
-            raise ValueError(f"transfer_all: x has shape {tuple(x.shape)}, expected "
-                             f"(N, {cfg.channels}, {cfg.image_size}, {cfg.image_size})")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-            raise ValueError(f"transfer_all: lam must be a finite number, got {lam!r}")
-        batching.check_max_batch(max_batch, "transfer_all")
         idx = self.domain_indices(domains)
         if max_batch is None:
             max_batch = batching.max_batch_for(
@@ -173,13 +133,3 @@ class DualVAE(nn.Module):
             h = torch.relu(dec.fc(w[a:a + max_batch])).view(-1, dec.c0, 4, 4).contiguous(memory_format=cl)
             out[a:a + max_batch] = dec.deconv(h)
         return out.view(len(x), len(idx), *out.shape[1:])
-
-    # -- persistence ----------------------------------------------------------------------------------
-    @classmethod
-    def load(cls, path: str, map_location="cpu") -> "DualVAE":
-        """The model of a checkpoint written by `dualvae train` (RUN_DIR/model.pt), in eval mode."""
-        return load_model(cls, path, "dualvae", map_location)
-
-    def checkpoint_state(self) -> dict:
-        return {"kind": "dualvae", "config": asdict(self.config), "model": self.state_dict(),
-                "attr_names": self.attr_names}

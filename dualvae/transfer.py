@@ -16,14 +16,10 @@ def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def transfer_rows(model, images: torch.Tensor, domains: list[int], lam: float) -> torch.Tensor:
-    """(N, 1 + len(domains), C, H, W): each image, then its transfer to each domain."""
-    rows = []
-    for x in images:
-        x1 = x.unsqueeze(0)
-        transferred = model.transfer(x1.expand(len(domains), *x1.shape[1:]), domains, lam)
-        rows.append(torch.cat([x1, transferred]))
-    return torch.stack(rows)
+def transfer_tiles(model, images: torch.Tensor, domains: list[int], lam: float, **transfer_kw) -> torch.Tensor:
+    """(N, 1 + len(domains), C, H, W): each image, then its transfer to each domain (`model.transfer_all`, a
+    TransferModel's; `transfer_kw` such as source_labels go to it)."""
+    return torch.cat([images[:, None], model.transfer_all(images, domains, lam, **transfer_kw)], 1)
 
 
 def save_grid_png(path: str, tiles: torch.Tensor, column_names: list[str] | None = None, scale: int = 1,
@@ -58,6 +54,6 @@ def write_transfer_grid(model, images: torch.Tensor, path: str, *, domains=None,
     `domains`: None (all), a count k (the first k), or a list of indices/names."""
     idx = resolve_domains(model, domains)
     names = attr_names or model.attr_names
-    tiles = transfer_rows(model, images, idx, lam)
+    tiles = transfer_tiles(model, images, idx, lam)
     header = ["original", *[(names[i] if names else str(i)) for i in idx]]
     return save_grid_png(path, tiles, header)

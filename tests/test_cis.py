@@ -261,3 +261,44 @@ def test_bench_quick_runs(tmp_path):
     assert set(res["seconds"]) == {"literal_loop", "per_domain_loop", "loop_reference", "batched"}
     assert res["agreement"]["max_abs_M_diff"] <= 1e-5
     assert res["memory"]["rows"] and (tmp_path / path.name.replace(".json", ".png")).exists()
+
+
+def test_a_model_on_the_transfer_interface_needs_only_transfer_domains():
+    """A TransferModel subclass implementing one method gets domain names, input checks, transfer, transfer_all
+    and both CIS evaluators, which agree."""
+    from dataclasses import dataclass
+
+    from dualvae.transfer_model import TransferModel
+
+    @dataclass
+    class Config:
+        image_size: int = 2
+        channels: int = 1
+        num_labels: int = 2
+
+    class Shift(TransferModel):
+        def __init__(self):
+            super().__init__()
+            self.config = Config()
+
+        def transfer_domains(self, x, domain, lam, source_labels=None):
+            return x + lam * ShiftModel.c[domain].view(-1, 1, 1, 1)
+
+    model = Shift().eval()
+    model.attr_names = ["A", "B"]
+    images = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])
+    want = conditional_inception_score(ShiftModel(), f_square_identity, images, lam=[1.0, 2.0], batched=False)
+    for batched in (True, False):
+        got = conditional_inception_score(model, f_square_identity, images, lam=[1.0, 2.0], batched=batched)
+        for lam in (1.0, 2.0):
+            assert_same_result(got[lam], want[lam])
+    torch.testing.assert_close(model.transfer_all(images, ["B", 0], 2.0, max_batch=3)[:, 0], images - 0.5)
+    torch.testing.assert_close(model.transfer(images, "A"), images + 0.5)
+    with pytest.raises(ValueError, match=r"Shift\.transfer_all: x has shape \(2, 1, 2, 3\)"):
+        model.transfer_all(torch.zeros(2, 1, 2, 3))
+    with pytest.raises(ValueError, match=r"Shift\.transfer_all: source_labels have shape \(2, 3\)"):
+        model.transfer_all(images, source_labels=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"Shift: domains \[2\] out of range \[0, 2\)"):
+        model.transfer(images, 2)
+    with pytest.raises(ValueError, match="CIS: domains=3 must be in"):
+        conditional_inception_score(model, f_square_identity, images, domains=3)

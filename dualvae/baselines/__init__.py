@@ -1,8 +1,8 @@
 """Baseline transfer models the paper compares DualVAE with: CVAE, FaderNetworks, StarGAN.
 
-Each has `transfer_all(x, domains, lam, max_batch)` (the `dualvae.cis.BatchTransferModel` protocol, so the CIS
-evaluator scores them as it scores DualVAE), `train_step(opts, x, y, mask, step, total_steps)` with masked-label
-losses, and `checkpoint_state()`. `fit` trains any of them on images in memory; `load` reads a checkpoint back.
+Each is a `dualvae.transfer_model.TransferModel` (through `common.LabelConditioned`), so the CIS evaluator scores
+them as it scores DualVAE, and has `train_step(opts, x, y, mask, step, total_steps)` with masked-label losses.
+`fit` trains any of them on images in memory; `load` reads a checkpoint back (dualvae.checkpoint.load_model).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tqdm import tqdm
 from dualvae.baselines.cvae import CVAE, CVAEConfig
 from dualvae.baselines.fader import Fader, FaderConfig
 from dualvae.baselines.stargan import StarGAN, StarGANConfig
-from dualvae.checkpoint import build_from_config, load_checkpoint, restore_model
+from dualvae.checkpoint import BASELINE_KINDS, load_model
 
 MODELS = {"cvae": (CVAE, CVAEConfig), "fader": (Fader, FaderConfig), "stargan": (StarGAN, StarGANConfig)}
 
@@ -27,11 +27,8 @@ def build(kind: str, **config):
 
 
 def load(path: str, map_location="cpu"):
-    """The baseline in a checkpoint written by `fit` (via save_atomic(model.checkpoint_state())), in eval mode;
-    read by the loader every model kind goes through (dualvae.checkpoint.load_checkpoint)."""
-    ckpt = load_checkpoint(path, map_location=map_location, kind=tuple(MODELS))
-    model = build_from_config(lambda **config: build(ckpt["kind"], **config), ckpt, path)
-    return restore_model(model, ckpt, path)
+    """The baseline in a checkpoint written by save_atomic(model.checkpoint_state()), in eval mode."""
+    return load_model(path, BASELINE_KINDS, map_location)
 
 
 def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tensor | None, *, steps: int,

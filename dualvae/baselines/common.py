@@ -1,6 +1,6 @@
 """What the three baselines share: the masked label loss, how missing labels are filled, the target labels of a
-transfer (StarGAN's `create_labels`, with a strength λ), the batched transfer driver and the reconstruction check
-that tells a face model from a failed one.
+transfer (StarGAN's `create_labels`, with a strength λ), the label-conditioned transfer (`LabelConditioned`, on
+the `TransferModel` interface) and the reconstruction check that tells a face model from a failed one.
 
 Attribute losses are summed over the attributes and averaged over the batch, as the originals compute them
 (StarGAN's `classification_loss`, FaderNetworks' per-attribute cross-entropies added up).
@@ -15,12 +15,10 @@ Missing labels (mask I from `dualvae.data.draw_label_mask`, True = observed):
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from dualvae import batching
+from dualvae.transfer_model import TransferModel
 
 
 def masked_bce(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,92 +80,26 @@ def target_labels(y: torch.Tensor, domain: torch.Tensor, lam: float, groups=()) 
     return out
 
 
-def check_transfer_input(who: str, x: torch.Tensor, channels: int, image_size: int, lam, max_batch) -> None:
-    if x.dim() != 4 or len(x) == 0 or tuple(x.shape[1:]) != (channels, image_size, image_size):
-        raise ValueError(f"{who}.transfer_all: x has shape {tuple(x.shape)}, expected "
-                         f"(N, {channels}, {image_size}, {image_size})")
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-        raise ValueError(f"{who}.transfer_all: lam must be a finite number, got {lam!r}")
-    batching.check_max_batch(max_batch, f"{who}.transfer_all")
-
-
-def domain_list(domains, num_labels: int, who: str) -> list[int]:
-    if domains is None:
-        return list(range(num_labels))
-    if isinstance(domains, int):
-        domains = [domains]
-    out = [int(d) for d in domains]
-    bad = [d for d in out if not 0 <= d < num_labels]
-    if bad:
-        raise ValueError(f"{who}: domains {bad} out of range [0, {num_labels})")
-    return out
-
-
-@torch.no_grad()
-def transfer_all_rows(x: torch.Tensor, domains: list[int], max_batch: int | None, source_labels, transfer_rows):
-    """Drive a per-row transfer over every (image, domain) pair in chunks of `max_batch` rows.
-
-    source_labels: the (N, n) labels of x, or a function x -> labels (run on chunks of x);
-    transfer_rows(x_rep, y_src_rep, dom_rep) -> images, one per row.
-    Returns (N, len(domains), C, H, W) with out[j, k] = transfer of x_j to domains[k].
-    """
-    max_batch = max_batch or batching.CPU_MAX_BATCH
-    if callable(source_labels):
-        y = torch.cat([source_labels(x[a:a + max_batch]) for a in range(0, len(x), max_batch)])
-    else:
-        y = source_labels
-    n_dom = len(domains)
-    dom = torch.tensor(domains, device=x.device)
-    rows_img = torch.arange(len(x), device=x.device).repeat_interleave(n_dom)
-    rows_dom = dom.repeat(len(x))
-    outs = []
-    for a in range(0, len(rows_img), max_batch):
-        j, d = rows_img[a:a + max_batch], rows_dom[a:a + max_batch]
-        outs.append(transfer_rows(x[j], y[j], d))
-    out = torch.cat(outs)
-    return out.view(len(x), n_dom, *out.shape[1:])
-
-
 def label_maps(y: torch.Tensor, size: int) -> torch.Tensor:
     """(B, n) -> (B, n, size, size): each label as a constant feature map."""
     return y[:, :, None, None].expand(-1, -1, size, size)
 
 
-class TransferMixin:
-    """transfer_all (the batched CIS protocol) and transfer (the loop's: one domain per image) from a model's
-    `predict_labels(x)` (source labels of x) and `transfer_rows(x, y_src, domain, lam)` (one transfer per row)."""
-
-    def _domains(self, domains) -> list[int]:
-        return domain_list(domains, self.config.num_labels, type(self).__name__)
+class LabelConditioned(TransferModel):
+    """A transfer model conditioned on labels: it transfers x with source labels y (the dataset's, or its own
+    `predict_labels(x)`) to the target labels of a domain, through `transfer_rows(x, y, domain, lam)`."""
 
     def targets(self, y: torch.Tensor, domain: torch.Tensor, lam: float) -> torch.Tensor:
         """The target labels of a transfer (`target_labels`, with the model's exclusive hair-colour group)."""
         return target_labels(y, domain, lam, exclusive_groups(self.attr_names))
 
     @torch.no_grad()
-    def transfer_all(self, x, domains=None, lam: float = 1.0, max_batch: int | None = None,
-                     source_labels: torch.Tensor | None = None):
-        """(N, n_dom, C, H, W), out[j, k] = transfer of x_j to domains[k]. The source labels of x are the model's
-        prediction, or `source_labels` (N, num_labels) 0/1, the dataset's."""
-        cfg = self.config
-        who = type(self).__name__
-        check_transfer_input(who, x, cfg.channels, cfg.image_size, lam, max_batch)
-        labels = self.predict_labels
-        if source_labels is not None:
-            if tuple(source_labels.shape) != (len(x), cfg.num_labels):
-                raise ValueError(f"{who}.transfer_all: source_labels have shape {tuple(source_labels.shape)}, "
-                                 f"expected ({len(x)}, {cfg.num_labels})")
-            labels = source_labels.to(x.device, x.dtype)
-        return transfer_all_rows(x, self._domains(domains), max_batch, labels,
-                                 lambda xr, yr, dr: self.transfer_rows(xr, yr, dr, lam))
+    def predicted_source_labels(self, x: torch.Tensor, max_batch: int) -> torch.Tensor:
+        return torch.cat([self.predict_labels(x[a:a + max_batch]) for a in range(0, len(x), max_batch)])
 
-    @torch.no_grad()
-    def transfer(self, x, domain, lam: float = 1.0):
-        """Transfer each image of x to `domain` (an index, or one per image)."""
-        doms = self._domains([domain] * len(x) if isinstance(domain, int) else domain)
-        if len(doms) != len(x):
-            raise ValueError(f"transfer: {len(doms)} domains for {len(x)} images; give one, or one per image")
-        return self.transfer_rows(x, self.predict_labels(x), torch.tensor(doms, device=x.device), lam)
+    def transfer_domains(self, x, domain, lam, source_labels=None):
+        y = self.predict_labels(x) if source_labels is None else source_labels.to(x.device, x.dtype)
+        return self.transfer_rows(x, y, domain, lam)
 
 
 @torch.no_grad()

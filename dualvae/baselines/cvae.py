@@ -11,7 +11,7 @@ the observed value where observed and q(y|x)'s probability (detached) where miss
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ class CVAEConfig:
     lr: float = 1e-3
 
 
-class CVAE(common.TransferMixin, nn.Module):
+class CVAE(common.LabelConditioned):
     kind = "cvae"
 
     def __init__(self, cfg: CVAEConfig | None = None, **kw):
@@ -46,7 +46,6 @@ class CVAE(common.TransferMixin, nn.Module):
         self.label_head = nn.Linear(feat, cfg.num_labels)  # q(y | x)
         self.decoder = Decoder(DualVAEConfig(cfg.image_size, cfg.channels, cfg.latent_dim + cfg.num_labels,
                                              cfg.num_labels, cfg.width))  # p(x | z, y)
-        self.attr_names: list[str] | None = None
 
     def features(self, x):
         return self.encoder.conv(x)
@@ -89,7 +88,3 @@ class CVAE(common.TransferMixin, nn.Module):
         """decode(mu(x, y), y with y_i shifted by lam) for each row, y the source labels (q(y|x))."""
         mu, _ = self.encode(self.features(x), y)
         return self.decode(mu, self.targets(y, domain, lam))
-
-    def checkpoint_state(self) -> dict:
-        return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),
-                "attr_names": self.attr_names}

@@ -19,7 +19,7 @@ colours move down as far, as StarGAN's `create_labels`), D(E(x), y').
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,7 +48,7 @@ def _n_layers(image_size: int) -> int:
     return n
 
 
-class Fader(common.TransferMixin, nn.Module):
+class Fader(common.LabelConditioned):
     kind = "fader"
 
     def __init__(self, cfg: FaderConfig | None = None, **kw):
@@ -82,7 +82,6 @@ class Fader(common.TransferMixin, nn.Module):
             pred += [nn.Conv2d(c_in, chans[k] * 2, 4, 2, 1), nn.BatchNorm2d(chans[k] * 2), nn.LeakyReLU(0.2, True)]
             c_in, size = chans[k] * 2, size // 2
         self.predictor = nn.Sequential(*pred, nn.Flatten(), nn.Linear(c_in * size * size, na))
-        self.attr_names: list[str] | None = None
 
     def encode(self, x):
         return self.encoder(x)
@@ -146,7 +145,3 @@ class Fader(common.TransferMixin, nn.Module):
     def transfer_rows(self, x, y, domain, lam: float):
         """D(E(x), y with y_i shifted by lam) for each row, y the source labels (C(x))."""
         return self.decode(self.encode(x), self.targets(y, domain, lam))
-
-    def checkpoint_state(self) -> dict:
-        return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),
-                "attr_names": self.attr_names}

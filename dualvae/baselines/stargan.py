@@ -23,7 +23,7 @@ The attribute losses are summed over attributes and averaged over the batch, as 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +119,7 @@ class Discriminator(nn.Module):
         return self.src(h), self.cls(h).flatten(1)
 
 
-class StarGAN(common.TransferMixin, nn.Module):
+class StarGAN(common.LabelConditioned):
     kind = "stargan"
 
     def __init__(self, cfg: StarGANConfig | None = None, **kw):
@@ -128,7 +128,6 @@ class StarGAN(common.TransferMixin, nn.Module):
         self.config = cfg
         self.G = Generator(cfg)
         self.D = Discriminator(cfg)
-        self.attr_names: list[str] | None = None
 
     def make_optimizers(self):
         betas = (0.5, 0.999)
@@ -194,7 +193,3 @@ class StarGAN(common.TransferMixin, nn.Module):
     def transfer_rows(self, x, y, domain, lam: float = 1.0):
         """G(x, c) for each row, c the target labels (c_i = 1, the other hair colours 0) at strength lam."""
         return self.G(x, self.targets(y, domain, lam))
-
-    def checkpoint_state(self) -> dict:
-        return {"kind": self.kind, "config": asdict(self.config), "model": self.state_dict(),
-                "attr_names": self.attr_names}

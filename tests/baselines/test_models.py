@@ -145,3 +145,18 @@ def test_stargan_generator_equals_the_concatenated_conv_in_float64():
     wrt = [x, c, m.G.net[0].weight]
     for a, b in zip(torch.autograd.grad(got.square().sum(), wrt), torch.autograd.grad(want.square().sum(), wrt)):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_domains_by_name_and_source_labels_checked(kind):
+    model = make(kind).eval()
+    model.attr_names = [f"a{i}" for i in range(N_LABELS)]
+    x, y, _ = batch(b=2)
+    assert torch.equal(model.transfer_all(x, ["a4", "a1"], 1.0), model.transfer_all(x, [4, 1], 1.0))
+    assert torch.equal(model.transfer(x, "a2"), model.transfer_all(x, [2])[:, 0])
+    torch.testing.assert_close(model.transfer_all(x, [3], source_labels=y)[:, 0],
+                               model.transfer_rows(x, y, torch.tensor([3, 3]), 1.0), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown domain 'nope'"):
+        model.transfer_all(x, ["nope"])
+    with pytest.raises(ValueError, match=r"source_labels have shape \(2, 5\), expected \(2, 6\)"):
+        model.transfer_all(x, [0], source_labels=y[:, :5])

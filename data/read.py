@@ -1,0 +1,64 @@
+"""A whole split in memory, read through `make_loader` like training reads it: `read_split` (and `load_split`,
+CelebA roots through the PIL backend)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .celeba import CelebASplit
+from .loader import make_loader
+
+# Images per batch while reading a split: the batch only bounds what one decode step holds.
+READ_BATCH = 256
+
+
+def read_split(source: str, split: str | int = "train", *, image_size: int = 64, limit: int | None = None,
+               backend: str | None = None, threads: int | None = None, device="cpu", skip_corrupt: bool = False,
+               verify_cache: bool = True, progress: bool = False) -> CelebASplit:
+    """One split of `source` (a CelebA root, or a cache file written by `prepare`) in memory, in the source
+    list's order: images uint8 (N, 3, S, S) and labels int8 -1/+1 on `device`, with their file names and the
+    attribute names.
+
+    The images are those make_loader yields (shuffle=False, drop_last=False) for the same source, backend
+    (None: "hdf5" for a file, "dali" for a folder) and image size, stored as uint8: ((x + 1) * 127.5).round()
+    gives back exactly the uint8 pixels the loader normalized. limit: the first `limit` images of the split.
+    threads: DALI threads / PIL worker processes (0: decode in this process). skip_corrupt leaves corrupt images
+    (and their rows) out instead of raising."""
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    loader = make_loader(source, split, image_size=image_size, batch_size=READ_BATCH, device=device,
+                         backend=backend, shuffle=False, drop_last=False, skip_corrupt=skip_corrupt,
+                         threads=threads, limit=limit, verify_cache=verify_cache)
+    images, labels, rows = [], [], []
+    try:
+        with tqdm(total=loader.num_images, unit="img", desc=f"{split} {image_size}px", disable=not progress) as bar:
+            for x, y, _ in loader:
+                images.append(x.add(1.0).mul_(127.5).round_().to(torch.uint8))
+                labels.append(y.mul(2).sub_(1).to(torch.int8))
+                rows.append(loader.last_indices)
+                bar.update(len(x))
+    finally:
+        loader.close()
+    device = torch.device(device)
+    if not images:
+        n = len(loader.attr_names)
+        return CelebASplit(torch.empty((0, 3, image_size, image_size), dtype=torch.uint8, device=device),
+                           torch.empty((0, n), dtype=torch.int8, device=device), [], list(loader.attr_names))
+    kept = torch.cat(rows).tolist()
+    return CelebASplit(torch.cat(images), torch.cat(labels), [loader.filenames[r] for r in kept],
+                       list(loader.attr_names))
+
+
+def load_split(root: str, split: str | int = "train", image_size: int = 64, limit: int | None = None,
+               workers: int | None = None, progress: bool = True, backend: str = "pil") -> CelebASplit:
+    """`read_split` of a CelebA root with the PIL backend (data/celeba.py's preprocess_image), on the CPU.
+
+    workers: decoding processes (None: os.cpu_count(); 1: decode in this process). The result does not depend
+    on it. Only the selected images must be on disk; a missing one raises naming its path and attribute-file
+    line, a corrupt one raises ValueError naming its path."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+    threads = None if workers is None else (0 if workers == 1 else workers)
+    return read_split(root, split, image_size=image_size, limit=limit, backend=backend, threads=threads,
+                      progress=progress)
