@@ -77,10 +77,11 @@ def parse_domains(text: str | None):
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
 
-def _load_images(data: str, split: str, num: int, image_size: int):
-    from dualvae.data import load_split, to_unit_range
+def load_images(data: str, split: str, num: int, image_size: int):
+    """The first `num` images of a split in [-1, 1], and the split (labels, names), read as training reads them."""
+    from dualvae.data import read_split, to_unit_range
 
-    s = load_split(data, split, image_size=image_size, limit=num, progress=False)
+    s = read_split(data, split, image_size=image_size, limit=num)
     if len(s.images) == 0:
         raise ValueError(f"the {split} split of {data} has no images")
     return to_unit_range(s.images), s
@@ -147,7 +148,7 @@ def cmd_transfer(c: TransferConfig) -> None:
     from dualvae.transfer import write_transfer_grid
 
     model = DualVAE.load(c.model)
-    images, _ = _load_images(c.data, c.split, c.num_images, model.config.image_size)
+    images, _ = load_images(c.data, c.split, c.num_images, model.config.image_size)
     domains = resolve_domains(model, parse_domains(c.domains))
     path = write_transfer_grid(model, images, c.out, domains=domains, lam=c.lam)
     print(f"transfer grid ({len(images)} images x {len(domains)} domains, lam={c.lam:g}): {path}")
@@ -162,7 +163,7 @@ def cmd_cis(c: CISConfig) -> None:
     if not c.lam:
         raise ValueError("--lam: give at least one number")
     model, clf = DualVAE.load(c.model), AttributeClassifier.load(c.classifier)
-    images, _ = _load_images(c.data, c.split, c.num_images, model.config.image_size)
+    images, _ = load_images(c.data, c.split, c.num_images, model.config.image_size)
     results = conditional_inception_score(model, clf, images, domains=parse_domains(c.domains), lam=c.lam,
                                           batched=not c.loop, max_batch=c.max_batch, precision=c.precision,
                                           progress=True)

@@ -58,7 +58,7 @@ def _start_classifier(c: DemoConfig, data: str, out: str):
     return proc, cfg.out, threads
 
 
-def _train_dualvae(c: DemoConfig, data: str, out: str, threads: int) -> str:
+def _train_dualvae(c: DemoConfig, data: str, cache: str, out: str, threads: int) -> str:
     import torch
 
     from dualvae.data import prepare
@@ -67,8 +67,7 @@ def _train_dualvae(c: DemoConfig, data: str, out: str, threads: int) -> str:
     all_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        cache = os.path.join(out, "data-64.h5")  # decoded once (DALI); training gathers batches from memory
-        prepare(data, cache, image_size=64, progress=False)
+        prepare(data, cache, image_size=64, progress=False)  # decoded once; batches gathered from memory
         return train(TrainConfig(data=cache, out=os.path.join(out, "run"), steps=c.steps, batch_size=c.batch_size,
                                  width=c.width, missing_ratio=c.missing_ratio, seed=c.seed))
     finally:
@@ -81,7 +80,7 @@ def run_demo(c: DemoConfig) -> None:
     from dualvae.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier
-    from dualvae.cli import _load_images
+    from dualvae.cli import load_images
     from dualvae.data.synth import write_preview, write_synth_celeba
     from dualvae.model import DualVAE
     from dualvae.transfer import write_transfer_grid
@@ -89,6 +88,7 @@ def run_demo(c: DemoConfig) -> None:
     t_start = time.time()
     out = os.path.abspath(c.out)
     data = os.path.join(out, "data")
+    cache = os.path.join(out, "data-64.h5")  # the decoded images, for training and for scoring
     timings = {}
 
     def stage(name):
@@ -102,7 +102,7 @@ def run_demo(c: DemoConfig) -> None:
           f"classifier ({c.classifier_steps} steps)")
     clf_proc, clf_path, clf_threads = _start_classifier(c, data, out)
     try:
-        model_path = _train_dualvae(c, data, out, max(1, torch.get_num_threads() - clf_threads))
+        model_path = _train_dualvae(c, data, cache, out, max(1, torch.get_num_threads() - clf_threads))
     except BaseException:
         clf_proc.terminate()
         raise
@@ -120,8 +120,8 @@ def run_demo(c: DemoConfig) -> None:
           f"(report: {report_path})")
 
     model, clf = DualVAE.load(model_path), AttributeClassifier.load(clf_path)
-    val_images, _ = _load_images(data, "val", c.val_images, model.config.image_size)
-    test_images, _ = _load_images(data, "test", c.num_images, model.config.image_size)
+    val_images, _ = load_images(cache, "val", c.val_images, model.config.image_size)
+    test_images, _ = load_images(cache, "test", c.num_images, model.config.image_size)
     print(f"[4/5] choosing lam on {len(val_images)} validation images over {c.lams}")
     with torch.no_grad():
         best_lam, sweep = sweep_lam(model, clf, val_images, c.lams, domains=c.domains, progress=True)

@@ -2,7 +2,8 @@
 written once, on the field (`field(default=..., metadata={"help": ..., "choices": ...})`), and `--help` states
 every default.
 
-A field becomes `--field-name`: required when it has no default; a bool defaulting to False a switch; one
+A field becomes `--field-name`: required when it has no default (or `metadata={"required": True}`, for a field
+that Python callers may leave unset); a bool defaulting to False a switch; one
 defaulting to True a `--name/--no-name` pair; `list[float]` numbers separated by commas; `X | None` an optional
 X. `metadata={"positional": True}` makes a field a positional argument, `metadata={"cli": False}` keeps it off
 the command line (its default is used).
@@ -63,7 +64,7 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
             kw["choices"] = list(f.metadata["choices"])
         if "metavar" in f.metadata:
             kw["metavar"] = f.metadata["metavar"]
-        if default is dataclasses.MISSING:
+        if default is dataclasses.MISSING or f.metadata.get("required"):
             kw["required"] = True
         elif typ is bool:
             kw.update(action=argparse.BooleanOptionalAction if default else "store_true", default=default)

@@ -9,10 +9,11 @@ import os
 
 import torch
 
+from dualvae.checkpoint import load_model
 from dualvae.experiments.budgets import (BUDGETS, FAILED_RATIO, MAX_GRID_EXTENSIONS, PROTOCOLS, UNIT, Budget,
                                          domain_counts)
 from dualvae.experiments.prepare import classifier_file, load_data
-from dualvae.experiments.runs import Run, checkpoint_step, curve_steps, load_model_file, run_dir
+from dualvae.experiments.runs import Run, checkpoint_step, curve_steps, run_dir
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -117,7 +118,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
         with open(path) as f:
             return json.load(f)
     d = load_data(out, budget)
-    model = load_model_file(os.path.join(rdir, "model.pt"), run.model)
+    model = load_model(os.path.join(rdir, "model.pt"), run.model)
     clf = AttributeClassifier.load(classifier_file(out, budget_name))
     n_dom = model.config.num_labels
     counts = [k for k in domain_counts(len(d["attr_names"])) if k <= n_dom]
@@ -155,7 +156,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
         if step == final_step:
             s = {proto: test[proto][curve_col]["subsets"][0] for proto in PROTOCOLS}
         else:
-            r = score_model(load_model_file(p, run.model), clf, d_first, budget, lams, n_dom=n_dom,
+            r = score_model(load_model(p, run.model), clf, d_first, budget, lams, n_dom=n_dom,
                             counts=counts[-1:], source_labels=source_labels, subsets=False)
             s = {proto: r[proto][curve_col]["cis"] for proto in PROTOCOLS}
         curve.append({"step": step, **s})

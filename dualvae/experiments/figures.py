@@ -5,11 +5,13 @@ import os
 
 import torch
 
+from dualvae.checkpoint import load_model
 from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, FIG6_DOMAINS, LABELS, MISSING_RATIOS,
                                          MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS)
 from dualvae.experiments.evaluate import mean_std
 from dualvae.experiments.prepare import load_data
-from dualvae.experiments.runs import Run, load_model_file, run_dir
+from dualvae.experiments.runs import Run, run_dir
+from dualvae.transfer import transfer_tiles
 
 
 def _columns(results: dict[Run, dict]) -> list[str]:
@@ -167,12 +169,6 @@ def stack_pngs(paths_titles: list[tuple[str, str]], path: str) -> str:
     return path
 
 
-@torch.no_grad()
-def transfer_tiles(model, images: torch.Tensor, domains: list[int], lam: float) -> torch.Tensor:
-    """(N, 1 + len(domains), C, H, W): each image, then its transfer to each domain."""
-    return torch.cat([images[:, None], model.transfer_all(images, domains, lam)], 1)
-
-
 def make_fig5(out: str, budget_name: str, results: dict[Run, dict]) -> str:
     """Transfer grids, every domain, every model (seed 0, tuned strength), the same test images."""
     from dualvae.data import to_unit_range
@@ -186,7 +182,7 @@ def make_fig5(out: str, budget_name: str, results: dict[Run, dict]) -> str:
     for i, m in enumerate(MODELS):
         run = Run(m, 0.0, 0)
         lam = results[run]["lam"]["tuned"]
-        model = load_model_file(os.path.join(run_dir(out, budget_name, run), "model.pt"), m)
+        model = load_model(os.path.join(run_dir(out, budget_name, run), "model.pt"), m)
         tiles = transfer_tiles(model, images, list(range(len(names))), lam)
         p = os.path.join(out, f"fig5_{m}.png")
         save_grid_png(p, tiles, ["original", *names] if i == 0 else None, scale=max(1, 32 // budget.image_size))
@@ -263,7 +259,7 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
     for i, m in enumerate(("dualvae", "stargan")):
         run = Run(m, 0.9, 0)
         p = os.path.join(out, f"fig6_{m}.png")
-        model = load_model_file(os.path.join(run_dir(out, budget_name, run), "model.pt"), m)
+        model = load_model(os.path.join(run_dir(out, budget_name, run), "model.pt"), m)
         lam = results[run]["lam"]["tuned"]
         tiles = transfer_tiles(model, images, doms, lam)
         save_grid_png(p, tiles, ["original", *[names[j] for j in doms]] if i == 0 else None,

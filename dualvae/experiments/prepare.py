@@ -1,5 +1,5 @@
-"""The data and the classifier, prepared once per output folder and shared by every run: the decoded splits at
-the budget's image size, DualVAE's HDF5 caches, and f."""
+"""The data and the classifier, prepared once per output folder and shared by every run: the HDF5 caches of the
+decoded images at the budget's image size (every attribute, and the first k for the models trained on k), and f."""
 from __future__ import annotations
 
 import os
@@ -7,10 +7,6 @@ import os
 import torch
 
 from dualvae.experiments.budgets import BUDGETS, Budget
-
-
-def data_file(out: str, budget: Budget) -> str:
-    return os.path.join(out, f"data-{budget.image_size}-v{budget.val_images}-t{budget.test_images}.pt")
 
 
 def first_attributes_root(data: str, out: str, k: int) -> str:
@@ -43,27 +39,26 @@ def cache_file(out: str, budget: Budget, labels: int | None = None) -> str:
 
 
 def prepare_data(data: str, out: str, budget: Budget, progress: bool = True) -> str:
-    """Decode the splits once at the budget's image size: OUT/data-S-vV-tT.pt (uint8 images, 0/1 labels; train,
-    and the first V / T images of val and test) and, for DualVAE's trainer, the HDF5 cache OUT/data-S.h5."""
-    from dualvae.checkpoint import save_atomic
-    from dualvae.data import labels_to_binary, load_split, prepare
+    """Decode every split once at the budget's image size into the HDF5 cache OUT/data-S.h5: the pixels every
+    model trains and is scored on."""
+    from dualvae.data import prepare
 
-    path = data_file(out, budget)
-    if not os.path.exists(path):
-        splits = {}
-        for split, limit in (("train", None), ("val", budget.val_images), ("test", budget.test_images)):
-            s = load_split(data, split, image_size=budget.image_size, limit=limit, progress=progress)
-            splits[split] = {"images": s.images, "labels": labels_to_binary(s.labels), "filenames": s.filenames}
-        splits["attr_names"] = list(s.attr_names)
-        save_atomic(splits, path)
-    prepare(data, cache_file(out, budget), image_size=budget.image_size, progress=False)
+    path = cache_file(out, budget)
+    prepare(data, path, image_size=budget.image_size, progress=False)
     return path
 
 
 def load_data(out: str, budget: Budget) -> dict:
-    from dualvae.checkpoint import load_checkpoint
+    """From the cache: the train split and the first V / T images of val and test (uint8 images, 0/1 labels,
+    file names), and the attribute names."""
+    from dualvae.data import labels_to_binary, read_split
 
-    return load_checkpoint(data_file(out, budget))
+    splits = {}
+    for split, limit in (("train", None), ("val", budget.val_images), ("test", budget.test_images)):
+        s = read_split(cache_file(out, budget), split, image_size=budget.image_size, limit=limit)
+        splits[split] = {"images": s.images, "labels": labels_to_binary(s.labels), "filenames": s.filenames}
+    splits["attr_names"] = list(s.attr_names)
+    return splits
 
 
 def classifier_file(out: str, budget_name: str) -> str:

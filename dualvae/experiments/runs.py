@@ -107,16 +107,6 @@ def curve_steps(steps: int, points: int) -> list[int]:
     return sorted({every * k for k in range(1, points) if every * k < steps} | {steps})
 
 
-def load_model_file(path: str, kind: str):
-    if kind == "dualvae":
-        from dualvae.model import DualVAE
-
-        return DualVAE.load(path)
-    from dualvae import baselines
-
-    return baselines.load(path)
-
-
 def checkpoint_step(path: str) -> int:
     from dualvae.training import CKPT_NAME
 
