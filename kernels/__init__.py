@@ -1,7 +1,20 @@
-"""dualvae.kernels: the fused VAE ops and their pure-PyTorch references.
+"""dualvae.kernels: fused VAE losses (reparameterization + KL, the dual head's masked Bernoulli NLL) for
+PyTorch, with their pure-PyTorch references. Needs only torch and triton (docs/kernels.md).
 
-Public API (ops.py): `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, each op with
-backend="auto" | "triton" | "reference" | "cpu". The pure-PyTorch definitions are in `reference`.
+Use the fused ops in your VAE (examples/vae_multilabel.py trains this on generated CelebA-format data):
+
+    from dualvae.kernels import DualHead, ReparameterizeKL
+
+    sample = ReparameterizeKL()                             # z = mu + exp(logvar/2) * eps, and KL(q || N(0, I))
+    head = DualHead(latent_dim=32, num_labels=40)           # p(y | z) = Bern(sigmoid(z U^T)), U = head.weight
+    mu, logvar = encoder(x).chunk(2, dim=1)
+    z, kl = sample(mu, logvar)                              # kl: (B,) per row
+    loss = recon(decoder(z), x) + kl.mean() + head(z, y, mask)   # no B x 40 logits are formed
+
+Functions: `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, `kl_standard_normal`; modules:
+`ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" | "reference" | "cpu" (`BACKENDS`, the
+`Backend` enum); `resolve_backend(backend, device=..., dtype=...)` says which one runs. The pure-PyTorch
+definitions are in `reference`.
 
 The compiled CPU library (kernels/csrc, built by CMake through setup.py) is loaded on import when present;
 `has_compiled_ops()` says whether it was. Without it everything still works on the reference path. Its fused
@@ -18,8 +31,8 @@ import torch
 
 from . import reference
 
-__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "BACKENDS", "kl_standard_normal",
-           "has_compiled_ops", "cpu_isa", "reference"]
+__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "BACKENDS", "Backend", "resolve_backend",
+           "DualHead", "ReparameterizeKL", "kl_standard_normal", "has_compiled_ops", "cpu_isa", "reference"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BUILD_HINT = (
@@ -66,8 +79,12 @@ def cpu_isa() -> str | None:
 
 
 # After the compiled library: its TORCH_LIBRARY defines the dualvae namespace that ops.py adds to, and ops.py
-# asks has_compiled_ops() above.
-from .ops import BACKENDS, PackedLabels, dual_bce, pack_labels, reparameterize_kl  # noqa: E402
+# asks has_compiled_ops() above. Importing ops loads the submodule dual_bce.py; the function imported here then
+# takes the name, so `dualvae.kernels.dual_bce` is the op and the Triton file is reached as a submodule
+# (`from dualvae.kernels.dual_bce import dual_bce_fwd`).
+from .labels import PackedLabels, pack_labels  # noqa: E402
+from .ops import BACKENDS, Backend, dual_bce, reparameterize_kl, resolve_backend  # noqa: E402
+from .modules import DualHead, ReparameterizeKL  # noqa: E402
 
 
 def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -22,11 +22,36 @@ from concurrent.futures import ProcessPoolExecutor
 PTR = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 
 
-def _jobs(arches: list[int]) -> list[dict]:
-    from dualvae.kernels import triton_kernels as tk
+def _dtype_name(dtype) -> str:
+    import torch
 
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
+    """Every (dtype, launch config) the launchers can pick on a GPU, per kernel: what this module compiles.
+    Configs are chosen by shape (a table, not run-time autotuning), so this list is exhaustive."""
+    import torch
+
+    from dualvae.kernels.dual_bce import dual_bce_config
+    from dualvae.kernels.reparam_kl import reparam_config
+
+    dtypes = (torch.float32, torch.bfloat16, torch.float16)
+    reparam = {tuple(sorted(reparam_config(1, d, interpret=False).items())) for d in (16, 32, 64, 128)}
+    bce = set()
+    for dt in dtypes:
+        for d in (16, 32, 64, 128, 256):  # every larger d takes the d = 256 config
+            cfg = dual_bce_config(1, 1, d, dt, interpret=False)
+            bce.add((_dtype_name(dt), tuple(sorted({**cfg, "ONE_K": d <= cfg["BLOCK_K"]}.items()))))
+    reparam_list = [(_dtype_name(dt), dict(c)) for dt in dtypes for c in sorted(reparam)]
+    bce_list = [(name, dict(c)) for name, c in sorted(bce)]
+    return {"reparam_kl_fwd": reparam_list, "reparam_kl_bwd": reparam_list,
+            "dual_bce_fwd": bce_list, "dual_bce_bwd": bce_list}
+
+
+def _jobs(arches: list[int]) -> list[dict]:
     jobs = []
-    for kernel, entries in tk.gpu_configs().items():
+    for kernel, entries in gpu_configs().items():
         for dtype, cfg in entries:
             if kernel.startswith("reparam") and dtype == "fp16":
                 continue  # elementwise: fp16 compiles to bf16's code but for the conversions; bf16 stands for both
@@ -40,42 +65,70 @@ def _jobs(arches: list[int]) -> list[dict]:
     return jobs
 
 
+def _strides(names: str, unit: tuple[str, ...]) -> tuple[dict, dict]:
+    """Signature and constexprs of stride arguments as a launch on contiguous tensors specialises them: the
+    ones in `unit` are 1 (triton bakes an int argument equal to 1 into the code), the others runtime i32."""
+    sig, const = {}, {}
+    for name in names.split():
+        if name in unit:
+            sig[name], const[name] = "constexpr", 1
+        else:
+            sig[name] = "i32"
+    return sig, const
+
+
 def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
     from triton.compiler import ASTSource
 
-    from dualvae.kernels import triton_kernels as tk
+    # from-imports of the names: `dualvae.kernels.dual_bce` as an attribute is the op, not this submodule
+    from dualvae.kernels.dual_bce import _dual_bce_bwd_kernel, _dual_bce_fwd_kernel
+    from dualvae.kernels.reparam_kl import _reparam_kl_bwd_kernel, _reparam_kl_fwd_kernel
 
     t = PTR[dtype]
     blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}
     if kernel == "reparam_kl_fwd":
         sig = {"mu_ptr": t, "logvar_ptr": t, "eps_ptr": t, "z_ptr": t, "kl_ptr": "*fp32", "B": "i32", "D": "i32",
                "seed": "i64", "offset": "i64"}
+        ssig, sconst = _strides("stride_mu_b stride_mu_d stride_lv_b stride_lv_d stride_eps_b stride_eps_d "
+                                "stride_z_b stride_z_d", unit=("stride_mu_d", "stride_lv_d", "stride_eps_d",
+                                                               "stride_z_d"))
         const = {"HAS_EPS": False, **blocks}  # in-kernel Philox: the heavier path
-        fn = tk._reparam_kl_fwd_kernel
+        fn = _reparam_kl_fwd_kernel
     elif kernel == "reparam_kl_bwd":
         sig = {"dz_ptr": t, "dkl_ptr": "*fp32", "mu_ptr": t, "logvar_ptr": t, "eps_ptr": t, "dmu_ptr": t,
                "dlogvar_ptr": t, "deps_ptr": t, "B": "i32", "D": "i32", "seed": "i64", "offset": "i64"}
+        names = ("stride_dz_b stride_dz_d stride_mu_b stride_mu_d stride_lv_b stride_lv_d stride_eps_b stride_eps_d "
+                 "stride_dmu_b stride_dmu_d stride_dlv_b stride_dlv_d stride_deps_b stride_deps_d stride_dkl")
+        ssig, sconst = _strides(names, unit=tuple(n for n in names.split() if n.endswith("_d") or n == "stride_dkl"))
         const = {"HAS_EPS": False, "NEED_DEPS": False, **blocks}
-        fn = tk._reparam_kl_bwd_kernel
+        fn = _reparam_kl_bwd_kernel
     else:
         packed = variant["PACKED"]
         lab = "*i32" if packed else "*fp32"
         common = {"z_ptr": t, "u_ptr": t, "b_ptr": t, "y_ptr": lab, "m_ptr": lab}
+        names = "stride_z_b stride_z_d stride_u_n stride_u_d stride_b stride_y_b stride_y_n stride_m_b stride_m_n"
+        unit = ("stride_z_d", "stride_u_d", "stride_b", "stride_y_n", "stride_m_n")
         if kernel == "dual_bce_fwd":
             sig = {**common, "loss_ptr": "*fp32", "cnt_ptr": "*fp32", "dz_ptr": "*fp32", "bad_ptr": "*i32",
-                   "B": "i32", "N": "i32",
-                   "D": "i32", "N_WORDS": "i32", "n_per_split": "i32"}
-            const = {"HAS_BIAS": True, "HAS_MASK": not packed, "PACKED": packed, "NEED_DZ": True}
-            fn = tk._dual_bce_fwd_kernel
+                   "B": "i32", "N": "i32", "D": "i32", "n_per_split": "i32"}
+            const = {"HAS_BIAS": True, "HAS_MASK": not packed, "MASK_LIKE_Y": True, "PACKED": packed,
+                     "NEED_DZ": True}
+            fn = _dual_bce_fwd_kernel
         else:
             sig = {**common, "gscale_ptr": "*fp32", "du_ptr": "*fp32", "db_ptr": "*fp32", "B": "i32", "N": "i32",
-                   "D": "i32", "N_WORDS": "i32", "b_per_split": "i32"}
-            const = {"HAS_BIAS": True, "HAS_MASK": not packed, "PACKED": packed, "NEED_DB": True}
-            fn = tk._dual_bce_bwd_kernel
+                   "D": "i32", "b_per_split": "i32"}
+            names += " stride_g"  # a scalar upstream gradient is read expanded, stride 0: not specialised
+            const = {"HAS_BIAS": True, "HAS_MASK": not packed, "MASK_LIKE_Y": True, "PACKED": packed,
+                     "NEED_DB": True}
+            fn = _dual_bce_bwd_kernel
+        ssig, sconst = _strides(names, unit)
         const.update({"PRECISION": "tf32x3" if dtype == "fp32" else "ieee", **blocks})
+    sig.update(ssig)
+    const.update(sconst)
     for name in const:
         sig[name] = "constexpr"
-    return ASTSource(fn=fn, signature=sig, constexprs=const)
+    # the compiled variant whatever TRITON_INTERPRET says: triton.compile needs a JITFunction
+    return ASTSource(fn=fn.variant(interpret=False), signature=sig, constexprs=const)
 
 
 def _cuobjdump() -> str:
@@ -103,7 +156,10 @@ def compile_one(job: dict) -> dict:
     start = time.perf_counter()
     try:
         src = _source(job["kernel"], job["dtype"], job["cfg"], job["variant"])
-        opts = {"num_warps": job["cfg"]["num_warps"], "num_stages": job["cfg"].get("num_stages", 3)}
+        from dualvae.kernels._jit import LAUNCH_OPTIONS
+
+        opts = {"num_warps": job["cfg"]["num_warps"], "num_stages": job["cfg"].get("num_stages", 3),
+                **LAUNCH_OPTIONS}
         compiled = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32), options=opts)
         row.update(_usage(compiled.asm["cubin"]))
         row["shared"] = int(compiled.metadata.shared)
@@ -155,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        # @triton.jit made interpreter functions when the package was imported; compile needs real JITFunctions.
+        # triton.language itself reads the variable while it builds the IR (its builtins take the interpreter's
+        # path), so compiling for a GPU target fails under it: the compile runs in a child without it.
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         sys.exit(subprocess.run([sys.executable, "-m", "dualvae.kernels.compile_check", *sys.argv[1:]],
                                 env=env).returncode)

@@ -1,7 +1,8 @@
 """The public fused ops: argument checks, backend choice, torch.library custom ops with fake impls and autograd.
 
-Backends
-    "triton"     the Triton kernels (triton_kernels.py): CUDA tensors, or CPU tensors under TRITON_INTERPRET=1.
+Backends (`Backend`, `resolve_backend`)
+    "triton"     the Triton kernels (reparam_kl.py, dual_bce.py): CUDA tensors, or CPU tensors while
+                 TRITON_INTERPRET=1 (read at each call, not at import).
     "reference"  the pure-PyTorch definitions (reference.py), differentiated by torch's autograd.
     "cpu"        the compiled C++ CPU kernels (kernels/csrc, ops dualvae::*_cpu registered for the CPU dispatch
                  key); the reference where the library was not built (import warns once).
@@ -12,7 +13,8 @@ The fused backends go through four `dualvae::` custom ops (forward and backward 
 implementations and autograd, so `torch.library.opcheck` passes and `torch.compile(fullgraph=True)` traces them
 as single nodes without graph breaks. Each op takes the backend as an argument: "triton" runs the Triton
 kernels (on CPU tensors too, under the interpreter), "cpu" calls the C++ op; so one op serves both, whatever
-the tensors' device.
+the tensors' device. The Triton launchers read their inputs through strides; the C++ kernels read row-major
+memory, so their inputs are made contiguous here.
 
 Where dual_bce's gradients are computed: the Triton forward makes the loss and dz, and its backward recomputes
 the logit tiles for dU and db (no atomics, no (B-blocks x n x d) partials on a GPU). The C++ forward makes dU
@@ -21,74 +23,40 @@ GEMMs' worth of work instead of 4; its backward then only scales them. For "none
 """
 from __future__ import annotations
 
-import os
-from typing import NamedTuple, Optional
+import enum
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from . import has_compiled_ops, reference
+from .labels import PackedLabels, describe as _describe
 from .reference import REDUCTIONS, check_seed
 
 try:
-    from . import triton_kernels as _tk
+    from . import dual_bce as _bce_tl
+    from . import reparam_kl as _reparam_tl
+    from ._jit import interpreting as _interpreting
 except ImportError:  # no triton on this platform: the triton backend is unavailable, the others work
-    _tk = None
+    _bce_tl = _reparam_tl = None
 
-BACKENDS = ("auto", "triton", "reference", "cpu")
+    def _interpreting() -> bool:
+        return False
+
+
+class Backend(str, enum.Enum):
+    """Where a fused op runs; a plain string with the same value is accepted everywhere one is."""
+
+    AUTO = "auto"
+    TRITON = "triton"
+    REFERENCE = "reference"
+    CPU = "cpu"
+
+
+BACKENDS = tuple(b.value for b in Backend)
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# packed labels
-# ---------------------------------------------------------------------------------------------------------
-class PackedLabels(NamedTuple):
-    """Labels and their observed-mask at 2 bits per entry: entry j of row b lives in words[b, j // 16] at bits
-    2*(j % 16) (the label) and 2*(j % 16) + 1 (1 = observed). A (B, n) label matrix costs B * ceil(n/16) * 4
-    bytes: n/4 bytes a row instead of 8n for float32 labels and mask."""
-
-    words: Tensor  # (B, ceil(n / 16)) int32
-    n: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.words.shape[0], self.n)
-
-    @property
-    def device(self) -> torch.device:
-        return self.words.device
-
-    def to(self, device) -> "PackedLabels":
-        return PackedLabels(self.words.to(device), self.n)
-
-    def unpack(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        """(y, mask) as (B, n) tensors of `dtype`."""
-        B = self.words.shape[0]
-        shifts = torch.arange(0, 32, 2, device=self.words.device)
-        codes = (self.words.to(torch.int64).unsqueeze(-1) >> shifts) & 3  # (B, words, 16)
-        codes = codes.reshape(B, -1)[:, : self.n]
-        return (codes & 1).to(dtype), (codes >> 1).to(dtype)
-
-
-def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
-    """Pack (B, n) labels in {0, 1} and an optional observed-mask (nonzero = observed) into 2 bits an entry."""
-    op = "pack_labels"
-    if not isinstance(y, Tensor) or y.dim() != 2:
-        raise ValueError(f"{op}: y must be a 2-D (B, n) tensor, got {_describe(y)}")
-    if mask is not None:
-        if not isinstance(mask, Tensor) or mask.shape != y.shape:
-            raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected {tuple(y.shape)} (y's)")
-        reference._check_same_device(op, y=y, mask=mask)
-    reference.check_labels(op, y)
-    B, n = y.shape
-    codes = y.to(torch.int64)
-    codes = codes + 2 * ((mask != 0).to(torch.int64) if mask is not None else torch.ones_like(codes))
-    width = -(-n // 16) * 16
-    codes = torch.nn.functional.pad(codes, (0, width - n)).reshape(B, -1, 16)
-    shifts = torch.arange(0, 32, 2, device=y.device)
-    words = (codes << shifts).sum(-1)  # < 2**32
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # same bits as uint32
-    return PackedLabels(words.contiguous(), n)
+# Whether the triton package imported; tests turn it off to see the ops where it is not installed.
+TRITON_AVAILABLE = _bce_tl is not None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,18 +86,18 @@ def _may_read_back(t: Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def _describe(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
-
-
 def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """resolve_backend with the op's name in its errors."""
+    if isinstance(backend, Backend):
+        backend = backend.value
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
     if backend == "auto":
         if dtype not in TRITON_DTYPES:
             return "reference"
         if device.type == "cuda":
-            return "triton" if _tk is not None else "reference"
+            return "triton" if TRITON_AVAILABLE else "reference"
         if device.type != "cpu":
             return "reference"
         backend = "cpu"
@@ -142,15 +110,26 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
         if not has_compiled_ops():
             return "reference"  # the library was not built; importing dualvae.kernels has warned once
     if backend == "triton":
-        if _tk is None:
+        if not TRITON_AVAILABLE:
             raise ValueError(f"{op}: backend 'triton' needs the triton package, which is not installed")
-        if device.type != "cuda" and not _tk.INTERPRET:
+        if device.type != "cuda" and not _interpreting():
             raise ValueError(f"{op}: backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), "
                              f"got tensors on {device}")
         if dtype not in TRITON_DTYPES:
             raise ValueError(f"{op}: backend 'triton' takes float32, bfloat16 or float16 inputs, got {dtype}; "
                              f"use backend='reference' for {dtype}")
     return backend
+
+
+def resolve_backend(backend: str | Backend = "auto", *, device: torch.device | str,
+                    dtype: torch.dtype = torch.float32) -> str:
+    """The backend ("triton", "cpu" or "reference") that an op called with `backend` runs on tensors of
+    `device` and `dtype`, "auto" chosen as the module docstring says. Raises ValueError for an unknown backend
+    and for one that cannot take such tensors: triton without the package, or on CPU tensors without
+    TRITON_INTERPRET=1; cpu on another device; a fused backend for a dtype other than float32, bfloat16 or
+    float16. "cpu" resolves to "reference" where the compiled library is not built. TRITON_INTERPRET is read
+    at this call."""
+    return _resolve_backend("resolve_backend", backend, device, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,7 +140,7 @@ def _reparam_kl_op(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int,
                    backend: str) -> tuple[Tensor, Tensor]:
     if backend == "cpu":
         return torch.ops.dualvae.reparameterize_kl_cpu(mu, logvar, eps, seed, offset)
-    return _tk.reparam_kl_fwd(mu, logvar, eps, seed, offset)
+    return _reparam_tl.reparam_kl_fwd(mu, logvar, eps, seed, offset)
 
 
 @_reparam_kl_op.register_fake
@@ -174,8 +153,7 @@ def _reparam_kl_bwd_op(dz: Tensor, dkl: Tensor, mu: Tensor, logvar: Tensor, eps:
                        offset: int, need_deps: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "cpu":
         return torch.ops.dualvae.reparameterize_kl_backward_cpu(dz, dkl, mu, logvar, eps, seed, offset, need_deps)
-    dmu, dlogvar, deps = _tk.reparam_kl_bwd(dz.contiguous(), dkl.contiguous().float(), mu, logvar, eps, seed,
-                                            offset, need_deps)
+    dmu, dlogvar, deps = _reparam_tl.reparam_kl_bwd(dz, dkl, mu, logvar, eps, seed, offset, need_deps)
     return dmu, dlogvar, deps if deps is not None else mu.new_empty(0)
 
 
@@ -237,9 +215,10 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
         if eps is None:
             eps = reference.philox_randn(seed, offset, tuple(mu.shape), mu.device).to(mu.dtype)
         return reference.reparameterize_kl(mu, logvar, eps)
-    return torch.ops.dualvae.reparameterize_kl(mu.contiguous(), logvar.contiguous(),
-                                               eps.contiguous() if eps is not None else None,
-                                               seed if seed is not None else 0, offset, backend)
+    if backend == "cpu":
+        mu, logvar = mu.contiguous(), logvar.contiguous()
+        eps = eps.contiguous() if eps is not None else None
+    return torch.ops.dualvae.reparameterize_kl(mu, logvar, eps, seed if seed is not None else 0, offset, backend)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,7 +238,7 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
         rows, count, bad, dz, dU, db = torch.ops.dualvae.dual_bce_cpu(
             z, U, labels, mask, bias, None, n, packed, True, need_dz, grads_in_fwd, need_db)
     else:
-        rows, cnt, dz, bad = _tk.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+        rows, cnt, dz, bad = _bce_tl.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
         count, dU, db = cnt.sum(), empty(), empty()
     # The kernels count bad labels as they read them; the count is checked here, inside the op, so the check
     # holds under torch.compile too. On CUDA reading it is a host sync, and a sync cannot be recorded into a
@@ -301,7 +280,7 @@ def _dual_bce_bwd_op(gscale: Tensor, z: Tensor, U: Tensor, labels: Tensor, mask:
         _, _, _, _, du, db = torch.ops.dualvae.dual_bce_cpu(z, U, labels, mask, bias, gscale.contiguous().float(), n,
                                                             packed, False, False, True, need_db)
         return du, db
-    du, db = _tk.dual_bce_bwd(gscale.contiguous().float(), z, U, labels, mask, bias, n, packed, need_db)
+    du, db = _bce_tl.dual_bce_bwd(gscale, z, U, labels, mask, bias, n, packed, need_db)
     return du, db if db is not None else z.new_empty(0, dtype=torch.float32)
 
 
@@ -363,7 +342,7 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None
     y: (B, n) labels in {0, 1} with an optional (B, n) mask (1 = observed), or a PackedLabels from
     `pack_labels` (then mask must be None). reduction: "sum", "mean" (over observed entries; 0 with zero
     gradients when none is observed) or "none" (per row, (B,)). U and bias are cast to z's dtype.
-    The fused backends never form the B x n logits (see triton_kernels.py) and return the loss in float32.
+    The fused backends never form the B x n logits (see dual_bce.py) and return the loss in float32.
     check_labels: raise ValueError when an unpacked label is not 0 or 1 (default). On CUDA that reads a count
     back to the host once per call; False skips it (the loss of such labels is then undefined). The check is
     also skipped while a CUDA graph is being captured. The reference backend always checks.
@@ -414,8 +393,10 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None
     need_dz = grad_mode and z.requires_grad
     grads_in_fwd = (backend == "cpu" and reduction != "none" and grad_mode
                     and (U.requires_grad or (bias is not None and bias.requires_grad)))
-    loss, *_ = torch.ops.dualvae.dual_bce(
-        z.contiguous(), U.contiguous(), labels.contiguous(), mask.contiguous() if mask is not None else None,
-        bias.contiguous() if bias is not None else None, n, packed, reduction, need_dz, grads_in_fwd, backend,
-        bool(check_labels))
+    if backend == "cpu":
+        z, U, labels = z.contiguous(), U.contiguous(), labels.contiguous()
+        mask = mask.contiguous() if mask is not None else None
+        bias = bias.contiguous() if bias is not None else None
+    loss, *_ = torch.ops.dualvae.dual_bce(z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd,
+                                          backend, bool(check_labels))
     return loss

@@ -17,16 +17,18 @@ import torch
 
 from dualvae import kernels
 from dualvae.kernels import ops, reference as ref
-from dualvae.kernels import triton_kernels as tk
+from dualvae.kernels._jit import interpreting
+from dualvae.kernels.dual_bce import dual_bce_bwd, dual_bce_fwd
 
-HAVE_TRITON = tk.INTERPRET or torch.cuda.is_available()
+INTERPRET = interpreting()  # tests/conftest.py has set TRITON_INTERPRET for this session
+HAVE_TRITON = INTERPRET or torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
 needs_cpu_kernels = pytest.mark.skipif(not kernels.has_compiled_ops() and os.environ.get("DUALVAE_REQUIRE_EXT") != "1",
                                        reason="the C++ CPU kernels are not built")
 # Interpreted kernels take CPU tensors; compiled ones CUDA tensors.
-TRITON_DEVICE = "cpu" if tk.INTERPRET else "cuda"
+TRITON_DEVICE = "cpu" if INTERPRET else "cuda"
 # What a GPU-only test needs: a CUDA device and the compiled kernels (not the interpreter).
-needs_cuda_triton = pytest.mark.skipif(not torch.cuda.is_available() or tk.INTERPRET,
+needs_cuda_triton = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRET,
                                        reason="needs CUDA and the compiled Triton kernels (TRITON_INTERPRET unset)")
 
 
@@ -138,14 +140,14 @@ def test_dual_bce_extreme_logits(reduction, backend):
 def test_dual_bce_split_reductions_agree():
     """Partial sums over splits of n (forward) and of B (backward) give what one split gives."""
     z, U, y, mask, bias = on("triton", *bce_inputs(50, 70, 24, "random", seed=8))
-    one = tk.dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=1)
-    three = tk.dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=3)
+    one = dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=1)
+    three = dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=3)
     for a, b in zip(one[:3], three[:3]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
     assert int(one[3]) == int(three[3]) == 0
     gs = torch.rand(50, device=TRITON_DEVICE)
-    for a, b in zip(tk.dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=1),
-                    tk.dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=4)):
+    for a, b in zip(dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=1),
+                    dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=4)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
 
 
@@ -331,30 +333,87 @@ def test_unknown_backend_and_unsupported_dtype():
     assert kernels.reparameterize_kl(z, z, seed=0)[0].dtype == torch.float64
 
 
-def test_non_contiguous_inputs_work(backend):
-    z, U, y, mask, bias = on(backend, *bce_inputs(10, 12, 6, "random", seed=12))
-    zt, Ut = z.t().contiguous().t(), U.t().contiguous().t()
-    yt, mt = y.t().contiguous().t(), mask.t().contiguous().t()
-    assert not zt.is_contiguous() and not yt.is_contiguous()
-    torch.testing.assert_close(kernels.dual_bce(zt, Ut, yt, mt, bias=bias, backend=backend),
-                               kernels.dual_bce(z, U, y, mask, bias=bias, backend=backend))
-    mu = torch.randn(6, 10, device=z.device).t()
-    torch.testing.assert_close(kernels.reparameterize_kl(mu, mu, seed=1, backend=backend)[0],
-                               kernels.reparameterize_kl(mu.contiguous(), mu.contiguous(), seed=1, backend=backend)[0])
+def _strided(t, kind):
+    """t's values in a non-contiguous layout: a transposed copy (column-major) or a slice of a wider tensor."""
+    if kind == "transposed":
+        out = t.t().contiguous().t()
+    else:
+        wide = torch.full((t.shape[0], t.shape[1] * 2 + 3), 7.0, dtype=t.dtype, device=t.device)
+        out = wide[:, 1:: 2][:, : t.shape[1]]
+        out.copy_(t)
+    assert not out.is_contiguous() and torch.equal(out, t)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["transposed", "sliced"])
+def test_non_contiguous_inputs_give_the_contiguous_results(kind, backend):
+    """Values and gradients of strided z, U, labels, mask, bias, mu, logvar, eps equal the contiguous ones."""
+    z, U, y, mask, bias = on(backend, *bce_inputs(10, 37, 6, "random", seed=12))
+    for reduction in ("mean", "none"):
+        results = []
+        for strided in (False, True):
+            layout = (lambda t: _strided(t, kind)) if strided else (lambda t: t)
+            leaves = [layout(t.clone()).requires_grad_() for t in (z, U)]
+            b = torch.zeros(2 * bias.shape[0], device=bias.device)[::2].copy_(bias) if strided else bias.clone()
+            b.requires_grad_()
+            loss = kernels.dual_bce(*leaves, layout(y), layout(mask), bias=b, reduction=reduction, backend=backend)
+            grads = torch.autograd.grad((loss * torch.linspace(0.5, 1.5, loss.numel(), device=loss.device)).sum(),
+                                        [*leaves, b])
+            results.append([loss, *grads])
+        for a, c in zip(*results):
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+    packed = kernels.pack_labels(y, mask)
+    words = _strided(packed.words, kind) if packed.words.shape[1] > 1 else packed.words
+    torch.testing.assert_close(kernels.dual_bce(z, U, kernels.PackedLabels(words, packed.n), backend=backend),
+                               kernels.dual_bce(z, U, packed, backend=backend), rtol=1e-6, atol=1e-6)
+
+    mu, logvar, eps = on(backend, *reparam_inputs(9, 13, seed=47))
+    for eps_arg in (eps, None):
+        results = []
+        for layout in (lambda t: t, lambda t: _strided(t, kind)):
+            leaves = [layout(t.clone()).requires_grad_() for t in (mu, logvar)]
+            e = layout(eps_arg.clone()).requires_grad_() if eps_arg is not None else None
+            zz, kl = kernels.reparameterize_kl(*leaves, e, seed=3, backend=backend)
+            # the upstream gradients are strided too (a transposed dz, an expanded dkl)
+            wz = layout(torch.randn(zz.shape, generator=torch.Generator().manual_seed(4)).to(zz.device))
+            grads = torch.autograd.grad((zz * wz).sum() + kl.sum(), leaves + ([e] if e is not None else []))
+            results.append([zz, kl, *grads])
+        for a, c in zip(*results):
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
 
 
 def test_auto_backend_choice():
     cpu = torch.device("cpu")
     expected = "cpu" if kernels.has_compiled_ops() else "reference"
+    assert kernels.resolve_backend("auto", device=cpu, dtype=torch.float32) == expected
+    assert kernels.resolve_backend(device="cpu") == expected  # "auto" and float32 by default, a device string
+    assert kernels.resolve_backend(kernels.Backend.AUTO, device=cpu, dtype=torch.bfloat16) == expected
+    assert kernels.resolve_backend("auto", device=cpu, dtype=torch.float64) == "reference"
+    assert kernels.resolve_backend("auto", device=torch.device("cuda"), dtype=torch.float32) == "triton"
+    assert kernels.resolve_backend("auto", device=torch.device("meta"), dtype=torch.float32) == "reference"
+    assert kernels.resolve_backend("reference", device="cuda") == "reference"
+    assert kernels.BACKENDS == tuple(b.value for b in kernels.Backend)
     assert ops._resolve_backend("x", "auto", cpu, torch.float32) == expected
-    assert ops._resolve_backend("x", "auto", cpu, torch.bfloat16) == expected
-    assert ops._resolve_backend("x", "auto", cpu, torch.float64) == "reference"
-    assert ops._resolve_backend("x", "auto", torch.device("cuda"), torch.float32) == "triton"
-    assert ops._resolve_backend("x", "auto", torch.device("meta"), torch.float32) == "reference"
+
+
+def test_resolve_backend_errors_name_the_problem(monkeypatch):
+    with pytest.raises(ValueError, match=r"resolve_backend: backend must be one of .* got 'cuda'"):
+        kernels.resolve_backend("cuda", device="cpu")
+    with pytest.raises(ValueError, match=r"backend 'cpu' needs CPU tensors, got tensors on cuda"):
+        kernels.resolve_backend("cpu", device="cuda")
+    with pytest.raises(ValueError, match=r"backend 'cpu' takes float32, bfloat16 or float16 inputs"):
+        kernels.resolve_backend("cpu", device="cpu", dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"backend 'triton' takes float32.*got torch.float64"):
+        kernels.resolve_backend("triton", device="cuda", dtype=torch.float64)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # read at the call: CPU tensors are now refused
+    with pytest.raises(ValueError, match=r"backend 'triton' needs CUDA tensors \(or TRITON_INTERPRET=1"):
+        kernels.resolve_backend("triton", device="cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert kernels.resolve_backend("triton", device="cpu") == "triton"
 
 
 def test_auto_on_cuda_without_triton_is_the_reference(monkeypatch):
-    monkeypatch.setattr(ops, "_tk", None)  # as where triton is not installed
+    monkeypatch.setattr(ops, "TRITON_AVAILABLE", False)  # as where triton is not installed
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         assert ops._resolve_backend("x", "auto", torch.device("cuda", 1), dtype) == "reference"
     with pytest.raises(ValueError, match="backend 'triton' needs the triton package"):
@@ -368,7 +427,7 @@ def test_auto_on_cuda_without_triton_is_the_reference(monkeypatch):
 @pytest.mark.gpu
 @needs_cuda_triton
 def test_auto_on_cuda_without_triton_runs_the_reference_on_the_gpu(monkeypatch):
-    monkeypatch.setattr(ops, "_tk", None)
+    monkeypatch.setattr(ops, "TRITON_AVAILABLE", False)
     z, U, y, mask, bias = (t.float().cuda() for t in bce_inputs(37, 53, 20, "random", seed=31))
     got = kernels.dual_bce(z, U, y, mask, bias=bias)
     assert got.device.type == "cuda"
@@ -508,7 +567,7 @@ def test_dual_bce_under_reduce_overhead_compile():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(torch.cuda.device_count() < 2 or tk.INTERPRET,
+@pytest.mark.skipif(torch.cuda.device_count() < 2 or INTERPRET,
                     reason="needs 2 CUDA devices and the compiled Triton kernels")
 def test_triton_launches_on_the_tensors_device():
     """cuda:1 tensors while cuda:0 is current give what the same tensors give on cuda:0."""
