@@ -4,21 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from dualvae.data import CelebASplit, load_split, make_loader, prepare, read_split
+from dualvae.data import CelebASplit, load_split, make_loader, read_split
 
-from test_loader import ATTRS, PARTITION, S, labels_of, write_root
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return write_root(tmp_path_factory.mktemp("celeba_read"))
-
-
-@pytest.fixture(scope="module")
-def cache(root, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("cache_read") / "c.h5")
-    prepare(str(root), path, image_size=S, workers=1, progress=False)
-    return path
+from test_loader import ATTRS, PARTITION, S, cache, labels_of, root, write_root  # noqa: F401  (fixtures)
 
 
 def loader_images(source, split, backend, **kw) -> torch.Tensor:
