@@ -12,7 +12,8 @@ Stages, in order of importance; one is skipped when the time left would not cove
     env      GPU name, versions, cpu_report(), whether the C++ library loaded (always runs)
     tests    pytest: the gpu-marked tests and every test with "triton" in its id, on CUDA (interpreter off);
              not tests/test_gpu_check.py (this script's own dry run)
-    kernels  bench/kernels.py at the key sizes, fp32 and bf16, every implementation, and the copy bandwidth
+    kernels  bench/bench_dual_bce.py and bench/bench_reparam_kl.py at the key sizes, fp32 and bf16, every
+             implementation, and the copy bandwidth
     train    bench/train_step.py: eager vs ours, fp32 and bf16, compiled and not (PIL data: no DALI there)
     data     bench/data_throughput.py: the rows that need no DALI (the HDF5 rows need --cache without DALI)
     ext      builds the C++ library with CMake into kernels/ and checks that it loads
@@ -37,6 +38,10 @@ import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# The checkout's package, for its one atomic writer: dualvae/__init__.py and dualvae/atomic.py need only the
+# standard library, so this works on a bare host before anything is installed.
+sys.path.insert(0, ROOT)
+from dualvae.atomic import write_text_atomic  # noqa: E402
 
 # Estimated seconds of each stage on an H200 host (real) and on a 2-core CPU (dry): a stage starts only when
 # the time left covers its estimate; the stage's own time limit is the time left.
@@ -47,7 +52,8 @@ ESTIMATE_S = {
     "data": (60, 5),
     "ext": (180, 0),
 }
-KEY_SIZES = "4096x128x65536,256x128x4096,65536x256"
+KEY_SIZES = "4096x128x65536,256x128x4096,65536x256"  # each script takes the sizes of its form (BxDxN, BxD)
+KERNEL_BENCHES = ("bench/bench_dual_bce.py", "bench/bench_reparam_kl.py")
 DRY_TESTS = 2  # the dry run selects the same tests but runs only the first few (the interpreter is slow)
 SITECUSTOMIZE = '''\
 """Written by bench/gpu_check.py: imports dualvae.kernels / dualvae.data from the checkout {root!r}."""
@@ -209,16 +215,16 @@ def stage_tests(check: Check, left: float):
     if not os.path.exists(junit):
         return "fail", f"pytest wrote no report (exit {'timeout' if rc is None else rc})", extra
     res = junit_summary(junit)
-    res["selection"] = "-m 'gpu or not slow' -k '(gpu or triton) and not gpu_check'" + (f" (dry: first {DRY_TESTS})" if check.dry else "")
-    path = os.path.join(check.scratch, "tests.json")
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1)
+    res["selection"] = ("-m 'gpu or not slow' -k '(gpu or triton) and not gpu_check'"
+                        + (f" (dry: first {DRY_TESTS})" if check.dry else ""))
+    path = write_text_atomic(os.path.join(check.scratch, "tests.json"), json.dumps(res, indent=1))
     extra.update(files=[check.keep(path)], **{k: res[k] for k in ("passed", "failed", "errors", "skipped")})
     if rc is None:
         return "fail", "pytest ran out of time", extra
     bad = res["failed"] + res["errors"]
     if rc != 0 or bad:
-        return "fail", f"{bad} failed/errored of {res['tests']}: " + ", ".join(f["id"] for f in res["failures"][:5]), extra
+        failures = ", ".join(f["id"] for f in res["failures"][:5])
+        return "fail", f"{bad} failed/errored of {res['tests']}: " + failures, extra
     if not check.dry and res["passed"] == 0:
         return "fail", "no test ran (all skipped: is CUDA visible to pytest?)", extra
     return "pass", f"{res['passed']} passed, {res['skipped']} skipped", extra
@@ -253,25 +259,30 @@ def _written(out: str, prefix: str) -> str | None:
 
 def stage_kernels(check: Check, left: float):
     sub = os.path.join(check.scratch, "kernels")
-    cmd = [sys.executable, "bench/kernels.py", "--out", sub]
+    flags = ["--out", sub]
     if check.dry:
         # no torch.compile rows: inductor's first compile alone would take most of the dry run's minute
-        cmd += ["--quick", "--device", "cpu", "--impls", "eager,ours-cpu,ours"]
+        flags += ["--quick", "--device", "cpu", "--impls", "eager,ours-cpu,ours"]
     else:
-        cmd += ["--device", "cuda", "--sizes", KEY_SIZES, "--dtypes", "fp32,bf16", "--budget-s", "2"]
-    rc, _ = check.run(cmd, timeout=left)
+        flags += ["--device", "cuda", "--sizes", KEY_SIZES, "--dtypes", "fp32,bf16", "--budget-s", "2"]
+    # both scripts write their rows into the one kernels-<gpu>.json
+    t0 = time.monotonic()
+    for script in KERNEL_BENCHES:
+        rc, _ = check.run([sys.executable, script, *flags], timeout=max(1.0, left - (time.monotonic() - t0)))
+        if rc != 0:
+            break
     path = _written(sub, "kernels-")
     extra = {"files": [check.keep(path)]} if path else {}
     if path:
         rep = json.load(open(path))
         rows = rep.get("rows", [])
-        extra.update(rows=len(rows), row_errors=[f"{r['op']} {r.get('B')}x{r.get('n') or r.get('d')} {r['dtype']} "
-                                                  f"{r['impl']}: {str(r['error'])[:200]}" for r in rows if "error" in r],
-                     copy_gbps=rep.get("copy_gbps"))
+        errors = [f"{r['op']} {r.get('B')}x{r.get('n') or r.get('d')} {r['dtype']} {r['impl']}: "
+                  f"{str(r['error'])[:200]}" for r in rows if "error" in r]
+        extra.update(rows=len(rows), row_errors=errors, copy_gbps=rep.get("copy_gbps"))
     if rc is None:
-        return "fail", "bench/kernels.py ran out of time (partial rows kept)", extra
+        return "fail", f"{script} ran out of time (partial rows kept)", extra
     if rc != 0 or not path:
-        return "fail", f"bench/kernels.py exit {rc}" + ("" if path else ", no report"), extra
+        return "fail", f"{script} exit {rc}" + ("" if path else ", no report"), extra
     return "pass", f"{extra['rows']} rows", extra
 
 
@@ -366,9 +377,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="the directory the (at most 6) result files go to")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny sizes, Triton interpreter")
-    ap.add_argument("--budget-s", type=float, default=None, help="total time (default 480; dry 240: a loaded 2-core machine)")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="total time (default 480; dry 240: a loaded 2-core machine)")
     ap.add_argument("--cache", default=None, help="an HDF5 cache from `dualvae prepare` for the data stage's hdf5 rows")
-    ap.add_argument("--stages", default=None, help="comma list of stages to run after env (default: all; none: env only)")
+    ap.add_argument("--stages", default=None,
+                    help="comma list of stages to run after env (default: all; none: env only)")
     args = ap.parse_args(argv)
     budget = args.budget_s if args.budget_s is not None else (240.0 if args.dry else 480.0)
     if args.stages:
@@ -384,7 +397,8 @@ def main(argv=None) -> int:
     try:
         try:
             summary["env"] = env_info(check)
-            check.stages.append({"stage": "env", "verdict": "pass", "reason": "", "seconds": round(time.monotonic() - check.t0, 1)})
+            check.stages.append({"stage": "env", "verdict": "pass", "reason": "",
+                                 "seconds": round(time.monotonic() - check.t0, 1)})
         except Exception as exc:
             summary["env"] = None
             check.stages.append({"stage": "env", "verdict": "fail", "reason": str(exc), "seconds": 0.0})
@@ -412,10 +426,7 @@ def main(argv=None) -> int:
         summary["stages"] = check.stages
         summary["elapsed_s"] = round(time.monotonic() - check.t0, 1)
         summary["ok"] = not any(s["verdict"] == "fail" for s in check.stages)
-        tmp = os.path.join(check.out, "summary.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-        os.replace(tmp, os.path.join(check.out, "summary.json"))
+        write_text_atomic(os.path.join(check.out, "summary.json"), json.dumps(summary, indent=1))
         check.say(f"gpu_check: {'ok' if summary['ok'] else 'FAILED'} in {summary['elapsed_s']} s; wrote "
                   f"{check.out}/summary.json")
         check.log.close()

@@ -2,10 +2,10 @@
 
 At the key sizes (dual_bce fp32 B=1024, d=128, n=8192; reparameterize_kl fp32 65536 x 256), each round starts one
 process per build (the library reads DUALVAE_CPU_ISA once per process), in an order that alternates between
-rounds, and times forward + backward with bench/kernels.py's own cases and timer. Reports the median over rounds
-of each process's median, and min-max. With --into PREFIX it adds the result to PREFIX.json ("isa_comparison")
-and PREFIX.md (a section), and fills in the CPU fields (sysinfo.cpu_report(), kernels.cpu_isa()) that a report
-lacks.
+rounds, and times forward + backward with the benchmark scripts' own cases and timer (bench/harness.py).
+Reports the median over rounds of each process's median, and min-max. With --into PREFIX it adds the result to
+PREFIX.json ("isa_comparison") and PREFIX.md (a section), and fills in the CPU fields (sysinfo.cpu_report(),
+kernels.cpu_isa()) that a report lacks.
 
     python bench/kernels_cpu_isa.py --rounds 6 --threads 1 --into bench/results/kernels-cpu-avx512
 """
@@ -25,23 +25,20 @@ SPECS = [{"op": "dual_bce", "B": 1024, "d": 128, "n": 8192, "dtype": "fp32", "im
 
 
 def _child(isa: str, repeats: int, threads: int | None) -> None:
-    import importlib.util
-
     import torch
 
     from dualvae import kernels as K
 
-    spec = importlib.util.spec_from_file_location("bench_kernels", os.path.join(HERE, "kernels.py"))
-    bench = sys.modules["bench_kernels"] = importlib.util.module_from_spec(spec)  # dataclasses look it up there
-    spec.loader.exec_module(bench)
+    sys.path.insert(0, HERE)
+    import harness
 
     if threads:
         torch.set_num_threads(threads)
     assert K.cpu_isa() == isa, f"DUALVAE_CPU_ISA={isa} but cpu_isa() is {K.cpu_isa()}"
     rows = []
     for row_spec in SPECS:
-        case = bench.make_case(row_spec, "cpu")
-        res = bench.measure(case, "cpu", warmup=1, repeats=repeats, budget_s=60.0)
+        case = harness.op_module(row_spec["op"]).make_case(row_spec, "cpu")
+        res = harness.measure(case, "cpu", warmup=1, repeats=repeats, budget_s=60.0)
         rows.append({**row_spec, "median_ms": res["median_ms"], "min_ms": res["min_ms"], "repeats": res["repeats"]})
         del case
     print(json.dumps({"isa": isa, "threads": torch.get_num_threads(), "rows": rows}))
@@ -90,7 +87,7 @@ def compare(isas: list[str], rounds: int, repeats: int, threads: int | None) -> 
         summary.append(entry)
     return {"method": (f"{rounds} rounds; each round one fresh process per build (DUALVAE_CPU_ISA), order "
                        f"alternating between rounds; per process 1 warmup + up to {repeats} timed forward+backward "
-                       "steps (bench/kernels.py make_case/measure), median; reported: median over rounds of the "
+                       "steps (the scripts' make_case, harness.measure), median; reported: median over rounds of the "
                        "per-process medians, min-max over rounds"),
             "isas": isas, "rounds": rounds, "repeats": repeats, "threads": runs[0]["threads"],
             "date": t0.isoformat(timespec="seconds"), "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()),

@@ -1,4 +1,5 @@
-"""bench/kernels.py --quick runs end to end on CPU (Triton rows under the interpreter) and writes a complete report."""
+"""bench/bench_dual_bce.py and bench/bench_reparam_kl.py --quick run end to end on CPU (Triton rows under the
+interpreter) and write one complete report."""
 from __future__ import annotations
 
 import json
@@ -7,14 +8,15 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "bench", "kernels.py")
+SCRIPTS = [os.path.join(ROOT, "bench", name) for name in ("bench_dual_bce.py", "bench_reparam_kl.py")]
 
 
 def test_kernels_bench_quick(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--device", "cpu", "--out", str(tmp_path)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for script in SCRIPTS:
+        proc = subprocess.run([sys.executable, script, "--quick", "--device", "cpu", "--out", str(tmp_path)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "kernels-cpu.json").read_text())
     md = (tmp_path / "kernels-cpu.md").read_text()
 
@@ -34,3 +36,5 @@ def test_kernels_bench_quick(tmp_path):
         assert r["speedup_vs_eager"] is not None and r["speedup_vs_compile"] is not None
         assert r["interpreted"] == (r["impl"] in ("ours", "ours-packed", "ours-seeded"))
     assert "## dual_bce" in md and "## reparameterize_kl" in md and "eager ms / MiB" in md
+    assert set(report["impls"]) == {"dual_bce", "reparameterize_kl"}  # the second script kept the first's rows
+    assert [run["filters"]["ops"] for run in report["runs"]] == ["dual_bce", "reparameterize_kl"]

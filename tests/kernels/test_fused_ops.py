@@ -659,7 +659,8 @@ def test_cpu_half_precision_inputs(dtype):
     check_bce(70, 300, 64, "random", True, "sum", seed=23, backend="cpu", dtype=dtype)
     mu, logvar, eps = reparam_inputs(33, 64, seed=24)
     g = torch.Generator().manual_seed(2)
-    upstream = (torch.randn(33, 64, generator=g, dtype=torch.float64), torch.randn(33, generator=g, dtype=torch.float64))
+    upstream = (torch.randn(33, 64, generator=g, dtype=torch.float64),
+                torch.randn(33, generator=g, dtype=torch.float64))
     expected = run_reparam(ref.reparameterize_kl, mu, logvar, eps, torch.float64, upstream)
     eager = run_reparam(ref.reparameterize_kl, mu, logvar, eps, dtype, upstream)
     ours = run_reparam(kernels.reparameterize_kl, mu, logvar, eps, dtype, upstream, backend="cpu")

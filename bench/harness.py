@@ -1,30 +1,14 @@
-"""Benchmark of the fused kernels (dualvae.kernels): dual_bce and reparameterize_kl, forward + backward.
-
-    python bench/kernels.py [--quick] [--device cpu|cuda] [--out DIR] [--repeats N] [--threads N]
-                            [--ops OPS] [--dtypes DTYPES] [--impls IMPLS] [--sizes SIZES] [--resume]
-
-Writes `<out>/kernels-<device>.json` and `<out>/kernels-<device>.md` (out defaults to bench/results) and prints
-the table. <device> is "cpu" or the GPU's name as a slug (e.g. "nvidia-h100-80gb-hbm3"). Both files are rewritten
-after every measurement ("partial": true until the run ends); `--resume` keeps the rows already there and measures
-the rest, so a run under a per-command time limit can be finished in pieces:
-    for i in 1 2 3 4; do timeout 580 python bench/kernels.py --resume && break; done   # or split by --ops/--dtypes
-(a resumed run measures the failed rows again, so an OOM row keeps the exit status at 1).
-
-Implementations ("impl"), each timed as forward then .backward() w.r.t. z, U (dual_bce) or mu, logvar (reparam):
-    eager        the reference math in plain torch ops (kernels/reference.py; reparam with an explicit eps)
-    compile      torch.compile of that same reference function
-    chunked      (dual_bce only) the Liger way: a custom autograd.Function whose forward loops over chunks of
-                 CHUNK columns of U, runs a torch.compile'd chunk function that returns the chunk's loss and
-                 its gradients (dz accumulated, dU written), and whose backward only scales them
-    ours         backend="triton" (CUDA; on CPU only under the Triton interpreter at tiny sizes: not a
-                 performance number, marked "interp")
-    ours-packed  (dual_bce) backend="triton" with labels packed by pack_labels (packing is outside the timing)
-    ours-seeded  (reparam) backend="triton" drawing eps in-kernel from a seed (no eps tensor read or kept)
-    ours-cpu     (CPU) backend="cpu": the C++ kernels of kernels/csrc (the reference where they are not built)
+"""Shared harness of the kernel benchmarks (bench/bench_dual_bce.py, bench/bench_reparam_kl.py): building and
+timing cases, process isolation, and the one report file both scripts write, `<out>/kernels-<device>.json` and
+`.md` (out defaults to bench/results; <device> is "cpu" or the GPU's name as a slug, e.g.
+"nvidia-h100-80gb-hbm3"). Each script measures its op and rewrites the report with its rows, keeping the other
+op's rows there: run both for the full table. The files are rewritten after every measurement ("partial": true
+until the run ends); `--resume` keeps the op's rows already there and measures the rest.
 
 Measurement: warmup calls first (compilation excluded), then the median of repeated forward+backward steps.
 CUDA: torch.cuda.Event timing behind a queued spin kernel (torch.cuda._sleep), so the host's dispatch is not
-timed (host_dispatch_ms and launch_bound_repeats say how often it still was); extra peak memory = torch.cuda.max_memory_allocated() during one step minus the
+timed (host_dispatch_ms and launch_bound_repeats say how often it still was); extra peak memory =
+torch.cuda.max_memory_allocated() during one step minus the
 memory allocated before it (the inputs); kernel launches of each direction counted with torch.profiler; the
 reparam rows report their bandwidth as a fraction of a measured device-to-device copy (torch.clone).
 CPU: time.perf_counter; peak memory from the process's resident set: every (op, dtype, impl) runs in a fresh
@@ -41,9 +25,9 @@ import ctypes
 import datetime as _dt
 import functools
 import gc
+import importlib
 import json
 import logging
-import math
 import os
 import platform
 import queue
@@ -55,49 +39,30 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from dualvae.atomic import write_text_atomic
 from dualvae.sysinfo import cpu_model, cpu_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
 MiB = float(1 << 20)
-CHUNK = 4096  # columns of U per chunk in the Liger-style implementation
-
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-# --- size grids ----------------------------------------------------------------------------------------------
-# The issue's grid (the GPU run): dual_bce B in {256, 4096}, d=128, n in {40, 4096, 65536, 262144}, fp32 and bf16;
-# reparam+KL B x d from 256x128 to 65536x512.
-BCE_D = 128
-GPU_BCE = [(B, BCE_D, n) for B in (256, 4096) for n in (40, 4096, 65536, 262144)]
-REPARAM_SIZES = [(256, 128), (1024, 128), (4096, 128), (16384, 128), (16384, 512), (65536, 256), (65536, 512)]
-# On CPU: the issue's grid plus B=1024, less the sizes over the caps below (listed as skipped, with the reason).
-# On CPU: the C++ kernels issue's grid (B=1024, d=128, n in {40, 8192, 65536, 262144}) plus three shapes of
-# the GPU grid, less the sizes over the caps below (listed as skipped, with the reason).
-CPU_BCE = sorted({(1024, BCE_D, n) for n in (40, 8192, 65536, 262144)} | {(256, BCE_D, 40), (256, BCE_D, 4096),
-                                                                          (4096, BCE_D, 4096)})
-CPU_LOGITS_CAP = 2 << 30        # skip sizes whose eager logits exceed 2 GiB
-CPU_BCE_ENTRIES_CAP = 1 << 28   # and (time budget) more than 1024 x 262144 label entries
-CPU_BF16_ENTRIES_CAP = 1 << 20  # bf16 matmul/elementwise on an AVX2-only CPU is ~17x slower than fp32
-INTERP_BCE_ENTRIES = 256 * 40   # the Triton interpreter runs only tiny sizes (it is ~1e4x slower than a GPU)
-INTERP_REPARAM_ELEMS = 256 * 128
-QUICK_BCE = [(32, BCE_D, 40)]
-QUICK_REPARAM = [(64, 32)]
-BW_TARGET_ELEMS = 16 * 2**20    # "from 16M elements up"
-
-BCE_IMPLS_GPU = ["eager", "compile", "chunked", "ours", "ours-packed"]
-BCE_IMPLS_CPU = ["eager", "compile", "chunked", "ours-cpu", "ours", "ours-packed"]
-REPARAM_IMPLS_GPU = ["eager", "compile", "ours", "ours-seeded"]
-REPARAM_IMPLS_CPU = ["eager", "compile", "ours-cpu", "ours", "ours-seeded"]
-INTERP_IMPLS = ("ours", "ours-packed", "ours-seeded")
-UNSET = object()
+INTERP_IMPLS = ("ours", "ours-packed", "ours-seeded")  # the Triton backend: interpreted on CPU
+# The op scripts, in the report's order: the report's targets and tables are made by each op's own module.
+OP_MODULES = {"dual_bce": "bench_dual_bce", "reparameterize_kl": "bench_reparam_kl"}
 
 
-def _K():
-    """dualvae.kernels, imported late: TRITON_INTERPRET must be decided before it is imported."""
+def kernels():
+    """dualvae.kernels, imported when a case is built (after the command line has set up the process)."""
     import dualvae.kernels as K
     return K
+
+
+def op_module(op: str):
+    """The benchmark script of `op`, as a module (this folder is on sys.path when a script in it runs)."""
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    return importlib.import_module(OP_MODULES[op])
 
 
 # --- memory of the CPU process ---------------------------------------------------------------------------------
@@ -136,44 +101,6 @@ def _pin_malloc() -> bool:
         return False
 
 
-# --- the implementations -----------------------------------------------------------------------------------------
-def _chunk_grads(z, U_c, y_c, m_c):
-    """Loss and gradients of one chunk of columns, computed explicitly (compiled by the chunked impl)."""
-    logits = (z @ U_c.t()).float()
-    y = y_c.float()
-    m = m_c.float()
-    loss = (m * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
-    g = (m * (torch.sigmoid(logits) - y)).to(z.dtype)
-    return loss, (g @ U_c).float(), (g.t() @ z).float()
-
-
-class ChunkedDualBCE(torch.autograd.Function):
-    """Liger's way: the forward loops over chunks of n, computes every chunk's loss and gradients (never the whole
-    B x n logits), keeps dz and dU; the backward scales them by the upstream scalar."""
-
-    @staticmethod
-    def forward(ctx, z, U, y, mask, chunk_fn, chunk):
-        n = U.shape[0]
-        loss = torch.zeros((), dtype=torch.float32, device=z.device)
-        dz = torch.zeros(z.shape, dtype=torch.float32, device=z.device)
-        dU = torch.empty(U.shape, dtype=torch.float32, device=U.device)
-        for s in range(0, n, chunk):
-            l_c, dz_c, dU_c = chunk_fn(z, U[s:s + chunk], y[:, s:s + chunk], mask[:, s:s + chunk])
-            loss += l_c
-            dz += dz_c
-            dU[s:s + chunk] = dU_c
-        ctx.save_for_backward(dz.to(z.dtype), dU.to(U.dtype))
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        dz, dU = ctx.saved_tensors
-        if bool(grad != 1.0):  # as Liger does: a unit upstream gradient hands the stored gradients over unscaled
-            dz, dU = grad * dz, grad * dU
-        return (dz if ctx.needs_input_grad[0] else None), (dU if ctx.needs_input_grad[1] else None), \
-            None, None, None, None
-
-
 def _compiled(fn):
     torch._dynamo.reset()  # a fresh compile per measurement: no recompile limits, no dynamic-shape reuse
     # the reference dual_bce's label check (bool(...all())) is a graph break: expected, so not worth a warning
@@ -197,109 +124,6 @@ class Case:
     def zero_grad(self):
         for t in self.leaves:
             t.grad = None
-
-
-def make_bce(impl: str, B: int, d: int, n: int, dtype: torch.dtype, device: str) -> Case:
-    g = torch.Generator(device=device).manual_seed(B * 7919 + n)  # drawn on the device: B x n is large
-    z = (torch.randn(B, d, generator=g, device=device) * 0.5).to(dtype).requires_grad_()
-    U = (torch.randn(n, d, generator=g, device=device) / math.sqrt(d)).to(dtype).requires_grad_()
-    y = (torch.rand(B, n, generator=g, device=device) > 0.5).to(dtype)
-    mask = (torch.rand(B, n, generator=g, device=device) > 0.3).to(dtype)
-    leaves = [z, U]
-
-    def bwd(loss):
-        loss.backward()
-
-    if impl == "ours-packed":
-        K = _K()
-        packed = K.pack_labels(y, mask)
-        del y, mask
-        labels = [packed.words]
-
-        def fwd():
-            return K.dual_bce(z, U, packed, reduction="sum", backend="triton")
-    else:
-        labels = [y, mask]
-        if impl == "eager":
-            ref = _K().reference.dual_bce
-
-            def fwd():
-                return ref(z, U, y, mask, reduction="sum")
-        elif impl == "compile":
-            ref = _compiled(_K().reference.dual_bce)
-
-            def fwd():
-                return ref(z, U, y, mask, reduction="sum")
-        elif impl == "chunked":
-            chunk_fn = _compiled(_chunk_grads)
-
-            def fwd():
-                return ChunkedDualBCE.apply(z, U, y, mask, chunk_fn, CHUNK)
-        elif impl in ("ours", "ours-cpu"):
-            K = _K()
-            backend = "triton" if impl == "ours" else "cpu"
-
-            def fwd():
-                return K.dual_bce(z, U, y, mask, reduction="sum", backend=backend)
-        else:
-            raise ValueError(f"dual_bce: unknown impl {impl!r}")
-    nbytes = sum(t.numel() * t.element_size() for t in leaves + labels)
-    return Case("dual_bce", impl, fwd, bwd, leaves, nbytes, keep=labels)
-
-
-def make_reparam(impl: str, B: int, d: int, dtype: torch.dtype, device: str) -> Case:
-    g = torch.Generator(device=device).manual_seed(B * 31 + d)
-    mu = torch.randn(B, d, generator=g, device=device).to(dtype).requires_grad_()
-    logvar = (torch.randn(B, d, generator=g, device=device) * 0.5).to(dtype).requires_grad_()
-    seeded = impl == "ours-seeded"
-    eps = None if seeded else torch.randn(B, d, generator=g, device=device).to(dtype)
-    gz = torch.randn(B, d, generator=g, device=device).to(dtype)
-    # upstream KL gradients in both dtypes the ops return (kl is float32 on the fused backends): picking one
-    # costs no kernel launch inside the timed backward
-    gkl = {dt: torch.ones(B, device=device, dtype=dt) for dt in {dtype, torch.float32}}
-    leaves = [mu, logvar]
-
-    if impl == "eager":
-        ref = _K().reference.reparameterize_kl
-
-        def fwd():
-            return ref(mu, logvar, eps)
-    elif impl == "compile":
-        ref = _compiled(_K().reference.reparameterize_kl)
-
-        def fwd():
-            return ref(mu, logvar, eps)
-    elif impl in ("ours", "ours-seeded", "ours-cpu"):
-        K = _K()
-        backend = "cpu" if impl == "ours-cpu" else "triton"
-
-        def fwd():
-            if seeded:
-                return K.reparameterize_kl(mu, logvar, seed=1234, backend=backend)
-            return K.reparameterize_kl(mu, logvar, eps, backend=backend)
-    else:
-        raise ValueError(f"reparameterize_kl: unknown impl {impl!r}")
-
-    def bwd(out):
-        z, kl = out
-        torch.autograd.backward((z, kl), (gz, gkl[kl.dtype]))
-
-    es = torch.empty((), dtype=dtype).element_size()
-    elems = B * d
-    n_eps = 0 if seeded else 1
-    bytes_fwd = elems * es * (3 + n_eps) + B * 4             # read mu, logvar (, eps); write z; write kl
-    bytes_bwd = elems * es * (5 + n_eps) + B * 4             # read dz, mu, logvar (, eps); write dmu, dlogvar; read dkl
-    inputs = [mu, logvar, gz, *gkl.values()] + ([eps] if eps is not None else [])
-    nbytes = sum(t.numel() * t.element_size() for t in inputs)
-    return Case("reparameterize_kl", impl, fwd, bwd, leaves, nbytes, bytes_fwd, bytes_bwd,
-                keep=[gz, gkl] + ([eps] if eps is not None else []))
-
-
-def make_case(spec: dict, device: str) -> Case:
-    dtype = DTYPES[spec["dtype"]]
-    if spec["op"] == "dual_bce":
-        return make_bce(spec["impl"], spec["B"], spec["d"], spec["n"], dtype, device)
-    return make_reparam(spec["impl"], spec["B"], spec["d"], dtype, device)
 
 
 # --- measuring -------------------------------------------------------------------------------------------------
@@ -428,7 +252,7 @@ def run_one(spec: dict, device: str, settings: dict) -> dict:
     t_row = time.perf_counter()
     try:
         maxrss0 = _maxrss_kib()
-        case = make_case(spec, device)
+        case = op_module(spec["op"]).make_case(spec, device)
         row["input_mib"] = case.input_bytes / MiB
         maxrss_inputs = _maxrss_kib()
         row.update(measure(case, device, warmup, settings["repeats"], settings["budget_s"]))
@@ -440,7 +264,8 @@ def run_one(spec: dict, device: str, settings: dict) -> dict:
                 row["memory_method"] = "ru_maxrss growth after the inputs (fresh process; includes warmup/compile)"
     except Exception as exc:  # noqa: BLE001 - a failed measurement is recorded, the run goes on
         oom = isinstance(exc, torch.OutOfMemoryError) if hasattr(torch, "OutOfMemoryError") else False
-        row["error"] = ("OOM: " if oom else "") + f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        row["error"] = ("OOM: " if oom else "") + f"{type(exc).__name__}: {first}"
     finally:
         del case
         gc.collect()
@@ -496,66 +321,8 @@ def _row_line(row: dict) -> str:
         return f"  {row['op']:<17} {size:<24} {row['dtype']} {row['impl']:<12} ERROR {row['error']}"
     mem = row.get("extra_peak_mib")
     return (f"  {row['op']:<17} {size:<24} {row['dtype']} {row['impl']:<12} {row['median_ms']:10.3f} ms"
-            f"  {('%.1f MiB' % mem) if mem is not None else '-':>12}" + ("  (interp)" if row.get("interpreted") else ""))
-
-
-# --- plans --------------------------------------------------------------------------------------------------------
-def plan(device: str, quick: bool, triton_ok: bool) -> tuple[list[dict], list[dict]]:
-    """(specs to run, skipped entries with reasons)."""
-    specs, skipped = [], []
-
-    def skip(**kw):
-        skipped.append(kw)
-
-    cpu = device == "cpu"
-    bce_impls = BCE_IMPLS_CPU if cpu else BCE_IMPLS_GPU
-    rep_impls = REPARAM_IMPLS_CPU if cpu else REPARAM_IMPLS_GPU
-    if not triton_ok:
-        for impl in INTERP_IMPLS:
-            skip(op="all", impl=impl, reason="triton is not installed")
-        bce_impls = [i for i in bce_impls if i not in INTERP_IMPLS]
-        rep_impls = [i for i in rep_impls if i not in INTERP_IMPLS]
-    if quick:
-        bce_sizes, rep_sizes, dtypes, rep_dtypes = QUICK_BCE, QUICK_REPARAM, ["fp32"], ["fp32"]
-    elif cpu:
-        bce_sizes, rep_sizes, dtypes, rep_dtypes = [], REPARAM_SIZES, ["fp32", "bf16"], ["fp32"]
-        for B, d, n in CPU_BCE:
-            logits = B * n * 4  # eager's logits are float32 ... or bf16, but then bf16's own cap applies first
-            if logits > CPU_LOGITS_CAP:
-                skip(op="dual_bce", B=B, d=d, n=n, impl="all",
-                     reason=f"eager logits {logits / 2**30:.1f} GiB (fp32) > 2 GiB (CPU cap)")
-            elif B * n > CPU_BCE_ENTRIES_CAP:
-                skip(op="dual_bce", B=B, d=d, n=n, impl="all",
-                     reason=f"CPU time budget: B*n = {B * n} > {CPU_BCE_ENTRIES_CAP} (1024 x 262144)")
-            else:
-                bce_sizes.append((B, d, n))
-        skip(op="reparameterize_kl", dtype="bf16", impl="all", reason="CPU run is fp32 only (time budget)")
-        if triton_ok:
-            skip(op="dual_bce", impl="ours, ours-packed",
-                 reason=f"Triton interpreter on CPU: only fp32 sizes with B*n <= {INTERP_BCE_ENTRIES} (tiny)")
-            skip(op="reparameterize_kl", impl="ours, ours-seeded",
-                 reason=f"Triton interpreter on CPU: only fp32 sizes with B*d <= {INTERP_REPARAM_ELEMS} (tiny)")
-    else:
-        bce_sizes, rep_sizes, dtypes, rep_dtypes = GPU_BCE, REPARAM_SIZES, ["fp32", "bf16"], ["fp32", "bf16"]
-
-    for dt in dtypes:
-        for B, d, n in bce_sizes:
-            if cpu and dt == "bf16" and B * n > CPU_BF16_ENTRIES_CAP:
-                skip(op="dual_bce", B=B, d=d, n=n, dtype=dt, impl="all",
-                     reason=f"bf16 on this CPU (no native bf16 matmul) is ~17x slower than fp32: "
-                            f"time budget, B*n = {B * n} > {CPU_BF16_ENTRIES_CAP}")
-                continue
-            for impl in bce_impls:
-                if cpu and impl in INTERP_IMPLS and (B * n > INTERP_BCE_ENTRIES or dt != "fp32"):
-                    continue  # listed once above
-                specs.append(dict(op="dual_bce", B=B, d=d, n=n, dtype=dt, impl=impl))
-    for dt in rep_dtypes:
-        for B, d in rep_sizes:
-            for impl in rep_impls:
-                if cpu and impl in INTERP_IMPLS and (B * d > INTERP_REPARAM_ELEMS or dt != "fp32"):
-                    continue  # listed once above
-                specs.append(dict(op="reparameterize_kl", B=B, d=d, n=None, dtype=dt, impl=impl))
-    return specs, skipped
+            f"  {('%.1f MiB' % mem) if mem is not None else '-':>12}"
+            + ("  (interp)" if row.get("interpreted") else ""))
 
 
 # --- summary ------------------------------------------------------------------------------------------------------
@@ -587,61 +354,6 @@ def add_bandwidth(rows: list[dict], copy_gbps: float | None) -> None:
             r["bw_frac_bwd"] = r["gbps_bwd"] / copy_gbps
 
 
-def check_cpu_targets(rows: list[dict]) -> dict:
-    """The C++ kernels issue's CPU targets on the 'ours-cpu' rows: dual_bce fp32 at B=1024, d=128, n=8192 at
-    least 2x eager and 1.2x torch.compile; extra peak memory at n=262144 below 10% of eager's."""
-    out = {"dual_bce_speed": [], "dual_bce_memory": []}
-    for r in rows:
-        if r.get("impl") != "ours-cpu" or "error" in r or r["op"] != "dual_bce" or r["dtype"] != "fp32":
-            continue
-        if (r["B"], r["d"]) != (1024, 128):
-            continue
-        size = {k: r[k] for k in ("B", "d", "n", "dtype")}
-        if r["n"] == 8192:
-            se, sc = r.get("speedup_vs_eager"), r.get("speedup_vs_compile")
-            out["dual_bce_speed"].append(dict(size, vs_eager=se, vs_compile=sc,
-                                              ok=bool(se and sc and se >= 2.0 and sc >= 1.2)))
-        if r["n"] == 262144:
-            m = r.get("mem_vs_eager")
-            out["dual_bce_memory"].append(dict(size, mem_vs_eager=m, ok=m is not None and m < 0.10))
-    out["all_ok"] = all(e["ok"] for v in out.values() if isinstance(v, list) for e in v) and all(
-        out[k] for k in ("dual_bce_speed", "dual_bce_memory"))
-    out["targets"] = ("ours-cpu dual_bce fp32 at B=1024, d=128, n=8192: >= 2x eager and >= 1.2x torch.compile; "
-                      "extra peak memory at n=262144 < 10% of eager's")
-    return out
-
-
-def check_targets(rows: list[dict], device: str) -> dict:
-    """The issues' targets: the GPU ones on the 'ours' rows, the CPU ones on 'ours-cpu' (informational)."""
-    if device != "cuda":
-        return check_cpu_targets(rows)
-    out = {"dual_bce_speed": [], "dual_bce_memory": [], "reparam_launches": [], "reparam_bandwidth": []}
-    for r in rows:
-        if r.get("impl") != "ours" or "error" in r:
-            continue
-        size = {k: r[k] for k in ("B", "d", "n", "dtype") if r.get(k) is not None}
-        if r["op"] == "dual_bce" and r["n"] >= 4096:
-            se, sc = r.get("speedup_vs_eager"), r.get("speedup_vs_compile")
-            out["dual_bce_speed"].append(dict(size, vs_eager=se, vs_compile=sc,
-                                              ok=bool(se and sc and se >= 3.0 and sc >= 1.5)))
-        if r["op"] == "dual_bce" and r["n"] >= 65536:
-            m = r.get("mem_vs_eager")
-            out["dual_bce_memory"].append(dict(size, mem_vs_eager=m, ok=m is not None and m <= 0.05))
-        if r["op"] == "reparameterize_kl":
-            out["reparam_launches"].append(dict(size, fwd=r.get("launches_fwd"), bwd=r.get("launches_bwd"),
-                                                ok=r.get("launches_fwd") == 1 and r.get("launches_bwd") == 1))
-            if r["B"] * r["d"] >= BW_TARGET_ELEMS:
-                f = r.get("bw_frac")
-                out["reparam_bandwidth"].append(dict(size, bw_frac=f, bw_frac_fwd=r.get("bw_frac_fwd"),
-                                                     bw_frac_bwd=r.get("bw_frac_bwd"),
-                                                     ok=f is not None and f >= 0.85))
-    out["all_ok"] = all(e["ok"] for v in out.values() if isinstance(v, list) for e in v)
-    out["targets"] = ("dual_bce >= 3x eager and >= 1.5x torch.compile at n >= 4096; extra peak memory <= 5% of "
-                      "eager's at n >= 65536; reparam+KL one kernel launch each way at every size and >= 85% of "
-                      "the measured copy bandwidth (fwd+bwd bytes / time) from 16M elements up")
-    return out
-
-
 def _fmt_ms(v):
     return "-" if v is None else (f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}")
 
@@ -655,9 +367,11 @@ def markdown(report: dict) -> str:
     cuda = device == "cuda"
     head_impl = "ours" if cuda else "ours-cpu"
     lines = [f"# Fused kernels benchmark: {report['device_name']}", "",
-             f"{report['date']} · torch {report['torch']} · triton {report['triton']} · python {report['python']} · "
+             f"{report['date']} · torch {report['torch']} · triton {report['triton']} · "
+             f"python {report['python']} · "
              f"{report['cpu_model']} (threads={report['threads']}) · load avg {report['loadavg_start']} → "
-             f"{report['loadavg_end']}" + (f" · {len(report['runs'])} runs (--resume)" if len(report.get('runs', [])) > 1
+             f"{report['loadavg_end']}" + (f" · {len(report['runs'])} runs (both scripts, or --resume)"
+                                           if len(report.get('runs', [])) > 1
                                            else ""), "",
              "Forward + backward, median ms / extra peak MiB (over the inputs) per implementation. "
              f"×eager and ×compile: speedup of `{head_impl}`."]
@@ -667,8 +381,8 @@ def markdown(report: dict) -> str:
                   f"which currently {report['ours_cpu_backend']}"
                   + ("; being eager's own code, its ratio to eager shows the timing noise of the run (see the load "
                      "average)." if report["ours_cpu_backend"].startswith("runs the reference") else ".")]
-    ops = [("dual_bce", "dual_bce (d=128, masked, reduction=sum)"), ("reparameterize_kl", "reparameterize_kl")]
-    for op, title in ops:
+    for op in OP_MODULES:
+        title = op_module(op).TITLE
         op_rows = [r for r in rows if r["op"] == op]
         if not op_rows:
             continue
@@ -708,8 +422,7 @@ def markdown(report: dict) -> str:
     t = report.get("targets", {})
     if "all_ok" in t:
         lines += ["", f"Targets ({t['targets']}): **{'met' if t['all_ok'] else 'NOT met'}**"]
-        for name in [k for k in ("dual_bce_speed", "dual_bce_memory", "reparam_launches", "reparam_bandwidth")
-                     if k in t]:
+        for name in [k for k, v in t.items() if isinstance(v, list)]:
             bad = [e for e in t[name] if not e["ok"]]
             lines.append(f"- {name}: {len(t[name]) - len(bad)}/{len(t[name])} ok"
                          + (f"; failing: {bad[:4]}" if bad else ""))
@@ -776,8 +489,10 @@ def _triton_version() -> str | None:
         return None
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(op: str, description: str, argv=None) -> int:
+    """The command line of the op's script: plan, measure, write the report (see the module docstring)."""
+    mod = op_module(op)
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help="CI-sized: tiny sizes, 1-2 repeats, in-process")
     ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     ap.add_argument("--out", default=DEFAULT_OUT, help="output folder (default bench/results)")
@@ -787,7 +502,6 @@ def main(argv=None) -> int:
                          "machine 1 thread avoids OpenMP barrier stalls that slow tiny ops 100x")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop repeating a measurement after this many seconds (at least 3 repeats)")
-    ap.add_argument("--ops", default=None, help="comma list of dual_bce, reparameterize_kl (default: both)")
     ap.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: the device's grid)")
     ap.add_argument("--impls", default=None, help="comma list of implementations (default: all)")
     ap.add_argument("--sizes", default=None,
@@ -806,7 +520,7 @@ def main(argv=None) -> int:
         if os.environ.get("TRITON_INTERPRET", "0") == "1":
             ap.error("TRITON_INTERPRET=1 is set: on CUDA the 'ours' rows would run the interpreter; unset it")
     else:
-        # the Triton rows on CPU need the interpreter, which is read when dualvae.kernels is imported (below)
+        # the Triton rows on CPU run under the interpreter (read when the ops run)
         os.environ["TRITON_INTERPRET"] = "1"
         # compile in-process: a pool of compile workers costs more than it saves on a few CPU cores
         os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
@@ -818,12 +532,13 @@ def main(argv=None) -> int:
         "repeats": repeats,
         "warmup": 1 if (quick or device == "cpu") else 5,
         "warmup_compile": 2 if (quick or device == "cpu") else 5,
-        "budget_s": args.budget_s if args.budget_s is not None else (1.0 if quick else 4.0 if device == "cpu" else 10.0),
+        "budget_s": (args.budget_s if args.budget_s is not None
+                     else 1.0 if quick else 4.0 if device == "cpu" else 10.0),
         "threads": args.threads or (1 if quick else torch.get_num_threads()),
     }
     torch.set_num_threads(settings["threads"])
-    specs, skipped = plan(device, quick, triton_ok)
-    for name, allowed in (("op", args.ops), ("dtype", args.dtypes), ("impl", args.impls)):
+    specs, skipped = mod.plan(device, quick, triton_ok)
+    for name, allowed in (("dtype", args.dtypes), ("impl", args.impls)):
         if allowed:
             keep = {v.strip() for v in allowed.split(",") if v.strip()}
             specs = [s for s in specs if s[name] in keep]
@@ -832,8 +547,11 @@ def main(argv=None) -> int:
         bad = [w for w in want if not re.fullmatch(r"\d+x\d+(x\d+)?", w)]
         if bad:
             ap.error(f"--sizes: {bad[0]!r} is not BxDxN or BxD")
+        # one list serves both scripts: the sizes of the other op's form (BxDxN or BxD) are its, not an error
+        want = {w for w in want if w.count("x") == len(mod.SIZE_KEYS) - 1}
+
         def size(s):
-            return "x".join(str(s[k]) for k in ("B", "d", "n") if s.get(k))
+            return "x".join(str(s[k]) for k in mod.SIZE_KEYS)
 
         grid = {size(s) for s in specs}
         if want - grid:
@@ -843,19 +561,21 @@ def main(argv=None) -> int:
     slug = _slug(dev_name) if device == "cuda" else "cpu"
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, f"kernels-{slug}")
-    old_rows: list[dict] = []
+    old_rows: list[dict] = []  # the other op's rows, and with --resume this op's finished ones
     old_runs: list[dict] = []
-    if args.resume and os.path.exists(base + ".json"):
+    if os.path.exists(base + ".json"):
         with open(base + ".json") as f:
             old = json.load(f)
-        old_rows = [r for r in old.get("rows", []) if "error" not in r]
-        old_runs = old.get("runs") or [{k: old.get(k) for k in ("date", "loadavg_start", "loadavg_end", "elapsed_s")}]
+        old_rows = [r for r in old.get("rows", []) if r["op"] != op or (args.resume and "error" not in r)]
+        if old_rows:
+            old_runs = old.get("runs") or [{k: old.get(k) for k in ("date", "loadavg_start", "loadavg_end",
+                                                                     "elapsed_s")}]
         done = {_key(r) + (r["impl"],) for r in old_rows}
-        skipped += [s for s in old.get("skipped", []) if s not in skipped]
+        skipped += [s for s in old.get("skipped", []) if s not in skipped and (s.get("op") != op or args.resume)]
         specs = [s for s in specs if _key(s) + (s["impl"],) not in done]
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    print(f"bench/kernels.py: {len(specs)} measurements on {device}" + (" (quick)" if quick else "")
+    print(f"{mod.__name__}: {len(specs)} measurements on {device}" + (" (quick)" if quick else "")
           + (f", {len(old_rows)} kept from {base}.json" if old_rows else "") + f", {len(skipped)} skipped", flush=True)
 
     hwm_ok = device == "cpu" and _reset_hwm()
@@ -875,7 +595,7 @@ def main(argv=None) -> int:
     rows: list[dict] = list(old_rows)
     ctx = dict(device=device, dev_name=dev_name, slug=slug, quick=quick, settings=settings, load0=load0, t0=t0,
                memory_method=memory_method, skipped=skipped, base=base, old_runs=old_runs,
-               filters={"ops": args.ops, "dtypes": args.dtypes, "impls": args.impls, "resume": args.resume},
+               filters={"ops": op, "dtypes": args.dtypes, "impls": args.impls, "resume": args.resume},
                n_specs=len(specs))
 
     def on_row(row):
@@ -915,8 +635,9 @@ def write_report(rows: list[dict], copy_gbps: float | None, ctx: dict, partial: 
     device, settings = ctx["device"], ctx["settings"]
     add_ratios(rows)
     add_bandwidth(rows, copy_gbps)
-    K = _K()
-    ours_cpu = K.ops._resolve_backend("bench", "cpu", torch.device("cpu"), torch.float32)
+    K = kernels()
+    ours_cpu = K.resolve_backend("cpu", device="cpu", dtype=torch.float32)
+    ops = [op for op in OP_MODULES if any(r["op"] == op for r in rows)]
     report = {
         "benchmark": "kernels",
         "partial": partial,
@@ -944,10 +665,9 @@ def write_report(rows: list[dict], copy_gbps: float | None, ctx: dict, partial: 
             "dual_bce": sorted({(r["B"], r["d"], r["n"]) for r in rows if r["op"] == "dual_bce"}),
             "reparameterize_kl": sorted({(r["B"], r["d"]) for r in rows if r["op"] == "reparameterize_kl"}),
         },
-        "impls": {"dual_bce": BCE_IMPLS_CPU if device == "cpu" else BCE_IMPLS_GPU,
-                  "reparameterize_kl": REPARAM_IMPLS_CPU if device == "cpu" else REPARAM_IMPLS_GPU},
+        "impls": {op: getattr(op_module(op), "IMPLS_CPU" if device == "cpu" else "IMPLS_GPU") for op in ops},
         "labels": "y and mask are (B, n) tensors of the compute dtype (ours-packed: pack_labels words)",
-        "chunk": CHUNK,
+        "chunk": op_module("dual_bce").CHUNK,
         "settings": settings,
         "memory_method": ctx["memory_method"],
         "copy_gbps": copy_gbps,
@@ -959,15 +679,22 @@ def write_report(rows: list[dict], copy_gbps: float | None, ctx: dict, partial: 
     this_run = {k: report[k] for k in ("date", "loadavg_start", "loadavg_end", "elapsed_s")}
     this_run.update(measurements=ctx["n_specs"], filters=ctx["filters"])
     report["runs"] = ctx["old_runs"] + [this_run]
-    report["targets"] = check_targets(rows, device)
+    report["targets"] = targets(rows, device, ops)
     base = ctx["base"]
     md = markdown(report)
-    for path, text in ((base + ".json", json.dumps(report, indent=1, default=str) + "\n"), (base + ".md", md)):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+    write_text_atomic(base + ".json", json.dumps(report, indent=1, default=str) + "\n")
+    write_text_atomic(base + ".md", md)
     return report, md
 
-if __name__ == "__main__":
-    sys.exit(main())
+
+def targets(rows: list[dict], device: str, ops: list[str]) -> dict:
+    """Each op's targets (its module's `targets`) in one dict: the entries per target, "all_ok", and the text."""
+    out, texts, ok = {}, [], True
+    for op in ops:
+        entries, op_ok, text = op_module(op).targets(rows, device)
+        out.update(entries)
+        ok = ok and op_ok
+        texts += [text] if text else []
+    out["all_ok"] = ok
+    out["targets"] = "; ".join(texts)
+    return out
