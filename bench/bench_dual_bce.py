@@ -41,8 +41,8 @@ CPU_SIZES = sorted({(1024, D, n) for n in (40, 8192, 65536, 262144)} | {(256, D,
                                                                        (4096, D, 4096)})
 CPU_LOGITS_CAP = 2 << 30        # skip sizes whose eager logits exceed 2 GiB
 CPU_ENTRIES_CAP = 1 << 28       # and (time budget) more than 1024 x 262144 label entries
-CPU_BF16_ENTRIES_CAP = 1 << 20  # bf16 matmul/elementwise on an AVX2-only CPU is ~17x slower than fp32
-INTERP_ENTRIES = 256 * 40       # the Triton interpreter runs only tiny sizes (it is ~1e4x slower than a GPU)
+CPU_BF16_ENTRIES_CAP = 1 << 20  # bf16 matmul/elementwise on an AVX2-only CPU is emulated: far slower than fp32
+INTERP_ENTRIES = 256 * 40       # the Triton interpreter runs only tiny sizes (it runs each program in Python)
 QUICK_SIZES = [(32, D, 40)]
 IMPLS_GPU = ["eager", "compile", "chunked", "ours", "ours-packed"]
 IMPLS_CPU = ["eager", "compile", "chunked", "ours-cpu", "ours", "ours-packed"]
@@ -170,7 +170,7 @@ def plan(device: str, quick: bool, triton_ok: bool) -> tuple[list[dict], list[di
         for B, d, n in sizes:
             if cpu and dt == "bf16" and B * n > CPU_BF16_ENTRIES_CAP:
                 skipped.append(dict(op=OP, B=B, d=d, n=n, dtype=dt, impl="all",
-                                    reason=f"bf16 on this CPU (no native bf16 matmul) is ~17x slower than fp32: "
+                                    reason=f"bf16 on this CPU (no native bf16 matmul) is emulated, far slower than fp32: "
                                            f"time budget, B*n = {B * n} > {CPU_BF16_ENTRIES_CAP}"))
                 continue
             for impl in impls:

@@ -9,10 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Rows per chunk on the CPU. bench/cis.py sweeps 32..512 on the 2-core CI machine (DualVAE width 24 + the
-# attribute classifier, fp32, channels-last, 1 thread): 3.4 ms per (image, domain) at 32, 2.7-2.9 ms from 128 up
-# (within the noise of a shared machine), while the chunk's peak memory grows with it (~110 MiB at 256); 128 is
-# the knee. See bench/results/cis-cpu.json, "chunk_sweep" and "memory".
+# Rows per chunk on the CPU: the knee of bench/cis.py's chunk sweep, past which a larger chunk costs memory
+# without saving time (bench/results/cis-cpu.json, "chunk_sweep" and "memory").
 CPU_MAX_BATCH = 128
 # On a GPU, use at most this share of the free memory for one chunk's activations.
 GPU_MEMORY_FRACTION = 0.4

@@ -164,7 +164,7 @@ def stack_pngs(paths_titles: list[tuple[str, str]], path: str) -> str:
         sheet.paste(_label_image(title, width), (0, y))
         sheet.paste(img, (0, y + 14))
         y += img.height + 14
-    # An adaptive 256-colour palette: the grids stay well under 1 MB (noisy decoded tiles compress badly as RGB).
+    # An adaptive 256-colour palette: noisy decoded tiles compress badly as RGB.
     sheet.convert("P", palette=Image.ADAPTIVE, colors=256).save(path, optimize=True)
     return path
 

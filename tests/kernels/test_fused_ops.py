@@ -4,7 +4,7 @@
 opcheck, torch.compile; and what only the C++ kernels promise: results independent of the thread count, the
 baseline (non-AVX2) build agreeing with the AVX2 one, bf16/fp16 inputs on a CPU.
 
-Error rule (issue 4): ours is within max(1e-5, 4 x eager-fp32's error) of the float64 reference, for the loss and
+Error rule: ours is within max(1e-5, 4 x eager-fp32's error) of the float64 reference, for the loss and
 every gradient, with error = max |x - ref| / max(1, max |ref|) (absolute near zero, relative for large values).
 """
 import math
