@@ -22,7 +22,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import DTYPES, INTERP_IMPLS, Case, _compiled, kernels, main  # noqa: E402
+from harness import DTYPES, INTERP_IMPLS, Case, _compiled, implementations, kernels, main  # noqa: E402
 
 OP = "reparameterize_kl"
 TITLE = "reparameterize_kl"
@@ -91,12 +91,9 @@ def make_case(spec: dict, device: str) -> Case:
 
 def plan(device: str, quick: bool, triton_ok: bool) -> tuple[list[dict], list[dict]]:
     """(specs to run, skipped entries with reasons)."""
-    specs, skipped = [], []
+    specs = []
     cpu = device == "cpu"
-    impls = IMPLS_CPU if cpu else IMPLS_GPU
-    if not triton_ok:
-        skipped += [dict(op="all", impl=impl, reason="triton is not installed") for impl in INTERP_IMPLS]
-        impls = [i for i in impls if i not in INTERP_IMPLS]
+    impls, skipped = implementations(IMPLS_CPU if cpu else IMPLS_GPU, triton_ok)
     if quick:
         sizes, dtypes = QUICK_SIZES, ["fp32"]
     elif cpu:

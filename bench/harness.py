@@ -52,6 +52,14 @@ INTERP_IMPLS = ("ours", "ours-packed", "ours-seeded")  # the Triton backend: int
 OP_MODULES = {"dual_bce": "bench_dual_bce", "reparameterize_kl": "bench_reparam_kl"}
 
 
+def implementations(impls, triton_ok: bool) -> tuple[list[str], list[dict]]:
+    """(`impls` that can run here, a skipped entry for each Triton one when triton is not installed)."""
+    if triton_ok:
+        return list(impls), []
+    skipped = [dict(op="all", impl=impl, reason="triton is not installed") for impl in INTERP_IMPLS]
+    return [i for i in impls if i not in INTERP_IMPLS], skipped
+
+
 def kernels():
     """dualvae.kernels, imported when a case is built (after the command line has set up the process)."""
     import dualvae.kernels as K

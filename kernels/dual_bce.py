@@ -105,6 +105,22 @@ def _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_t
 
 
 @jit
+def _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
+          stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+          HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, MASK_LIKE_Y: tl.constexpr, PACKED: tl.constexpr,
+          ONE_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+          BLOCK_K: tl.constexpr):
+    """One (rows x cols) tile as both kernels see it: (fp32 logits, labels y, weights w, in-bounds ok)."""
+    logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
+                          stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
+                          HAS_BIAS, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
+    ok = row_ok[:, None] & col_ok[None, :]
+    y, w = _labels_tile(y_ptr, m_ptr, rows, cols, ok, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+                        PACKED, HAS_MASK, MASK_LIKE_Y)
+    return logits, y, w, ok
+
+
+@jit
 def _dual_bce_fwd_kernel(
     # Pointers
     z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, loss_ptr, cnt_ptr, dz_ptr, bad_ptr,
@@ -147,12 +163,10 @@ def _dual_bce_fwd_kernel(
         col_ok = cols < n_hi
         u = tl.load(u_ptr + cols[:, None].to(tl.int64) * stride_u_n + d64 * stride_u_d,
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z, u,
-                              stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
-                              HAS_BIAS, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-        ok = row_ok[:, None] & col_ok[None, :]
-        y, w = _labels_tile(y_ptr, m_ptr, rows, cols, ok, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
-                            PACKED, HAS_MASK, MASK_LIKE_Y)
+        logits, y, w, ok = _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, rows, cols, row_ok, col_ok, D, z, u,
+                                 stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
+                                 stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+                                 HAS_BIAS, HAS_MASK, MASK_LIKE_Y, PACKED, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
         if not PACKED:
             bad += tl.reduce(tl.where(ok & (y != 0.0) & (y != 1.0), 1, 0), 1, _sum_combine)
         bce, resid = _bce_terms(logits, y)
@@ -210,12 +224,10 @@ def _dual_bce_bwd_kernel(
         row_ok = rows < b_hi
         z = tl.load(z_ptr + rows[:, None].to(tl.int64) * stride_z_b + d64 * stride_z_d,
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z, u,
-                              stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
-                              HAS_BIAS, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-        ok = row_ok[:, None] & col_ok[None, :]
-        y, w = _labels_tile(y_ptr, m_ptr, rows, cols, ok, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
-                            PACKED, HAS_MASK, MASK_LIKE_Y)
+        logits, y, w, ok = _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, rows, cols, row_ok, col_ok, D, z, u,
+                                 stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
+                                 stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+                                 HAS_BIAS, HAS_MASK, MASK_LIKE_Y, PACKED, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
         _, resid = _bce_terms(logits, y)
         gs = tl.load(gscale_ptr + rows.to(tl.int64) * stride_g, mask=row_ok, other=0.0).to(tl.float32)
         g = w * resid * gs[:, None]

@@ -23,6 +23,21 @@ _sum_combine = tl.standard._sum_combine
 
 
 @jit
+def _inputs_tile(mu_ptr, logvar_ptr, eps_ptr, r64, c64, cols, ok, D, seed, offset,
+                 stride_mu_b, stride_mu_d, stride_lv_b, stride_lv_d, stride_eps_b, stride_eps_d,
+                 HAS_EPS: tl.constexpr):
+    """(mu, logvar, eps) of one tile in fp32; eps drawn from (seed, offset + flat index) when not given, so the
+    backward regenerates the forward's."""
+    mu = tl.load(mu_ptr + r64 * stride_mu_b + c64 * stride_mu_d, mask=ok, other=0.0).to(tl.float32)
+    lv = tl.load(logvar_ptr + r64 * stride_lv_b + c64 * stride_lv_d, mask=ok, other=0.0).to(tl.float32)
+    if HAS_EPS:
+        eps = tl.load(eps_ptr + r64 * stride_eps_b + c64 * stride_eps_d, mask=ok, other=0.0).to(tl.float32)
+    else:
+        eps = _randn(seed, offset + r64 * D + cols[None, :])
+    return mu, lv, eps
+
+
+@jit
 def _reparam_kl_fwd_kernel(
     # Pointers
     mu_ptr, logvar_ptr, eps_ptr, z_ptr, kl_ptr,
@@ -45,12 +60,9 @@ def _reparam_kl_fwd_kernel(
         cols = d0 + tl.arange(0, BLOCK_D)
         ok = row_ok[:, None] & (cols[None, :] < D)
         c64 = cols[None, :].to(tl.int64)
-        mu = tl.load(mu_ptr + r64 * stride_mu_b + c64 * stride_mu_d, mask=ok, other=0.0).to(tl.float32)
-        lv = tl.load(logvar_ptr + r64 * stride_lv_b + c64 * stride_lv_d, mask=ok, other=0.0).to(tl.float32)
-        if HAS_EPS:
-            eps = tl.load(eps_ptr + r64 * stride_eps_b + c64 * stride_eps_d, mask=ok, other=0.0).to(tl.float32)
-        else:
-            eps = _randn(seed, offset + r64 * D + cols[None, :])
+        mu, lv, eps = _inputs_tile(mu_ptr, logvar_ptr, eps_ptr, r64, c64, cols, ok, D, seed, offset,
+                                   stride_mu_b, stride_mu_d, stride_lv_b, stride_lv_d, stride_eps_b, stride_eps_d,
+                                   HAS_EPS)
         std = tl.exp(0.5 * lv)
         tl.store(z_ptr + r64 * stride_z_b + c64 * stride_z_d, (mu + std * eps).to(z_ptr.dtype.element_ty), mask=ok)
         kl += tl.reduce(tl.where(ok, mu * mu + std * std - 1.0 - lv, 0.0), 1, _sum_combine)
@@ -83,12 +95,9 @@ def _reparam_kl_bwd_kernel(
         ok = row_ok[:, None] & (cols[None, :] < D)
         c64 = cols[None, :].to(tl.int64)
         dz = tl.load(dz_ptr + r64 * stride_dz_b + c64 * stride_dz_d, mask=ok, other=0.0).to(tl.float32)
-        mu = tl.load(mu_ptr + r64 * stride_mu_b + c64 * stride_mu_d, mask=ok, other=0.0).to(tl.float32)
-        lv = tl.load(logvar_ptr + r64 * stride_lv_b + c64 * stride_lv_d, mask=ok, other=0.0).to(tl.float32)
-        if HAS_EPS:
-            eps = tl.load(eps_ptr + r64 * stride_eps_b + c64 * stride_eps_d, mask=ok, other=0.0).to(tl.float32)
-        else:
-            eps = _randn(seed, offset + r64 * D + cols[None, :])  # the forward's eps, regenerated
+        mu, lv, eps = _inputs_tile(mu_ptr, logvar_ptr, eps_ptr, r64, c64, cols, ok, D, seed, offset,
+                                   stride_mu_b, stride_mu_d, stride_lv_b, stride_lv_d, stride_eps_b, stride_eps_d,
+                                   HAS_EPS)
         std = tl.exp(0.5 * lv)
         tl.store(dmu_ptr + r64 * stride_dmu_b + c64 * stride_dmu_d, (dz + dkl * mu).to(dmu_ptr.dtype.element_ty),
                  mask=ok)
