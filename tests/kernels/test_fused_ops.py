@@ -20,6 +20,9 @@ from dualvae.kernels import ops, reference as ref
 from dualvae.kernels._jit import interpreting
 from dualvae.kernels.dual_bce import dual_bce_bwd, dual_bce_fwd
 
+import kernel_cases
+from kernel_cases import require_backend
+
 INTERPRET = interpreting()  # tests/conftest.py has set TRITON_INTERPRET for this session
 HAVE_TRITON = INTERPRET or torch.cuda.is_available()
 needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
@@ -34,14 +37,8 @@ needs_cuda_triton = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRE
 
 @pytest.fixture(params=["triton", "cpu"])
 def backend(request):
-    """Each fused backend in turn. `make test` sets DUALVAE_REQUIRE_EXT=1: there a missing C++ build fails."""
-    if request.param == "triton" and not HAVE_TRITON:
-        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
-    if request.param == "cpu" and not kernels.has_compiled_ops():
-        if os.environ.get("DUALVAE_REQUIRE_EXT") == "1":
-            pytest.fail("backend 'cpu': the compiled CPU kernels were not loaded")
-        pytest.skip("the C++ CPU kernels are not built")
-    return request.param
+    """Each fused backend in turn."""
+    return require_backend(request.param)
 
 
 def device_of(backend):
@@ -70,15 +67,8 @@ def assert_error_rule(got, eager32, expected, what):
 # dual_bce
 # ---------------------------------------------------------------------------------------------------------
 def bce_inputs(B, n, d, mask_kind, *, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, d, generator=g, dtype=torch.float64) * scale / math.sqrt(d)
-    U = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = (torch.rand(B, n, generator=g) > 0.5).double()
-    bias = torch.randn(n, generator=g, dtype=torch.float64)
-    mask = {"none": None, "all_zero": torch.zeros(B, n, dtype=torch.float64),
-            "all_one": torch.ones(B, n, dtype=torch.float64),
-            "random": (torch.rand(B, n, generator=g) > 0.4).double()}[mask_kind]
-    return z, U, y, mask, bias
+    """kernel_cases.bce_inputs with logits of about `scale` whatever d."""
+    return kernel_cases.bce_inputs(B, n, d, mask_kind, seed=seed, scale=scale / math.sqrt(d))
 
 
 def run_bce(fn, z, U, y, mask, bias, reduction, upstream, dtype, **kw):

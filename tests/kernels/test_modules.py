@@ -1,6 +1,4 @@
 """DualHead and ReparameterizeKL: the functional ops and the float64 references, as modules."""
-import os
-
 import pytest
 import torch
 
@@ -8,18 +6,14 @@ from dualvae import kernels
 from dualvae.kernels import DualHead, ReparameterizeKL, reference as ref
 from dualvae.kernels._jit import interpreting
 
+from kernel_cases import require_backend
+
 DEVICE = {"triton": "cpu" if interpreting() else "cuda", "cpu": "cpu", "reference": "cpu"}
 
 
 @pytest.fixture(params=["triton", "cpu", "reference"])
 def backend(request):
-    if request.param == "triton" and not (interpreting() or torch.cuda.is_available()):
-        pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
-    if request.param == "cpu" and not kernels.has_compiled_ops():
-        if os.environ.get("DUALVAE_REQUIRE_EXT") == "1":
-            pytest.fail("backend 'cpu': the compiled CPU kernels were not loaded")
-        pytest.skip("the C++ CPU kernels are not built")
-    return request.param
+    return require_backend(request.param)
 
 
 def _inputs(B=7, d=5, n=11, seed=0):

@@ -7,6 +7,8 @@ import torch
 from dualvae import kernels
 from dualvae.kernels import reference as ref
 
+from kernel_cases import bce_inputs
+
 
 def kl_formula(mu, logvar):
     # KL(N(m, s^2) || N(0, 1)) = log(1/s) + (s^2 + m^2)/2 - 1/2, summed over dimensions
@@ -77,15 +79,7 @@ MASKS = ["none", "all_zero", "all_one", "random"]
 
 
 def _inputs(B, n, d, mask_kind, scale=1.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(B, d, generator=g, dtype=torch.float64) * scale
-    U = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = (torch.rand(B, n, generator=g) > 0.5).double()
-    bias = torch.randn(n, generator=g, dtype=torch.float64)
-    mask = {"none": None, "all_zero": torch.zeros(B, n, dtype=torch.float64),
-            "all_one": torch.ones(B, n, dtype=torch.float64),
-            "random": (torch.rand(B, n, generator=g) > 0.4).double()}[mask_kind]
-    return z, U, y, mask, bias
+    return bce_inputs(B, n, d, mask_kind, seed=seed, scale=scale)
 
 
 @pytest.mark.parametrize("mask_kind", MASKS)
