@@ -39,16 +39,18 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402  (after the path: runnable from a checkout)
+from dualvae.data import dali_missing  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
 
 
 def dali_version() -> tuple[str | None, str | None]:
     """(nvidia.dali's version, None), or (None, why it cannot be used)."""
-    try:
-        import nvidia.dali
-    except ImportError as e:
-        return None, f"nvidia.dali is not importable ({e})"
+    why = dali_missing()
+    if why:
+        return None, why
+    import nvidia.dali
+
     return nvidia.dali.__version__, None
 
 

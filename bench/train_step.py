@@ -43,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # before the imports below: runnable from a checkout
 from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
+from dualvae.data import dali_missing  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
 
@@ -67,16 +68,6 @@ def _sync(device: torch.device) -> None:
 
 def _loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def dali_missing() -> str | None:
-    """Why nvidia.dali cannot be used here, or None when it imports."""
-    try:
-        import nvidia.dali  # noqa: F401
-        import nvidia.dali.fn  # noqa: F401
-    except ImportError as e:
-        return f"nvidia.dali is not importable ({e})"
-    return None
 
 
 def _version(module: str) -> str | None:

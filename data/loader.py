@@ -165,18 +165,33 @@ def _corrupt(path: str, reason: str) -> CelebAFormatError:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _import_dali():
+def _dali_import_error() -> ImportError | None:
     try:
-        import nvidia.dali as dali  # noqa: F401
+        import nvidia.dali  # noqa: F401
         import nvidia.dali.fn  # noqa: F401
         import nvidia.dali.types  # noqa: F401
     except ImportError as e:
+        return e
+    return None
+
+
+def dali_missing() -> str | None:
+    """Why NVIDIA DALI cannot be used in this process, or None when it imports."""
+    e = _dali_import_error()
+    return None if e is None else f"nvidia.dali is not importable ({e})"
+
+
+def _import_dali():
+    e = _dali_import_error()
+    if e is not None:
         why = ("NVIDIA DALI has no build for this platform (Linux x86_64/aarch64 only)"
                if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64")
                else "install it with `pip install nvidia-dali-cuda120` (make install does)")
         raise MissingBackendError(f"data backend 'dali' needs the package nvidia-dali-cuda120, which is not "
                                   f"importable ({e}); {why}, or use the PIL DataLoader: --data-backend pil "
-                                  f"(make_loader(..., backend='pil'))") from None
+                                  f"(make_loader(..., backend='pil'))")
+    import nvidia.dali
+
     return nvidia.dali
 
 

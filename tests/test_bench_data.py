@@ -6,6 +6,9 @@ import os
 import subprocess
 import sys
 
+from dualvae.data import dali_missing
+from no_dali import without_dali
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "data_throughput.py")
 
@@ -29,28 +32,17 @@ def test_data_throughput_quick(tmp_path):
     assert "| dali-cpu | cpu | 2 |" in md and "| pil | cpu | 2 |" in md
 
 
-# Runs the script with nvidia.dali unimportable, as on a host without DALI (a None entry in sys.modules makes
-# `import nvidia.dali` raise ImportError).
-NO_DALI = ("import runpy, sys; sys.modules['nvidia.dali'] = None; sys.argv = [sys.argv[1], *sys.argv[2:]]; "
-           "runpy.run_path(sys.argv[0], run_name='__main__')")
-
-
 def test_data_throughput_without_dali_runs_the_other_rows(tmp_path):
     from dualvae.cli import main
 
-    try:
-        import nvidia.dali  # noqa: F401
-        have_dali = True
-    except ImportError:
-        have_dali = False
+    have_dali = dali_missing() is None
     args = ["--quick", "--device", "cpu", "--threads", "2", "--out", str(tmp_path)]
     if have_dali:  # a cache written here, read where DALI is not
         root, cache = str(tmp_path / "root"), str(tmp_path / "root.h5")
         assert main(["synth", "--out", root, "--num", "96", "--seed", "0", "--workers", "1"]) == 0
         assert main(["prepare", "--celeba", root, "--out", cache, "--workers", "1"]) == 0
         args += ["--data", root, "--cache", cache]
-    proc = subprocess.run([sys.executable, "-c", NO_DALI, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(without_dali(SCRIPT, *args), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "data-cpu.json").read_text())
     assert report["dali"] is None and report["num_images"] == 96

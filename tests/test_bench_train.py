@@ -8,32 +8,22 @@ import sys
 
 import pytest
 
+from dualvae.data import dali_missing
+from no_dali import without_dali
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "train_step.py")
 LADDER = ["eager", "data", "kernels", "compile", "bf16"]
 
-# Runs the benchmark with nvidia.dali unimportable (None in sys.modules makes `import nvidia.dali` raise).
-NO_DALI = ("import runpy, sys; sys.modules['nvidia.dali'] = None; sys.argv = [sys.argv[1]] + sys.argv[2:]; "
-           "runpy.run_path(sys.argv[0], run_name='__main__')")
-
-
 def _run(tmp_path, *extra, no_dali=False):
-    cmd = [sys.executable] + (["-c", NO_DALI] if no_dali else []) + [
-        SCRIPT, "--quick", "--device", "cpu", "--threads", "1", "--out", str(tmp_path), *extra]
+    args = ["--quick", "--device", "cpu", "--threads", "1", "--out", str(tmp_path), *extra]
+    cmd = without_dali(SCRIPT, *args) if no_dali else [sys.executable, SCRIPT, *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc, json.loads((tmp_path / "train-cpu.json").read_text())
 
 
-def _dali_importable():
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _dali_importable(), reason="nvidia.dali is not installed: the DALI rows would be skipped")
+@pytest.mark.skipif(dali_missing() is not None, reason="nvidia.dali is not installed: the DALI rows would be skipped")
 def test_train_step_bench_quick(tmp_path):
     proc, report = _run(tmp_path)
     for key in ("device_name", "cpu", "threads", "batch_size", "image_size", "torch", "triton", "dali",
