@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from dualvae.atomic import write_json_atomic
 from dualvae.checkpoint import load_model, save_atomic
+from dualvae.options import option
 
 
 class AttributeClassifier(nn.Module):
@@ -95,29 +96,23 @@ def evaluate_classifier(model: AttributeClassifier, images_u8: torch.Tensor, lab
             "attributes": per_attr}
 
 
-def _option(default, help: str, **extra):
-    """A ClassifierConfig field: its default and the one line `dualvae train-classifier --help` shows for it."""
-    return field(default=default, metadata={"help": help, **extra})
-
-
 @dataclass
 class ClassifierConfig:
-    data: str | None = _option(None, "CelebA root or a cache file written by `dualvae prepare`", required=True)
-    out: str | None = _option(None, "where to write the classifier checkpoint (its JSON report goes beside it)",
-                              required=True)
-    steps: int = _option(1500, "training steps")
-    batch_size: int = _option(64, "images per step")
-    lr: float = _option(2e-3, "peak learning rate of the one-cycle AdamW schedule")
-    width: int = _option(32, "channels of the first conv, doubled at every stride-2 stage")
-    image_size: int = _option(64, "side of the square images, in pixels")
-    limit: int | None = _option(None, "train on only the first LIMIT images of the training split")
-    seed: int = _option(0, "seed of the weights, the batch order and the shifts")
-    workers: int | None = _option(None, "decoding threads (DALI) or worker processes (PIL, 0: none); "
-                                        "default: all cores")
-    data_backend: str | None = _option(None, "how images are read: dali or pil for a CelebA root, hdf5 for a "
-                                       "cache; default: hdf5 for a file, dali for a folder",
-                                       choices=("dali", "pil", "hdf5"))
-    progress: bool = _option(True, "show progress bars")
+    out: str = option(help="where to write the classifier checkpoint (its JSON report goes beside it)")
+    # data may stay unset in Python when train_classifier is given the splits; the command line requires it
+    data: str | None = option(None, "CelebA root or a cache file written by `dualvae prepare`", required=True)
+    steps: int = option(1500, "training steps")
+    batch_size: int = option(64, "images per step")
+    lr: float = option(2e-3, "peak learning rate of the one-cycle AdamW schedule")
+    width: int = option(32, "channels of the first conv, doubled at every stride-2 stage")
+    image_size: int = option(64, "side of the square images, in pixels")
+    limit: int | None = option(None, "train on only the first LIMIT images of the training split", none="all")
+    seed: int = option(0, "seed of the weights, the batch order and the shifts")
+    workers: int | None = option(None, "decoding threads (DALI) or worker processes (PIL, 0: none)",
+                                 none="all cores")
+    data_backend: str | None = option(None, "how images are read: dali or pil for a CelebA root, hdf5 for a cache",
+                                      none="hdf5 for a file, dali for a folder", choices=("dali", "pil", "hdf5"))
+    progress: bool = option(True, "show progress bars")
 
 
 def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -> tuple[str, dict]:
@@ -126,9 +121,8 @@ def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -
     cfg.data with dualvae.data.read_split unless given."""
     from dualvae.data import labels_to_binary, read_split, to_unit_range
 
-    if not cfg.out or (cfg.data is None and (train_split is None or test_split is None)):
-        raise ValueError(f"train_classifier: needs data (a CelebA root or cache) and out, got data={cfg.data!r}, "
-                         f"out={cfg.out!r}")
+    if cfg.data is None and (train_split is None or test_split is None):
+        raise ValueError("train_classifier: needs data (a CelebA root or cache) or both splits")
     torch.manual_seed(cfg.seed)
     read = dict(image_size=cfg.image_size, backend=cfg.data_backend, threads=cfg.workers, progress=cfg.progress)
     if train_split is None:

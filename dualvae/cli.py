@@ -9,62 +9,59 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from dualvae.options import add_options, config_from
+from dualvae.options import add_options, config_from, option
 
 SPLIT_CHOICES = ("train", "val", "test")
 
 
 @dataclass
 class SynthConfig:
-    out: str = field(metadata={"help": "output CelebA-format root"})
-    num: int = field(default=6000, metadata={"help": "number of generated images"})
-    seed: int = field(default=0, metadata={"help": "seed of the faces and their labels"})
-    workers: int | None = field(default=None, metadata={"help": "rendering processes (none: all cores)"})
-    preview: bool = field(default=False, metadata={"help": "also write OUT/preview.png, a contact sheet"})
+    out: str = option(help="output CelebA-format root")
+    num: int = option(6000, "number of generated images")
+    seed: int = option(0, "seed of the faces and their labels")
+    workers: int | None = option(None, "rendering processes", none="all cores")
+    preview: bool = option(False, "also write OUT/preview.png, a contact sheet")
 
 
 @dataclass
 class PrepareConfig:
-    celeba: str = field(metadata={"help": "CelebA-format root"})
-    out: str = field(metadata={"help": "cache file (.h5), written atomically"})
-    image_size: int = field(default=64, metadata={"help": "side of the square images"})
-    workers: int | None = field(default=None, metadata={"help": "DALI decoding threads (none: all cores)"})
-    skip_corrupt: bool = field(default=False, metadata={
-        "help": "leave corrupt/truncated JPEGs out (logged and counted) instead of stopping"})
-    force: bool = field(default=False, metadata={"help": "rewrite the cache even if it is up to date"})
+    celeba: str = option(help="CelebA-format root")
+    out: str = option(help="cache file (.h5), written atomically")
+    image_size: int = option(64, "side of the square images")
+    workers: int | None = option(None, "DALI decoding threads", none="all cores")
+    skip_corrupt: bool = option(False, "leave corrupt/truncated JPEGs out (logged and counted) instead of stopping")
+    force: bool = option(False, "rewrite the cache even if it is up to date")
 
 
 @dataclass
 class TransferConfig:
-    model: str = field(metadata={"help": "DualVAE checkpoint (RUN_DIR/model.pt)"})
-    data: str = field(metadata={"help": "CelebA-format root, or a cache written by `dualvae prepare`"})
-    out: str = field(metadata={"help": "PNG path"})
-    split: str = field(default="test", metadata={"help": "split the images come from", "choices": SPLIT_CHOICES})
-    num_images: int = field(default=8, metadata={"help": "images (rows of the grid)"})
-    lam: float = field(default=32.0, metadata={
-        "help": "lam of Eq. 3, in latent units (32: the demo's choice on val; pick yours on val)"})
-    domains: str | None = field(default=None, metadata={
-        "help": "a count (the first k) or attribute names separated by commas; none: all"})
+    model: str = option(help="DualVAE checkpoint (RUN_DIR/model.pt)")
+    data: str = option(help="CelebA-format root, or a cache written by `dualvae prepare`")
+    out: str = option(help="PNG path")
+    split: str = option("test", "split the images come from", choices=SPLIT_CHOICES)
+    num_images: int = option(8, "images (rows of the grid)")
+    lam: float = option(32.0, "lam of Eq. 3, in latent units (32: the demo's choice on val; pick yours on val)")
+    domains: str | None = option(None, "a count (the first k) or attribute names separated by commas", none="all")
 
 
 @dataclass
 class CISConfig:
-    model: str = field(metadata={"help": "DualVAE checkpoint (RUN_DIR/model.pt)"})
-    classifier: str = field(metadata={"help": "attribute classifier f (`dualvae train-classifier`)"})
-    data: str = field(metadata={"help": "CelebA-format root, or a cache written by `dualvae prepare`"})
-    out: str = field(metadata={"help": "cis.json path (one lam: an object; several: a list, one per lam)"})
-    split: str = field(default="test", metadata={"help": "split the images come from", "choices": SPLIT_CHOICES})
-    num_images: int = field(default=160, metadata={"help": "images scored"})
-    domains: str = field(default="40", metadata={"help": "a count (the first k) or names separated by commas"})
-    lam: list[float] = field(default_factory=lambda: [32.0], metadata={
-        "help": "lam of Eq. 3 in latent units, or several separated by commas (e.g. 16,32,64), all in one pass"})
-    plot: str | None = field(default=None, metadata={"help": "also write this PNG: rs on x, ts on y, a point per lam"})
-    max_batch: int | None = field(default=None, metadata={
-        "help": "(image, domain, lam) triples per chunk (none: from free GPU memory; 128 on CPU)"})
-    precision: str = field(default="fp32", metadata={"help": "bf16: autocast", "choices": ("fp32", "bf16")})
-    loop: bool = field(default=False, metadata={"help": "the per-image reference loop instead of the batched pass"})
+    model: str = option(help="DualVAE checkpoint (RUN_DIR/model.pt)")
+    classifier: str = option(help="attribute classifier f (`dualvae train-classifier`)")
+    data: str = option(help="CelebA-format root, or a cache written by `dualvae prepare`")
+    out: str = option(help="cis.json path (one lam: an object; several: a list, one per lam)")
+    split: str = option("test", "split the images come from", choices=SPLIT_CHOICES)
+    num_images: int = option(160, "images scored")
+    domains: str = option("40", "a count (the first k) or names separated by commas")
+    lam: list[float] = option([32.0], "lam of Eq. 3 in latent units, or several separated by commas (e.g. 16,32,64), "
+                              "all in one pass")
+    plot: str | None = option(None, "also write this PNG: rs on x, ts on y, a point per lam")
+    max_batch: int | None = option(None, "(image, domain, lam) triples per chunk",
+                                   none="from the free GPU memory; 128 on CPU")
+    precision: str = option("fp32", "bf16: autocast", choices=("fp32", "bf16"))
+    loop: bool = option(False, "the per-image reference loop instead of the batched pass")
 
 
 def parse_domains(text: str | None):

@@ -12,24 +12,25 @@ import json
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from dualvae.options import option
 
 
 @dataclass
 class DemoConfig:
-    out: str = field(default="demo-out", metadata={"help": "output folder (data, run, classifier, pictures)"})
-    num: int = field(default=6000, metadata={"help": "generated images"})
-    steps: int = field(default=800, metadata={"help": "DualVAE training steps"})
-    classifier_steps: int = field(default=900, metadata={"help": "attribute classifier training steps"})
-    batch_size: int = field(default=64, metadata={"help": "DualVAE batch size"})
-    width: int = field(default=24, metadata={"help": "DualVAE conv width (channels of the first conv)"})
-    missing_ratio: float = field(default=0.0, metadata={"help": "share s of training labels hidden (mask I)"})
-    num_images: int = field(default=160, metadata={"help": "test images for CIS"})
-    val_images: int = field(default=64, metadata={"help": "validation images for choosing lam"})
-    lams: list[float] = field(default_factory=lambda: [16.0, 24.0, 32.0, 40.0, 48.0, 64.0],
-                              metadata={"help": "lam candidates, separated by commas"})
-    domains: int = field(default=40, metadata={"help": "domains scored (the first k attributes)"})
-    seed: int = field(default=0, metadata={"help": "seed of the data, the models and the label mask"})
+    out: str = option("demo-out", "output folder (data, run, classifier, pictures)")
+    num: int = option(6000, "generated images")
+    steps: int = option(800, "DualVAE training steps")
+    classifier_steps: int = option(900, "attribute classifier training steps")
+    batch_size: int = option(64, "DualVAE batch size")
+    width: int = option(24, "DualVAE conv width (channels of the first conv)")
+    missing_ratio: float = option(0.0, "share s of training labels hidden (mask I)")
+    num_images: int = option(160, "test images for CIS")
+    val_images: int = option(64, "validation images for choosing lam")
+    lams: list[float] = option([16.0, 24.0, 32.0, 40.0, 48.0, 64.0], "lam candidates, separated by commas")
+    domains: int = option(40, "domains scored (the first k attributes)")
+    seed: int = option(0, "seed of the data, the models and the label mask")
 
 
 def _train_classifier_with_threads(cfg, threads: int):

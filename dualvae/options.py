@@ -5,7 +5,8 @@ every default.
 A field becomes `--field-name`: required when it has no default (or `metadata={"required": True}`, for a field
 that Python callers may leave unset); a bool defaulting to False a switch; one
 defaulting to True a `--name/--no-name` pair; `list[float]` numbers separated by commas; `X | None` an optional
-X. `metadata={"positional": True}` makes a field a positional argument, `metadata={"cli": False}` keeps it off
+X. `option()` writes such a field in one call. `metadata={"none": "all cores"}` says what a None default means in
+`--help`; `metadata={"positional": True}` makes a field a positional argument, `metadata={"cli": False}` keeps it off
 the command line (its default is used).
 """
 from __future__ import annotations
@@ -14,6 +15,16 @@ import argparse
 import dataclasses
 import types
 import typing
+
+
+def option(default=dataclasses.MISSING, help: str = "", **meta):
+    """A config field: its default (none: a required option) and the one line `--help` shows for it; `meta` adds
+    choices, metavar, none, positional, required or cli (see the module docstring). A list default is copied per
+    instance."""
+    meta = {"help": help, **meta}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def number_list(text: str) -> list[float]:
@@ -33,9 +44,9 @@ def _base_type(hint):
     return hint
 
 
-def _default_text(value) -> str:
+def _default_text(value, none: str = "none") -> str:
     if value is None:
-        return "none"
+        return none
     if isinstance(value, list):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
@@ -71,7 +82,7 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
             help_ += f" (default: {'on' if default else 'off'})"
         else:
             kw["default"] = default
-            help_ += f" (default: {_default_text(default)})"
+            help_ += f" (default: {_default_text(default, f.metadata.get('none', 'none'))})"
         if typ is not bool:
             kw["type"] = number_list if typing.get_origin(typ) is list else typ
         if f.metadata.get("positional"):

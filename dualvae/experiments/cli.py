@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -13,6 +13,7 @@ from dualvae.experiments.claims import claims, claims_markdown
 from dualvae.experiments.figures import make_curves, make_fig4, make_fig5, make_fig6, make_table1
 from dualvae.experiments.pool import ensure_runs
 from dualvae.experiments.runs import fig6_runs, table1_runs
+from dualvae.options import option
 
 COMMANDS = ("table1", "fig4", "fig5", "fig6", "curves", "all")
 
@@ -20,19 +21,18 @@ COMMANDS = ("table1", "fig4", "fig5", "fig6", "curves", "all")
 @dataclass
 class ExperimentConfig:
     """The options of `dualvae experiment`: one field per option, with its help, choices and default."""
-    which: str = field(metadata={"help": "what to make (all: every table and figure, then the claims)",
-                                 "choices": COMMANDS, "positional": True})
-    data: str = field(metadata={"help": "CelebA-format root (real CelebA, or `dualvae synth` output)"})
-    out: str = field(metadata={"help": "output folder; trained runs are cached in OUT/runs/BUDGET/"})
-    seeds: int = field(default=3, metadata={"help": "seeds per model (mean ± std over them)"})
-    budget: str = field(default="medium", metadata={
-        "help": "tiny: CI smoke test; small: a quick look; medium: the committed results (2 CPU cores, generated "
-                "data, under 2 h); paper: the full protocol (GPU)", "choices": tuple(BUDGETS)})
-    jobs: int = field(default=1, metadata={"help": "runs trained at once, one thread each when > 1"})
-    source_labels: str = field(default="predicted", metadata={
-        "help": "the source labels label-conditioned models start a transfer from: their own prediction from x "
-                "(predicted), or the dataset's labels of the image (dataset)", "choices": ("predicted", "dataset")})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    which: str = option(help="what to make (all: every table and figure, then the claims)",
+                        choices=COMMANDS, positional=True)
+    data: str = option(help="CelebA-format root (real CelebA, or `dualvae synth` output)")
+    out: str = option(help="output folder; trained runs are cached in OUT/runs/BUDGET/")
+    seeds: int = option(3, "seeds per model (mean ± std over them)")
+    budget: str = option("medium", "tiny: CI smoke test; small: a quick look; medium: the committed results (2 CPU "
+                         "cores, generated data, under 2 h); paper: the full protocol (GPU)", choices=tuple(BUDGETS))
+    jobs: int = option(1, "runs trained at once, one thread each when > 1")
+    source_labels: str = option("predicted", "the source labels label-conditioned models start a transfer from: "
+                                "their own prediction from x (predicted), or the dataset's labels of the image "
+                                "(dataset)", choices=("predicted", "dataset"))
+    quiet: bool = option(False, "no progress bars")
 
 
 def _attr_names(data: str) -> list[str]:

@@ -6,63 +6,61 @@ option's default, stated here only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from dualvae.kernels import BACKENDS
+from dualvae.options import option
+from dualvae.precision import PRECISIONS
 
 # Fields a resumed run must share with the checkpoint it resumes (the data stream and the model depend on them).
 RESUME_FIELDS = ("image_size", "latent_dim", "width", "batch_size", "seed", "missing_ratio", "limit")
 
 
-def _setting(default, help: str, choices: tuple | None = None):
-    meta = {"help": help} if choices is None else {"help": help, "choices": choices}
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class TrainConfig:
-    data: str = field(metadata={"help": "CelebA-format root folder, or a cache file written by `dualvae prepare`"})
-    out: str = field(metadata={"help": "run folder: model.pt, ckpt/step-N.pt, log.csv, loss.png, events.log, "
-                                       "train_config.json"})
-    steps: int = _setting(3000, "iterations of Algorithm 1 (each a VAE step and a label step)")
-    batch_size: int = _setting(64, "images per iteration: the global batch, split over the processes of a torchrun "
-                               "run (a multiple of their number)")
-    lr: float = _setting(1e-3, "learning rate of g, the Adam optimizer of the VAE step (encoder + decoder)")
-    label_lr: float = _setting(1e-3, "learning rate of g_e, the optimizer of the label step (encoder + U); with Adam "
-                                 "it alone sets the label step's strength")
-    label_optimizer: str = _setting("adam", "g_e, the optimizer of the label step", choices=("adam", "sgd"))
-    kernel_backend: str = _setting("auto", "dualvae.kernels backend of the losses (reparameterization + KL, dual-head "
-                                       "BCE); auto: Triton on CUDA, the compiled C++ kernels on CPU (the "
-                                       "pure-PyTorch reference where they are not built)",
-                               choices=("auto", "triton", "reference", "cpu"))
-    alpha: float = _setting(1.0, "weight alpha of the label step's loss; acts with the sgd label optimizer only "
-                             "(Adam's update does not depend on the loss's scale)")
-    missing_ratio: float = _setting(0.0, "share s of the training labels hidden from the label step (the mask I), in "
-                                     "[0, 1)")
-    recon_sigma: float = _setting(0.2, "sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units")
-    latent_dim: int = _setting(128, "size of the latent z (and of each dual vector u_i)")
-    width: int = _setting(32, "channels of the first conv of the encoder (doubled at every stride-2 stage)")
-    image_size: int = _setting(64, "side of the square images the model sees, in pixels (a power of two >= 8)")
-    limit: int | None = _setting(None, "train on the first N training images only (unset: all of them)")
-    seed: int = _setting(0, "seed of the initial weights, the epoch order, eps and the missing-label mask")
-    ckpt_every: int = _setting(1000, "write out/ckpt/step-N.pt (and make model.pt a copy of it) every N steps, and "
-                                 "at the end")
-    keep_ckpts: int = _setting(3, "step checkpoints kept in out/ckpt (the newest K; older ones are removed)")
-    log_every: int = _setting(25, "add a row of losses to log.csv every N steps (and at the last step)")
-    workers: int | None = _setting(None, "JPEG decoding threads (dali) or DataLoader worker processes (pil) "
-                                     "(unset: all cores)")
-    data_backend: str | None = _setting(None, "where batches come from: DALI decoding the JPEGs, the PIL DataLoader, "
-                                          "or the HDF5 cache (unset: dali for a root folder, hdf5 for a cache "
-                                          "file)", choices=("dali", "pil", "hdf5"))
-    skip_corrupt: bool = _setting(False, "leave corrupt JPEGs out (logged and counted) instead of stopping")
-    progress: bool = _setting(True, "show a progress bar on stderr")
-    device: str = _setting("auto", "where to train; auto: the GPU of this process (LOCAL_RANK under torchrun) when "
-                               "there is one, else the CPU", choices=("auto", "cpu", "cuda"))
-    precision: str = _setting("fp32", "autocast dtype of the forward passes (parameters and optimizer state stay "
-                                  "fp32; fp16 adds a GradScaler)", choices=("fp32", "bf16", "fp16"))
-    compile: bool = _setting(False, "torch.compile the two losses (model + loss, one graph each)")
-    deterministic: bool = _setting(False, "deterministic algorithms only: repeatable runs, and resumed runs equal "
-                                      "to uninterrupted ones")
-    resume: str | None = _setting(None, "continue a run: auto takes the newest valid checkpoint in out/ckpt "
-                                    "(falling back past corrupt ones; starting fresh if there is none), or "
-                                    "give a checkpoint path")
-    skip_nonfinite: bool = _setting(False, "skip (and count) an optimizer step whose loss is NaN or inf instead of "
-                                       "stopping the run")
+    data: str = option(help="CelebA-format root folder, or a cache file written by `dualvae prepare`")
+    out: str = option(help="run folder: model.pt, ckpt/step-N.pt, log.csv, loss.png, events.log, train_config.json")
+    steps: int = option(3000, "iterations of Algorithm 1 (each a VAE step and a label step)")
+    batch_size: int = option(64, "images per iteration: the global batch, split over the processes of a torchrun "
+                             "run (a multiple of their number)")
+    lr: float = option(1e-3, "learning rate of g, the Adam optimizer of the VAE step (encoder + decoder)")
+    label_lr: float = option(1e-3, "learning rate of g_e, the optimizer of the label step (encoder + U); with Adam "
+                             "it alone sets the label step's strength")
+    label_optimizer: str = option("adam", "g_e, the optimizer of the label step", choices=("adam", "sgd"))
+    kernel_backend: str = option("auto", "dualvae.kernels backend of the losses (reparameterization + KL, dual-head "
+                                 "BCE); auto: Triton on CUDA, the compiled C++ kernels on CPU (the "
+                                 "pure-PyTorch reference where they are not built)",
+                                 choices=BACKENDS)
+    alpha: float = option(1.0, "weight alpha of the label step's loss; acts with the sgd label optimizer only "
+                          "(Adam's update does not depend on the loss's scale)")
+    missing_ratio: float = option(0.0, "share s of the training labels hidden from the label step (the mask I), in "
+                                  "[0, 1)")
+    recon_sigma: float = option(0.2, "sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units")
+    latent_dim: int = option(128, "size of the latent z (and of each dual vector u_i)")
+    width: int = option(32, "channels of the first conv of the encoder (doubled at every stride-2 stage)")
+    image_size: int = option(64, "side of the square images the model sees, in pixels (a power of two >= 8)")
+    limit: int | None = option(None, "train on the first N training images only", none="all of them")
+    seed: int = option(0, "seed of the initial weights, the epoch order, eps and the missing-label mask")
+    ckpt_every: int = option(1000, "write out/ckpt/step-N.pt (and make model.pt a copy of it) every N steps, and "
+                             "at the end")
+    keep_ckpts: int = option(3, "step checkpoints kept in out/ckpt (the newest K; older ones are removed)")
+    log_every: int = option(25, "add a row of losses to log.csv every N steps (and at the last step)")
+    workers: int | None = option(None, "JPEG decoding threads (dali) or DataLoader worker processes (pil)",
+                                 none="all cores")
+    data_backend: str | None = option(None, "where batches come from: DALI decoding the JPEGs, the PIL DataLoader, "
+                                      "or the HDF5 cache", none="dali for a root folder, hdf5 for a cache file",
+                                      choices=("dali", "pil", "hdf5"))
+    skip_corrupt: bool = option(False, "leave corrupt JPEGs out (logged and counted) instead of stopping")
+    progress: bool = option(True, "show a progress bar on stderr")
+    device: str = option("auto", "where to train; auto: the GPU of this process (LOCAL_RANK under torchrun) when "
+                         "there is one, else the CPU", choices=("auto", "cpu", "cuda"))
+    precision: str = option("fp32", "autocast dtype of the forward passes (parameters and optimizer state stay "
+                            "fp32; fp16 adds a GradScaler)", choices=tuple(PRECISIONS))
+    compile: bool = option(False, "torch.compile the two losses (model + loss, one graph each)")
+    deterministic: bool = option(False, "deterministic algorithms only: repeatable runs, and resumed runs equal "
+                                 "to uninterrupted ones")
+    resume: str | None = option(None, "continue a run: auto takes the newest valid checkpoint in out/ckpt "
+                                "(falling back past corrupt ones; starting fresh if there is none), or give a "
+                                "checkpoint path", none="a fresh run", metavar="auto|PATH")
+    skip_nonfinite: bool = option(False, "skip (and count) an optimizer step whose loss is NaN or inf instead of "
+                                  "stopping the run")
