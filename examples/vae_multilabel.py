@@ -10,8 +10,6 @@ import os
 import torch
 from torch import nn
 
-from dualvae.data import ATTR_FILE, load_split
-from dualvae.data.synth import write_synth_celeba
 from dualvae.kernels import DualHead, ReparameterizeKL
 
 
@@ -21,13 +19,13 @@ class VAE(nn.Module):
         self.encoder = nn.Sequential(nn.Linear(pixels, 256), nn.ReLU(), nn.Linear(256, 2 * latent_dim))
         self.decoder = nn.Sequential(nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, pixels))
         self.sample = ReparameterizeKL()                    # z = mu + exp(logvar/2) * eps, and KL(q || N(0, I))
-        self.head = DualHead(latent_dim, num_labels)        # p(y | z) = Bern(sigmoid(z U^T)), U = head.weight
+        self.head = DualHead(latent_dim, num_labels, reduction="sum")  # p(y|z) = Bern(sigmoid(z U^T)), U = weight
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
         z, kl = self.sample(mu, logvar)                     # kl: (B,), one value per row
         recon = nn.functional.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(1)
-        return (recon + kl).mean() + self.head(z, y)        # the head never forms the B x num_labels logits
+        return (recon + kl + self.head(z, y) / len(x)).mean()  # per image; no B x num_labels logits formed
 
 
 def main(argv=None) -> None:
@@ -37,9 +35,11 @@ def main(argv=None) -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--num", type=int, default=256, help="images to generate when --data is empty")
     args = ap.parse_args(argv)
+    from dualvae.data import ATTR_FILE, read_split  # the generated faces; the model needs only dualvae.kernels
+    from dualvae.data.synth import write_synth_celeba
     if not os.path.exists(os.path.join(args.data, ATTR_FILE)):
         write_synth_celeba(args.data, num=args.num, seed=0, workers=1, progress=False)
-    split = load_split(args.data, "train", image_size=args.image_size, workers=1, progress=False)
+    split = read_split(args.data, "train", image_size=args.image_size, backend="pil", threads=0)
     x_all = split.images.flatten(1).float() / 255.0
     y_all = (split.labels > 0).float()                      # CelebA's -1/+1 labels as 0/1
     torch.manual_seed(0)

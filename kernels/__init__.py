@@ -6,10 +6,10 @@ Use the fused ops in your VAE (examples/vae_multilabel.py trains this on generat
     from dualvae.kernels import DualHead, ReparameterizeKL
 
     sample = ReparameterizeKL()                             # z = mu + exp(logvar/2) * eps, and KL(q || N(0, I))
-    head = DualHead(latent_dim=32, num_labels=40)           # p(y | z) = Bern(sigmoid(z U^T)), U = head.weight
+    head = DualHead(latent_dim=32, num_labels=40, reduction="sum")  # p(y|z) = Bern(sigmoid(z U^T)), U = weight
     mu, logvar = encoder(x).chunk(2, dim=1)
     z, kl = sample(mu, logvar)                              # kl: (B,) per row
-    loss = recon(decoder(z), x) + kl.mean() + head(z, y, mask)   # no B x 40 logits are formed
+    loss = (recon(decoder(z), x) + kl).mean() + head(z, y, mask) / len(x)   # no B x 40 logits are formed
 
 Functions: `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, `kl_standard_normal`; modules:
 `ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" | "reference" | "cpu" (`BACKENDS`, the

@@ -76,11 +76,15 @@ def test_local_links_exist(page):
         assert os.path.exists(path), f"{os.path.basename(page)} links to {target}, which does not exist"
 
 
-def test_readme_kernel_example_is_the_example_file():
-    readme = _read(PAGES[0])
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    assert blocks, "README has no python example"
+@pytest.mark.parametrize("page", ["README.md", "docs/kernels.md"])
+def test_kernel_example_is_the_example_file(page):
+    text = _read(os.path.join(ROOT, page))
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, f"{page} has no python example"
     example = _read(os.path.join(ROOT, "examples", "vae_multilabel.py"))
     assert blocks[0].strip() and blocks[0].strip() in example, \
-        "README's python example is not a verbatim part of examples/vae_multilabel.py"
-    assert len(readme.splitlines()) <= 200
+        f"{page}'s python example is not a verbatim part of examples/vae_multilabel.py"
+
+
+def test_readme_is_a_page():
+    assert len(_read(PAGES[0]).splitlines()) <= 200
