@@ -1,6 +1,7 @@
 """The package's one way to write a file: into a temporary file in the same folder, fsync, then rename over the
 target. A crash mid-write leaves the previous file whole (readers see the old file or the new one, never half a
-file), and on any error the temporary file is removed."""
+file), and on any error the temporary file is removed. It imports nothing of the package, so the data library
+(dualvae.data) and the application both write through it."""
 from __future__ import annotations
 
 import contextlib
@@ -11,13 +12,16 @@ import shutil
 
 @contextlib.contextmanager
 def atomic_output(path: str):
-    """Yield a temporary path beside `path` to write (by any library that takes a path, e.g. h5py); it replaces
-    `path` when the block ends without an error, and is removed when it raises."""
+    """Yield a temporary path beside `path` to write (by any library that takes a path, e.g. h5py, which must have
+    closed it when the block ends); it is fsynced and replaces `path` when the block ends without an error, and is
+    removed when it raises."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -29,8 +33,6 @@ def write_atomic(path: str, write) -> str:
     with atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
     return os.path.abspath(path)
 
 
