@@ -26,16 +26,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import DTYPES, INTERP_IMPLS, Case, _compiled, implementations, kernels, main  # noqa: E402
+from harness import DTYPES, INTERP_IMPLS, Case, compiled, implementations, kernels, main  # noqa: E402
 
 OP = "dual_bce"
 TITLE = "dual_bce (d=128, masked, reduction=sum)"
 SIZE_KEYS = ("B", "d", "n")
 CHUNK = 4096  # columns of U per chunk in the Liger-style implementation
-# The issue's grid (the GPU run): B in {256, 4096}, d=128, n in {40, 4096, 65536, 262144}, fp32 and bf16.
+# The GPU grid: B in {256, 4096}, d=128, n in {40, 4096, 65536, 262144}, fp32 and bf16.
 D = 128
 GPU_SIZES = [(B, D, n) for B in (256, 4096) for n in (40, 4096, 65536, 262144)]
-# On CPU: the C++ kernels issue's grid (B=1024, d=128, n in {40, 8192, 65536, 262144}) plus three shapes of
+# On CPU: the C++ kernels' target grid (B=1024, d=128, n in {40, 8192, 65536, 262144}) plus three shapes of
 # the GPU grid, less the sizes over the caps below (listed as skipped, with the reason).
 CPU_SIZES = sorted({(1024, D, n) for n in (40, 8192, 65536, 262144)} | {(256, D, 40), (256, D, 4096),
                                                                        (4096, D, 4096)})
@@ -113,12 +113,12 @@ def make_bce(impl: str, B: int, d: int, n: int, dtype: torch.dtype, device: str)
             def fwd():
                 return ref(z, U, y, mask, reduction="sum")
         elif impl == "compile":
-            ref = _compiled(kernels().reference.dual_bce)
+            ref = compiled(kernels().reference.dual_bce)
 
             def fwd():
                 return ref(z, U, y, mask, reduction="sum")
         elif impl == "chunked":
-            chunk_fn = _compiled(_chunk_grads)
+            chunk_fn = compiled(_chunk_grads)
 
             def fwd():
                 return ChunkedDualBCE.apply(z, U, y, mask, chunk_fn, CHUNK)
@@ -180,7 +180,7 @@ def plan(device: str, quick: bool, triton_ok: bool) -> tuple[list[dict], list[di
 def targets(rows: list[dict], device: str) -> tuple[dict, bool, str]:
     """(entries per target, all met, the targets in words). GPU, on the 'ours' rows: >= 3x eager and >= 1.5x
     torch.compile at n >= 4096, extra peak memory <= 5% of eager's at n >= 65536. CPU, on 'ours-cpu' (the C++
-    kernels issue's): fp32 at B=1024, d=128, n=8192 >= 2x eager and >= 1.2x torch.compile; extra peak memory at
+    kernels' targets): fp32 at B=1024, d=128, n=8192 >= 2x eager and >= 1.2x torch.compile; extra peak memory at
     n=262144 < 10% of eager's."""
     out = {"dual_bce_speed": [], "dual_bce_memory": []}
     cuda = device == "cuda"

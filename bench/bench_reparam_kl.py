@@ -22,12 +22,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import DTYPES, INTERP_IMPLS, Case, _compiled, implementations, kernels, main  # noqa: E402
+from harness import DTYPES, INTERP_IMPLS, Case, compiled, implementations, kernels, main  # noqa: E402
 
 OP = "reparameterize_kl"
 TITLE = "reparameterize_kl"
 SIZE_KEYS = ("B", "d")
-# The grid: B x d from 256x128 to 65536x512 (fp32 and bf16 on a GPU, fp32 on CPU).
+# The grid: B x d from 256x128 to 65536x512 (fp32 and bf16 on a GPU, fp32 on CPU).
 SIZES = [(256, 128), (1024, 128), (4096, 128), (16384, 128), (16384, 512), (65536, 256), (65536, 512)]
 INTERP_ELEMS = 256 * 128        # the Triton interpreter runs only tiny sizes
 QUICK_SIZES = [(64, 32)]
@@ -55,7 +55,7 @@ def make_reparam(impl: str, B: int, d: int, dtype: torch.dtype, device: str) -> 
         def fwd():
             return ref(mu, logvar, eps)
     elif impl == "compile":
-        ref = _compiled(kernels().reference.reparameterize_kl)
+        ref = compiled(kernels().reference.reparameterize_kl)
 
         def fwd():
             return ref(mu, logvar, eps)

@@ -109,7 +109,7 @@ def _pin_malloc() -> bool:
         return False
 
 
-def _compiled(fn):
+def compiled(fn):
     torch._dynamo.reset()  # a fresh compile per measurement: no recompile limits, no dynamic-shape reuse
     # the reference dual_bce's label check (bool(...all())) is a graph break: expected, so not worth a warning
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
@@ -507,7 +507,7 @@ def main(op: str, description: str, argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 20 cuda, 5 cpu, 2 quick)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's default; 1 with --quick). On a shared, oversubscribed "
-                         "machine 1 thread avoids OpenMP barrier stalls that slow tiny ops 100x")
+                         "machine 1 thread avoids OpenMP barrier stalls that dominate tiny ops")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop repeating a measurement after this many seconds (at least 3 repeats)")
     ap.add_argument("--dtypes", default=None, help="comma list of fp32, bf16 (default: the device's grid)")

@@ -156,8 +156,9 @@ def main(argv=None) -> int:
         comp = compare(args.isas.split(","), args.rounds, args.repeats, args.threads)
     print(markdown(comp))
     if args.save:
-        with open(args.save, "w") as fh:
-            json.dump(comp, fh, indent=1)
+        from dualvae.atomic import write_json_atomic
+
+        write_json_atomic(args.save, comp, indent=1)
     if args.into:
         merge_into(args.into, comp)
     return 0

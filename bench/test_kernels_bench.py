@@ -4,7 +4,7 @@ implementation, with the cases of bench/bench_dual_bce.py and bench/bench_repara
     .venv/bin/pytest bench/test_kernels_bench.py --benchmark-only [--benchmark-group-by=group]
 
 Not collected by `make test` / plain `pytest` (testpaths = tests). Needs pytest-benchmark. On a CUDA machine it runs
-the issue's grid (the scripts'); on CPU a few small sizes, with the Triton rows ("ours*") only under
+the scripts' grid; on CPU a few small sizes, with the Triton rows ("ours*") only under
 TRITON_INTERPRET=1 and at tiny sizes. Each test also records the extra peak memory (and, on CUDA, kernel launches)
 in the benchmark's extra_info. The two scripts are what write bench/results.
 """

@@ -1,5 +1,5 @@
-"""Packed labels: a (B, n) label matrix and its observed-mask at 2 bits per entry, read in place by every
-fused dual_bce backend (B * ceil(n/16) * 4 bytes: n/4 bytes a row instead of 8n for float32 y and mask)."""
+"""Packed labels (PackedLabels, pack_labels): a (B, n) label matrix and its observed-mask at 2 bits per entry,
+read in place by every fused dual_bce backend."""
 from __future__ import annotations
 
 from typing import NamedTuple

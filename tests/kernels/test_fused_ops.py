@@ -628,7 +628,7 @@ def cpu_results(B, n, d, seed, reduction="sum", labels="float", threads=None):
 @pytest.mark.parametrize("reduction", ["sum", "none"])
 def test_cpu_results_do_not_depend_on_the_thread_count(reduction):
     # 600 x 3000: 3 x 12 tiles of 256 x 256, cut into several work items; every thread count sums them in the
-    # same order, so the results are bit for bit equal (the issue asks for 1e-6 relative).
+    # same order, so the results are bit for bit equal (1e-6 relative would do).
     one = cpu_results(600, 3000, 40, seed=22, reduction=reduction, threads=1)
     for threads in (2, 3, 5):
         for a, b in zip(cpu_results(600, 3000, 40, seed=22, reduction=reduction, threads=threads), one):
