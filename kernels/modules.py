@@ -13,10 +13,10 @@ from .reference import REDUCTIONS
 
 
 def _check_backend(cls: str, backend) -> str:
-    value = backend.value if isinstance(backend, Backend) else backend
-    if value not in BACKENDS:
-        raise ValueError(f"{cls}: backend must be one of {BACKENDS}, got {backend!r}")
-    return value
+    try:
+        return Backend(backend).value
+    except ValueError:
+        raise ValueError(f"{cls}: backend must be one of {BACKENDS}, got {backend!r}") from None
 
 
 class DualHead(nn.Module):
