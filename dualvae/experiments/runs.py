@@ -39,6 +39,7 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
     finished when rdir/train.json exists; DualVAE resumes an interrupted run from its newest step checkpoint."""
     from dualvae.atomic import write_json_atomic
     from dualvae.checkpoint import save_atomic
+    from dualvae.training import checkpoint_path
 
     budget = BUDGETS[budget_name]
     rdir = run_dir(out, budget_name, run)
@@ -87,7 +88,7 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
         def keep(step: int):
             state = model.checkpoint_state()
             state.update(step=step)
-            save_atomic(state, os.path.join(rdir, "ckpt", f"step-{step}.pt"))
+            save_atomic(state, checkpoint_path(os.path.join(rdir, "ckpt"), step))
 
         rows = baselines.fit(model, images, labels, mask, steps=steps, batch_size=bs, seed=run.seed,
                              progress=progress, checkpoint_steps=points, on_checkpoint=keep)

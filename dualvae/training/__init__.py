@@ -10,7 +10,7 @@
 from dualvae.training.config import RESUME_FIELDS, TrainConfig
 from dualvae.training.faults import NonFiniteLossError, TrainingError, TrainingOOMError
 from dualvae.training.loop import make_optimizers, train, train_step
-from dualvae.training.state import CKPT_NAME, list_checkpoints
+from dualvae.training.state import CKPT_NAME, checkpoint_path, list_checkpoints
 
 __all__ = ["TrainConfig", "RESUME_FIELDS", "train", "train_step", "make_optimizers", "list_checkpoints",
-           "CKPT_NAME", "TrainingError", "NonFiniteLossError", "TrainingOOMError"]
+           "checkpoint_path", "CKPT_NAME", "TrainingError", "NonFiniteLossError", "TrainingOOMError"]

@@ -58,6 +58,11 @@ def checkpoint_state(model, g, g_e, scaler, progress: Progress, cfg: TrainConfig
     }
 
 
+def checkpoint_path(ckpt_dir: str, step: int) -> str:
+    """ckpt_dir/step-N.pt, N zero-padded so that names sort by step."""
+    return os.path.join(ckpt_dir, f"step-{step:09d}.pt")
+
+
 def list_checkpoints(ckpt_dir: str) -> list[str]:
     """Step checkpoints in `ckpt_dir`, newest (highest step) first."""
     found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "step-*.pt"))
@@ -68,7 +73,7 @@ def list_checkpoints(ckpt_dir: str) -> list[str]:
 def write_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep: int) -> str:
     """out/ckpt/step-N.pt (atomic), then out/model.pt as a copy of it (atomic), then the oldest beyond `keep`
     removed: a crash at any point leaves every file complete."""
-    path = save_atomic(ck, os.path.join(ckpt_dir, f"step-{step:09d}.pt"))
+    path = save_atomic(ck, checkpoint_path(ckpt_dir, step))
     copy_atomic(path, model_path)
     for old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)
