@@ -16,8 +16,9 @@ Each backend runs `--epochs` epochs of the train split (shuffled, drop_last); th
 worker start) is timed apart as `first_batch_s` and images/s counts the rest, each batch consumed (summed) on
 its device. Also measured: the training step's consumption rate (DualVAE width 32, batch 256, Algorithm 1, on
 the device), so `targets` can compare DALI with it (GPU target: DALI >= 3x the step's rate), `prepare`'s time,
-and the data part of `make demo` before and after it switched to make_loader (load_split + index gathers vs
-prepare + the hdf5 loader; 800 batches of 64).
+and the data part of `make demo`'s training two ways: "before", the train split read whole with PIL
+(`read_split(..., backend="pil")`) then batches gathered by index, and "after", `prepare` then the hdf5 loader
+(800 batches of 64).
 
     .venv/bin/python bench/data_throughput.py                      # full size: 8192 generated images
     .venv/bin/python bench/data_throughput.py --quick --out /tmp/d  # CI-sized (tests/test_bench_data.py)
@@ -106,13 +107,14 @@ def train_step_rate(device: str, batch: int, image_size: int, steps: int, width:
 
 def demo_data_part(root: str, cache_dir: str, threads: int, steps: int = 800, batch: int = 64,
                    repeats: int = 3) -> dict:
-    """The data work of `make demo`'s DualVAE training, before (load_split of the train split + index gathers,
-    the old trainer) and after (prepare of all splits + the hdf5 loader): decode, then `steps` batches. The two
-    alternate `repeats` times (the machine is shared; the minimum of each is the comparison)."""
-    from dualvae.data import labels_to_binary, load_split, make_loader, prepare, to_unit_range
+    """The data work of `make demo`'s DualVAE training two ways: "before" (the train split read whole through
+    PIL, `threads` worker processes, then index gathers) and "after" (prepare of all splits + the hdf5 loader):
+    decode, then `steps` batches. The two alternate `repeats` times (the machine is shared; the minimum of each
+    is the comparison)."""
+    from dualvae.data import labels_to_binary, make_loader, prepare, read_split, to_unit_range
 
     def before():
-        split = load_split(root, "train", image_size=64, workers=threads, progress=False)
+        split = read_split(root, "train", image_size=64, backend="pil", threads=threads)
         images, labels = split.images, labels_to_binary(split.labels)
         gen = torch.Generator().manual_seed(0)
         n = len(images)
@@ -152,8 +154,8 @@ def demo_data_part(root: str, cache_dir: str, threads: int, steps: int = 800, ba
             "after_prepare_plus_hdf5_loader_s": min(times["after"]), "of_which_prepare_s": round(min(prep), 2),
             "all_s": times,
             "torch_threads": 1,
-            "note": "prepare decodes all splits (train+val+test) with DALI; load_split decoded the train split "
-                    "only, with a PIL process pool"}
+            "note": "prepare decodes all splits (train+val+test) with DALI; before decodes the train split "
+                    "only, with PIL worker processes"}
 
 
 def main(argv=None) -> int:
@@ -278,7 +280,7 @@ def main(argv=None) -> int:
            "targets: " + (", ".join(f"{k} = {v}" for k, v in report["targets"].items()) or "none (no DALI rows)")]
     if "demo_data_part" in report:
         d = report["demo_data_part"]
-        md += ["", f"demo data part ({d['steps']} batches of {d['batch']}): before (load_split + gathers) "
+        md += ["", f"demo data part ({d['steps']} batches of {d['batch']}): before (read_split pil + gathers) "
                f"{d['before_load_split_plus_gathers_s']} s, after (prepare + hdf5 loader) "
                f"{d['after_prepare_plus_hdf5_loader_s']} s (prepare {d['of_which_prepare_s']} s)"]
     with open(base + ".md", "w") as f:

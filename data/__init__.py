@@ -39,7 +39,7 @@ from .loader import (
     shard_batches,
     source_fingerprint,
 )
-from .read import load_split, read_split
+from .read import read_split
 
 __all__ = [
     "BACKENDS",
@@ -71,7 +71,6 @@ __all__ = [
     "format_attribute_rows",
     "labels_to_binary",
     "load_celeba_image",
-    "load_split",
     "preprocess_image",
     "read_celeba_attributes",
     "read_celeba_partition",

@@ -652,7 +652,8 @@ class Hdf5Loader(Loader):
             return
         for rows in batches:
             idx = torch.from_numpy(rows)
-            x = self.images.index_select(0, idx.to(self.images.device))  # (much faster than [idx] on CPU)
+            # index_select copies whole rows; [idx] takes the general advanced-indexing path
+            x = self.images.index_select(0, idx.to(self.images.device))
             yield rows, x.to(self.device, non_blocking=True).div(127.5).sub_(1.0)
 
     def _staged_batches(self, batches):

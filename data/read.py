@@ -1,10 +1,8 @@
-"""A whole split in memory, read through `make_loader` like training reads it: `read_split` (and `load_split`,
-CelebA roots through the PIL backend)."""
+"""A whole split in memory, read through `make_loader` like training reads it: `read_split`."""
 from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .celeba import CelebASplit
 from .loader import make_loader
@@ -31,15 +29,22 @@ def read_split(source: str, split: str | int = "train", *, image_size: int = 64,
                          backend=backend, shuffle=False, drop_last=False, skip_corrupt=skip_corrupt,
                          threads=threads, limit=limit, verify_cache=verify_cache)
     images, labels, rows = [], [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm  # in the `app` extra, not the `data` one: imported only when a bar is asked for
+
+        bar = tqdm(total=loader.num_images, unit="img", desc=f"{split} {image_size}px")
     try:
-        with tqdm(total=loader.num_images, unit="img", desc=f"{split} {image_size}px", disable=not progress) as bar:
-            for x, y, _ in loader:
-                images.append(x.add(1.0).mul_(127.5).round_().to(torch.uint8))
-                labels.append(y.mul(2).sub_(1).to(torch.int8))
-                rows.append(loader.last_indices)
+        for x, y, _ in loader:
+            images.append(x.add(1.0).mul_(127.5).round_().to(torch.uint8))
+            labels.append(y.mul(2).sub_(1).to(torch.int8))
+            rows.append(loader.last_indices)
+            if bar is not None:
                 bar.update(len(x))
     finally:
         loader.close()
+        if bar is not None:
+            bar.close()
     device = torch.device(device)
     if not images:
         n = len(loader.attr_names)
@@ -49,16 +54,3 @@ def read_split(source: str, split: str | int = "train", *, image_size: int = 64,
     return CelebASplit(torch.cat(images), torch.cat(labels), [loader.filenames[r] for r in kept],
                        list(loader.attr_names))
 
-
-def load_split(root: str, split: str | int = "train", image_size: int = 64, limit: int | None = None,
-               workers: int | None = None, progress: bool = True, backend: str = "pil") -> CelebASplit:
-    """`read_split` of a CelebA root with the PIL backend (data/celeba.py's preprocess_image), on the CPU.
-
-    workers: decoding processes (None: os.cpu_count(); 1: decode in this process). The result does not depend
-    on it. Only the selected images must be on disk; a missing one raises naming its path and attribute-file
-    line, a corrupt one raises ValueError naming its path."""
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"workers must be >= 1, got {workers!r}")
-    threads = None if workers is None else (0 if workers == 1 else workers)
-    return read_split(root, split, image_size=image_size, limit=limit, backend=backend, threads=threads,
-                      progress=progress)

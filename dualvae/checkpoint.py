@@ -3,8 +3,9 @@ back with `torch.load(weights_only=True)`: a checkpoint holds tensors and plain 
 str, int, float, bool, None) only, so loading one cannot run code. A file that carries any other pickled object
 is refused (UnsafeCheckpointError), naming what it carries.
 
-`load_model(path, kind)` is the one loader of every model kind (MODEL_KINDS: DualVAE, the baselines, the
-attribute classifier); DualVAE.load, baselines.load and AttributeClassifier.load go through it."""
+`MODEL_KINDS` is the one model registry (kind -> model class, config class: DualVAE, the baselines, the
+attribute classifier); `build(kind, **config)` builds any of them and `load_model(path, kind)` loads any of them:
+DualVAE.load, baselines.build/load and AttributeClassifier.load go through them."""
 from __future__ import annotations
 
 import importlib
@@ -86,38 +87,68 @@ def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] |
     return ckpt
 
 
-# Every checkpoint kind and the class that builds it from its config, imported only when a checkpoint of that kind
-# is loaded: the model modules import this one.
+# The one model registry: every checkpoint kind -> (its model class, its config class; None where the config is
+# a plain dict), as "module:name", imported only when used: the model modules import this one.
 MODEL_KINDS = {
-    "dualvae": "dualvae.model:DualVAE",
-    "cvae": "dualvae.baselines.cvae:CVAE",
-    "fader": "dualvae.baselines.fader:Fader",
-    "stargan": "dualvae.baselines.stargan:StarGAN",
-    "classifier": "dualvae.classifier:AttributeClassifier",
+    "dualvae": ("dualvae.model:DualVAE", "dualvae.model:DualVAEConfig"),
+    "cvae": ("dualvae.baselines.cvae:CVAE", "dualvae.baselines.cvae:CVAEConfig"),
+    "fader": ("dualvae.baselines.fader:Fader", "dualvae.baselines.fader:FaderConfig"),
+    "stargan": ("dualvae.baselines.stargan:StarGAN", "dualvae.baselines.stargan:StarGANConfig"),
+    "classifier": ("dualvae.classifier:AttributeClassifier", None),
 }
-TRANSFER_KINDS = ("dualvae", "cvae", "fader", "stargan")
-BASELINE_KINDS = ("cvae", "fader", "stargan")
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
+
+
+def _import(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def model_class(kind: str):
-    """The class that builds checkpoints of `kind` (a key of MODEL_KINDS)."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODEL_KINDS)}")
-    module, name = MODEL_KINDS[kind].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The class that builds models of `kind` (a key of MODEL_KINDS)."""
+    _check_kind(kind)
+    return _import(MODEL_KINDS[kind][0])
+
+
+def config_class(kind: str):
+    """The config dataclass of `kind`'s model; None for a kind whose config is a plain dict (the classifier)."""
+    _check_kind(kind)
+    ref = MODEL_KINDS[kind][1]
+    return None if ref is None else _import(ref)
+
+
+def kinds_of(base: type) -> tuple[str, ...]:
+    """The kinds whose class is `base` or a subclass of it, in registry order (TransferModel: every transfer
+    model; baselines.common.LabelConditioned: the baselines)."""
+    return tuple(k for k in MODEL_KINDS if issubclass(model_class(k), base))
+
+
+def build(kind: str, **config):
+    """A new model of `kind` from its config fields (every model class takes them as keyword arguments)."""
+    return model_class(kind)(**config)
 
 
 def load_model(path: str, kind: str | tuple[str, ...] | None = None, map_location="cpu"):
     """The model in the checkpoint `path`, in eval mode: the one loader of every kind (MODEL_KINDS).
 
     kind: the kind (or kinds) the file must hold; None accepts any. The file is read with load_checkpoint
-    (tensors and plain values only), the model built from its config dict by the kind's class, then given the
+    (tensors and plain values only), the model built from its config dict (`build`), then given the
     checkpoint's weights and attribute names. Each failure raises ValueError naming the file."""
     kinds = tuple(MODEL_KINDS) if kind is None else (kind,) if isinstance(kind, str) else tuple(kind)
     for k in kinds:
-        model_class(k)  # an unknown kind asked for is the caller's error, not the file's
+        _check_kind(k)  # an unknown kind asked for is the caller's error, not the file's
     ckpt = load_checkpoint(path, map_location=map_location, kind=kinds)
-    model = build_from_config(model_class(ckpt["kind"]), ckpt, path)
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {path} has no config dict (found {type(config).__name__})")
+    try:
+        model = build(ckpt["kind"], **config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint {path}: its config {config} does not build the model: {exc}") from None
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, RuntimeError) as exc:
@@ -126,14 +157,3 @@ def load_model(path: str, kind: str | tuple[str, ...] | None = None, map_locatio
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()
-
-
-def build_from_config(build, ckpt: dict, path: str):
-    """build(**ckpt["config"]), the config a dict of plain values; a bad config raises naming the file."""
-    config = ckpt.get("config")
-    if not isinstance(config, dict):
-        raise ValueError(f"checkpoint {path} has no config dict (found {type(config).__name__})")
-    try:
-        return build(**config)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint {path}: its config {config} does not build the model: {exc}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -25,8 +26,8 @@ from dualvae import batching
 from dualvae.precision import autocast, check_precision
 from dualvae.transfer_model import TransferModel
 
-# fp16 would need a loss scale, which evaluation has no use for
-PRECISIONS = ("fp32", "bf16")
+# evaluation runs fp32 or bf16 autocast
+CIS_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -43,22 +44,6 @@ class CISResult:
         names = [domain_names[d] for d in self.domains] if domain_names else None
         return {"ts": self.ts, "rs": self.rs, "cis": self.cis, "lam": self.lam,
                 "num_images": int(self.f_original.shape[0]), "domains": names or self.domains}
-
-
-def transfer_all_of(model):
-    """`model.transfer_all` (every TransferModel's), or, for a plain model with only the loop's
-    `transfer(x, domains, lam)`, one built from it (each image repeated once per domain)."""
-    if hasattr(model, "transfer_all"):
-        return model.transfer_all
-
-    def transfer_all(x, domains, lam=1.0, max_batch=None, source_labels=None):
-        if source_labels is not None:
-            raise ValueError(f"CIS: source_labels needs a model with transfer_all; {type(model).__name__} has "
-                             f"only transfer")
-        out = model.transfer(x.repeat_interleave(len(domains), dim=0), list(domains) * len(x), lam)
-        return out.view(len(x), len(domains), *out.shape[1:])
-
-    return transfer_all
 
 
 def scores_from_M(M: torch.Tensor) -> tuple[float, float]:
@@ -80,11 +65,11 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
                                 source_labels: torch.Tensor | None = None):
     """Algorithm 2 over `images` (N, C, H, W) in [-1, 1].
 
-    model: a `dualvae.transfer_model.TransferModel` (DualVAE, the baselines). A plain object works too: batched,
-           with `transfer_all(x, domains, lam, max_batch=None)` or the loop's `transfer(x, domains, lam)` (one
-           domain per image of x); the loop needs `transfer`; domains given by name need `domain_indices`.
+    model: a `dualvae.transfer_model.TransferModel` (DualVAE, the baselines); batched uses its `transfer_all`,
+           the loop its `transfer`.
     classifier: callable (B, C, H, W) -> attribute probabilities (B, n_labels) (f), or a module with `probs`.
-    domains: None (all of the model's labels), a count k (the first k), or a list of indices/names.
+    domains: as in `resolve_domains`: None (all of the model's labels), a count k (the first k), or a list of
+           indices/names.
     lam: one number -> a CISResult; a list of numbers -> {lam: CISResult}, all of them from one pass.
     batched: the one-pass evaluator (default) or the per-image reference loop.
     max_batch: triples per chunk (batched); default from the free memory on a GPU, a fixed size on a CPU.
@@ -99,7 +84,10 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or len(images) == 0:
         raise ValueError(f"CIS: images must be a non-empty (N, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    check_precision(precision, "CIS", PRECISIONS)
+    if not isinstance(model, TransferModel):
+        raise TypeError(f"CIS: model must be a dualvae.transfer_model.TransferModel (DualVAE, the baselines), got "
+                        f"{type(model).__name__}")
+    check_precision(precision, "CIS", CIS_PRECISIONS)
     batching.check_max_batch(max_batch, "CIS")
     f = classifier.probs if hasattr(classifier, "probs") else classifier
     for what, obj in (("model", model), ("classifier", getattr(f, "__self__", classifier))):
@@ -177,11 +165,11 @@ def _packed(items, n_dom: int, chunk: int):
         yield group, size
 
 
-def _default_chunk(model, f, images, domain_idx, transfer_all) -> int:
+def _default_chunk(model, f, images, domain_idx) -> int:
     def per_row():
         x1 = images[:1]
         modules = [model, getattr(f, "__self__", f)]
-        one = lambda x: transfer_all(x, domain_idx[:1], 1.0, max_batch=1)  # noqa: E731
+        one = lambda x: model.transfer_all(x, domain_idx[:1], 1.0, max_batch=1)  # noqa: E731
         return batching.activation_bytes_per_row(one, x1, modules[:1]) + batching.activation_bytes_per_row(
             f, x1, modules[1:])
 
@@ -192,8 +180,7 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
                  source_labels=None) -> dict[float, CISResult]:
     N, n, L = len(images), len(domain_idx), len(lams)
     cl = torch.channels_last
-    transfer_all = transfer_all_of(model)
-    chunk = max_batch or _default_chunk(model, f, images, domain_idx, transfer_all)
+    chunk = max_batch or _default_chunk(model, f, images, domain_idx)
     dom = torch.tensor(domain_idx, device=images.device)
     f0 = torch.cat([f(images[a:a + chunk].contiguous(memory_format=cl))[:, dom].float()
                     for a in range(0, N, chunk)])  # f(x) on the originals, (N, n)
@@ -204,7 +191,7 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
     bar = tqdm(total=N * n * L, desc=f"CIS {L} lam x {N} images x {n} domains", unit="transfer",
                disable=not progress, dynamic_ncols=True)
     for group, rows in _packed(_work_items(N, n, L, chunk), n, chunk):
-        x_t = [transfer_all(images[js], domain_idx[ks], lams[l], max_batch=chunk,
+        x_t = [model.transfer_all(images[js], domain_idx[ks], lams[l], max_batch=chunk,
                             **({} if source_labels is None else {"source_labels": source_labels[js]}))
                .flatten(0, 1) for l, js, ks in group]
         probs = f(torch.cat(x_t).contiguous(memory_format=cl))[:, dom].float()  # one classifier pass per chunk
@@ -229,19 +216,14 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
     return out
 
 
-def resolve_domains(model, domains) -> list[int]:
-    """Domain indices from None (all), a count k (the first k in the label order), or a list of indices/names
-    (`model.domain_indices`, a TransferModel's)."""
+def resolve_domains(model: TransferModel, domains) -> list[int]:
+    """The domains CIS scores and the transfer grids show. An int k is a count: the first k labels. Anything
+    else (None for all, an attribute name, a list of indices/names) is `model.domain_indices`'s."""
     if isinstance(domains, int) and not isinstance(domains, bool):
-        n_labels = model.num_labels if isinstance(model, TransferModel) else None
-        if domains < 1 or (n_labels is not None and domains > n_labels):
-            raise ValueError(f"CIS: domains={domains} must be in [1, {n_labels}]")
+        if not 1 <= domains <= model.num_labels:
+            raise ValueError(f"CIS: domains={domains} must be in [1, {model.num_labels}]")
         return list(range(domains))
-    if hasattr(model, "domain_indices"):
-        return model.domain_indices(domains)
-    if domains is None:
-        raise ValueError("CIS: the model has no domain list; pass domains explicitly")
-    return [int(d) for d in domains]
+    return model.domain_indices(domains)
 
 
 def sweep_lam(model, classifier, images: torch.Tensor, lams, *, domains=None, progress: bool = False,

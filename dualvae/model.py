@@ -98,10 +98,6 @@ class DualVAE(TransferModel):
         """Logits of p_w(y | z): z U^T, shape (B, num_labels)."""
         return z @ self.U.t()
 
-    def dual_vectors(self, domains) -> torch.Tensor:
-        """Rows of U for `domains` (an int, a name, or a list of them)."""
-        return self.U[self.domain_indices(domains)]
-
     def transfer_domains(self, x, domain, lam, source_labels=None):
         """Eq. 3: decode(z + lam * u_i) with z the posterior mean of x; no labels of x needed."""
         mu, _ = self.encode(x)

@@ -51,7 +51,7 @@ def save_grid_png(path: str, tiles: torch.Tensor, column_names: list[str] | None
 def write_transfer_grid(model, images: torch.Tensor, path: str, *, domains=None, lam: float = 1.0,
                         attr_names: list[str] | None = None) -> str:
     """Transfer `images` to each domain and save the grid PNG (columns: original, then one per domain).
-    `domains`: None (all), a count k (the first k), or a list of indices/names."""
+    `domains` as in `dualvae.cis.resolve_domains` (an int k: the first k)."""
     idx = resolve_domains(model, domains)
     names = attr_names or model.attr_names
     tiles = transfer_tiles(model, images, idx, lam)

@@ -129,6 +129,6 @@ class TransferModel(nn.Module):
     def load(cls, path: str, map_location="cpu"):
         """The model of a checkpoint of this class's kind (of any transfer model's, called on TransferModel),
         in eval mode."""
-        from dualvae.checkpoint import TRANSFER_KINDS, load_model
+        from dualvae.checkpoint import kinds_of, load_model
 
-        return load_model(path, cls.kind or TRANSFER_KINDS, map_location)
+        return load_model(path, cls.kind or kinds_of(cls), map_location)

@@ -5,23 +5,35 @@ import os
 import subprocess
 import sys
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
 from dualvae import batching
 from dualvae.cis import conditional_inception_score, scores_from_M, sweep_lam
+from dualvae.transfer_model import TransferModel
 
 
-class ShiftModel:
-    """Transfer to domain i adds lam * c_i to every pixel."""
+@dataclass
+class ShiftConfig:
+    image_size: int = 2
+    channels: int = 1
+    num_labels: int = 2
+
+
+class ShiftModel(TransferModel):
+    """A transfer model implementing only transfer_domains: transfer to domain i adds lam * c_i to every pixel."""
 
     c = torch.tensor([0.5, -0.25])
 
-    def transfer(self, x, domains, lam):
-        return x + lam * self.c[torch.as_tensor(domains)].view(-1, 1, 1, 1)
+    def __init__(self, num_labels=2):
+        super().__init__()
+        self.config = ShiftConfig(num_labels=num_labels)
+        self.eval()  # CIS refuses modules in training mode
 
-    def domain_indices(self, domains):
-        return [0, 1] if domains is None else list(domains)
+    def transfer_domains(self, x, domain, lam, source_labels=None):
+        return x + lam * self.c[domain].view(-1, 1, 1, 1)
 
 
 def f_square_identity(x):
@@ -168,16 +180,22 @@ def test_batched_holds_one_chunk_at_a_time():
     assert r[1.0].M.shape == (9, 5, 5)
 
 
-class TransferAllOnly:
-    """A model with only the batched interface (like a baseline without an encoder): shift by lam * c_i."""
+class TransferAllOnly(ShiftModel):
+    """A model whose own transfer_all replaces the inherited one (as DualVAE's does): shift by lam * c_i."""
 
     c = torch.tensor([0.5, -0.25, 1.0])
 
-    def transfer_all(self, x, domains, lam=1.0, max_batch=None):
-        return x[:, None] + lam * self.c[domains].view(1, -1, 1, 1, 1)
+    def __init__(self):
+        super().__init__(num_labels=3)
+
+    def transfer_domains(self, x, domain, lam, source_labels=None):
+        raise AssertionError("the batched evaluator calls transfer_all only")
+
+    def transfer_all(self, x, domains=None, lam=1.0, max_batch=None, source_labels=None):
+        return x[:, None] + lam * self.c[self.domain_indices(domains)].view(1, -1, 1, 1, 1)
 
 
-def test_batched_serves_any_transfer_all_model():
+def test_batched_uses_the_models_transfer_all():
     images = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])
     shift = ShiftModel()
     shift.c = TransferAllOnly.c[:2]
@@ -264,27 +282,9 @@ def test_bench_quick_runs(tmp_path):
 
 
 def test_a_model_on_the_transfer_interface_needs_only_transfer_domains():
-    """A TransferModel subclass implementing one method gets domain names, input checks, transfer, transfer_all
-    and both CIS evaluators, which agree."""
-    from dataclasses import dataclass
-
-    from dualvae.transfer_model import TransferModel
-
-    @dataclass
-    class Config:
-        image_size: int = 2
-        channels: int = 1
-        num_labels: int = 2
-
-    class Shift(TransferModel):
-        def __init__(self):
-            super().__init__()
-            self.config = Config()
-
-        def transfer_domains(self, x, domain, lam, source_labels=None):
-            return x + lam * ShiftModel.c[domain].view(-1, 1, 1, 1)
-
-    model = Shift().eval()
+    """ShiftModel implements one method and gets domain names, input checks, transfer, transfer_all and both CIS
+    evaluators, which agree."""
+    model = ShiftModel().eval()
     model.attr_names = ["A", "B"]
     images = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 2.0)])
     want = conditional_inception_score(ShiftModel(), f_square_identity, images, lam=[1.0, 2.0], batched=False)
@@ -292,13 +292,26 @@ def test_a_model_on_the_transfer_interface_needs_only_transfer_domains():
         got = conditional_inception_score(model, f_square_identity, images, lam=[1.0, 2.0], batched=batched)
         for lam in (1.0, 2.0):
             assert_same_result(got[lam], want[lam])
+    by_name = conditional_inception_score(model, f_square_identity, images, domains=["B", "A"], lam=1.0)
+    assert by_name.domains == [1, 0]
     torch.testing.assert_close(model.transfer_all(images, ["B", 0], 2.0, max_batch=3)[:, 0], images - 0.5)
     torch.testing.assert_close(model.transfer(images, "A"), images + 0.5)
-    with pytest.raises(ValueError, match=r"Shift\.transfer_all: x has shape \(2, 1, 2, 3\)"):
+    with pytest.raises(ValueError, match=r"ShiftModel\.transfer_all: x has shape \(2, 1, 2, 3\)"):
         model.transfer_all(torch.zeros(2, 1, 2, 3))
-    with pytest.raises(ValueError, match=r"Shift\.transfer_all: source_labels have shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"ShiftModel\.transfer_all: source_labels have shape \(2, 3\)"):
         model.transfer_all(images, source_labels=torch.zeros(2, 3))
-    with pytest.raises(ValueError, match=r"Shift: domains \[2\] out of range \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"ShiftModel: domains \[2\] out of range \[0, 2\)"):
         model.transfer(images, 2)
     with pytest.raises(ValueError, match="CIS: domains=3 must be in"):
         conditional_inception_score(model, f_square_identity, images, domains=3)
+
+
+def test_cis_refuses_a_model_that_is_not_a_transfer_model():
+    class Plain:
+        def transfer(self, x, domains, lam):
+            return x
+
+    images = torch.zeros(2, 1, 2, 2)
+    for batched in (True, False):
+        with pytest.raises(TypeError, match="CIS: model must be a dualvae.transfer_model.TransferModel.*Plain"):
+            conditional_inception_score(Plain(), f_square_identity, images, domains=[0], batched=batched)

@@ -27,13 +27,13 @@ def test_classifier_shapes_and_probabilities():
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    from dualvae.data import load_split
+    from dualvae.data import read_split
     from dualvae.data.synth import write_synth_celeba
 
     root = str(tmp_path_factory.mktemp("synth_clf"))
     write_synth_celeba(root, num=3600, seed=11, progress=False)
-    train = load_split(root, "train", progress=False)
-    held_out = [load_split(root, s, progress=False) for s in ("val", "test")]
+    train = read_split(root, "train", backend="pil")
+    held_out = [read_split(root, s, backend="pil") for s in ("val", "test")]
     return root, train, held_out
 
 

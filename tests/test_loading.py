@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dualvae import baselines
-from dualvae.checkpoint import MODEL_KINDS, UnsafeCheckpointError, load_model, model_class, save_atomic
+from dualvae.checkpoint import (MODEL_KINDS, UnsafeCheckpointError, build, config_class, kinds_of, load_model,
+                                model_class, save_atomic)
 from dualvae.classifier import AttributeClassifier
 from dualvae.model import DualVAE
 from dualvae.transfer_model import TransferModel
@@ -130,3 +131,24 @@ def test_a_missing_or_unreadable_file_is_named(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=rf"checkpoint {junk} could not be read"):
         load_model(str(junk))
+
+
+def test_one_registry_builds_every_kind_and_names_the_groups():
+    from dualvae.baselines.common import LabelConditioned
+
+    assert kinds_of(TransferModel) == ("dualvae", "cvae", "fader", "stargan")
+    assert kinds_of(LabelConditioned) == baselines.KINDS == ("cvae", "fader", "stargan")
+    assert set(baselines.MODELS) == set(baselines.KINDS)
+    for kind in MODEL_KINDS:
+        model = tiny(kind)
+        assert type(model) is model_class(kind)
+        cfg = config_class(kind)
+        if cfg is None:
+            assert kind == "classifier" and isinstance(model.config, dict)
+        else:
+            assert type(model.config) is cfg and model_class(kind).kind == kind
+            assert baselines.MODELS.get(kind, (model_class(kind), cfg)) == (model_class(kind), cfg)
+        config = model.checkpoint_state()["config"]
+        assert type(build(kind, **config)) is model_class(kind)
+    with pytest.raises(ValueError, match="unknown model kind 'vae'"):
+        build("vae")

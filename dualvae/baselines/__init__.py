@@ -11,24 +11,26 @@ import time
 import torch
 from tqdm import tqdm
 
+from dualvae import checkpoint
+from dualvae.baselines.common import LabelConditioned
 from dualvae.baselines.cvae import CVAE, CVAEConfig
 from dualvae.baselines.fader import Fader, FaderConfig
 from dualvae.baselines.stargan import StarGAN, StarGANConfig
-from dualvae.checkpoint import BASELINE_KINDS, load_model
 
-MODELS = {"cvae": (CVAE, CVAEConfig), "fader": (Fader, FaderConfig), "stargan": (StarGAN, StarGANConfig)}
+KINDS = checkpoint.kinds_of(LabelConditioned)  # the baselines' kinds, from the registry checkpoint.MODEL_KINDS
+MODELS = {k: (checkpoint.model_class(k), checkpoint.config_class(k)) for k in KINDS}  # kind -> (class, config)
 
 
 def build(kind: str, **config):
-    if kind not in MODELS:
-        raise ValueError(f"unknown baseline {kind!r}; expected one of {sorted(MODELS)}")
-    cls, cfg_cls = MODELS[kind]
-    return cls(cfg_cls(**config))
+    """A new baseline of `kind` ("cvae", "fader", "stargan") from its config fields."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown baseline {kind!r}; expected one of {sorted(KINDS)}")
+    return checkpoint.build(kind, **config)
 
 
 def load(path: str, map_location="cpu"):
     """The baseline in a checkpoint written by save_atomic(model.checkpoint_state()), in eval mode."""
-    return load_model(path, BASELINE_KINDS, map_location)
+    return LabelConditioned.load(path, map_location)
 
 
 def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tensor | None, *, steps: int,
@@ -69,5 +71,5 @@ def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tens
     return rows
 
 
-__all__ = ["CVAE", "CVAEConfig", "Fader", "FaderConfig", "StarGAN", "StarGANConfig", "MODELS", "build", "load",
+__all__ = ["CVAE", "CVAEConfig", "Fader", "FaderConfig", "StarGAN", "StarGANConfig", "KINDS", "MODELS", "build", "load",
            "fit"]

@@ -139,13 +139,6 @@ def reduce_grads_and_stats(params: list[nn.Parameter], stats: torch.Tensor, d: D
     return flat[offset:]
 
 
-def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
-
-
 def gather_objects(obj, d: Dist) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (used for per-rank RNG states)."""
     if not d.enabled:

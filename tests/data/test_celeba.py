@@ -17,10 +17,10 @@ from dualvae.data import (
     CELEBA_ATTRIBUTES,
     CelebASplit,
     labels_to_binary,
-    load_split,
     preprocess_image,
     read_celeba_attributes,
     read_celeba_partition,
+    read_split,
     split_indices,
     to_unit_range,
     write_celeba_attributes,
@@ -284,7 +284,7 @@ def test_to_unit_range_and_labels_to_binary():
         labels_to_binary(torch.tensor([1, 0, -1]))
 
 
-# --------------------------------------------------------------------------------------------- load_split
+# --------------------------------------------------------------------------------------------- read_split
 
 N_IMAGES = 8
 PARTITION = [0, 0, 0, 0, 0, 1, 1, 2]  # train 000001-000005, val 000006-000007, test 000008
@@ -326,8 +326,8 @@ def assert_aligned(data: CelebASplit) -> None:
         assert data.labels[k].tolist() == labels_of(i), name
 
 
-def test_load_split_shapes_dtypes_and_alignment(celeba_root):
-    data = load_split(str(celeba_root), "train", image_size=32, workers=1, progress=False)
+def test_read_split_shapes_dtypes_and_alignment(celeba_root):
+    data = read_split(str(celeba_root), "train", image_size=32, backend="pil", threads=0)
     assert isinstance(data, CelebASplit) and len(data) == 5
     assert data.images.dtype == torch.uint8 and data.images.shape == (5, 3, 32, 32)
     assert data.labels.dtype == torch.int8 and data.labels.shape == (5, 3)
@@ -340,46 +340,46 @@ def test_load_split_shapes_dtypes_and_alignment(celeba_root):
         assert (data.images[k].to(torch.int16) - color).abs().max() <= 12
 
 
-def test_load_split_selection_and_limit(celeba_root):
+def test_read_split_selection_and_limit(celeba_root):
     root = str(celeba_root)
-    val = load_split(root, "val", image_size=16, workers=1, progress=False)
+    val = read_split(root, "val", image_size=16, backend="pil", threads=0)
     assert val.filenames == ["000006.jpg", "000007.jpg"]
     assert_aligned(val)
-    test = load_split(root, 2, image_size=16, workers=1, progress=False)
+    test = read_split(root, 2, image_size=16, backend="pil", threads=0)
     assert test.filenames == ["000008.jpg"] and test.images.shape == (1, 3, 16, 16)
     assert_aligned(test)
-    first3 = load_split(root, "train", image_size=16, limit=3, workers=1, progress=False)
+    first3 = read_split(root, "train", image_size=16, limit=3, backend="pil", threads=0)
     assert first3.filenames == ["000001.jpg", "000002.jpg", "000003.jpg"]
     assert_aligned(first3)
-    none = load_split(root, "train", image_size=16, limit=0, workers=1, progress=False)
+    none = read_split(root, "train", image_size=16, limit=0, backend="pil", threads=0)
     assert none.images.shape == (0, 3, 16, 16) and none.labels.shape == (0, 3)
 
 
-def test_load_split_workers_give_identical_results(celeba_root):
-    one = load_split(str(celeba_root), "train", image_size=24, workers=1, progress=False)
-    two = load_split(str(celeba_root), "train", image_size=24, workers=2, progress=True)
+def test_read_split_pil_workers_give_identical_results(celeba_root):
+    one = read_split(str(celeba_root), "train", image_size=24, backend="pil", threads=0)
+    two = read_split(str(celeba_root), "train", image_size=24, backend="pil", threads=2, progress=True)
     assert torch.equal(one.images, two.images) and torch.equal(one.labels, two.labels)
     assert one.filenames == two.filenames
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_load_split_corrupt_jpeg_names_file(celeba_root, workers):
+@pytest.mark.parametrize("threads", [0, 2])
+def test_read_split_corrupt_jpeg_names_file(celeba_root, threads):
     images = celeba_root / IMAGES
     (images / "000002.jpg").write_bytes(b"not a jpeg at all")
     with pytest.raises(ValueError, match=r"cannot decode image .*img_align_celeba[/\\]000002\.jpg"):
-        load_split(str(celeba_root), "train", image_size=16, workers=workers, progress=False)
+        read_split(str(celeba_root), "train", image_size=16, backend="pil", threads=threads)
     # Repaired, the next corrupt file is the one reported: a truncated JPEG.
     Image.fromarray(np.zeros((218, 178, 3), np.uint8)).save(images / "000002.jpg")
     truncated = images / "000004.jpg"
     truncated.write_bytes(truncated.read_bytes()[:300])
     with pytest.raises(ValueError, match=r"cannot decode image .*img_align_celeba[/\\]000004\.jpg"):
-        load_split(str(celeba_root), "train", image_size=16, workers=workers, progress=False)
+        read_split(str(celeba_root), "train", image_size=16, backend="pil", threads=threads)
 
 
-def test_load_split_needs_only_the_selected_images(celeba_root):
+def test_read_split_needs_only_the_selected_images(celeba_root):
     os.remove(celeba_root / IMAGES / "000008.jpg")  # a test image: training still loads
-    assert len(load_split(str(celeba_root), "train", image_size=8, workers=1, progress=False)) == 5
+    assert len(read_split(str(celeba_root), "train", image_size=8, backend="pil", threads=0)) == 5
     with pytest.raises(ValueError, match=r"list_attr_celeba\.txt, line 10: image .*000008\.jpg is listed but not"):
-        load_split(str(celeba_root), "test", image_size=8, workers=1, progress=False)
+        read_split(str(celeba_root), "test", image_size=8, backend="pil", threads=0)
     with pytest.raises(ValueError, match="limit"):
-        load_split(str(celeba_root), "train", limit=-1, workers=1, progress=False)
+        read_split(str(celeba_root), "train", limit=-1, backend="pil", threads=0)

@@ -1,10 +1,10 @@
 """read_split: a whole split in memory through make_loader, for every backend, with the loader's exact pixels,
-aligned labels and file names; load_split is read_split with the PIL backend."""
+aligned labels and file names."""
 import numpy as np
 import pytest
 import torch
 
-from dualvae.data import CelebASplit, load_split, make_loader, read_split
+from dualvae.data import CelebASplit, make_loader, read_split
 
 from test_loader import ATTRS, PARTITION, S, cache, labels_of, root, write_root  # noqa: F401  (fixtures)
 
@@ -61,10 +61,6 @@ def test_skip_corrupt_leaves_the_image_and_its_row_out(tmp_path):
     assert s.labels.tolist() == [labels_of(i) for i in kept] and len(s.images) == len(kept)
 
 
-def test_load_split_is_read_split_with_pil(root):
-    a = load_split(str(root), "test", image_size=S, workers=1, progress=False)
+def test_read_split_pil_labels_in_split_order(root):
     b = read_split(str(root), "test", image_size=S, backend="pil", threads=0)
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.filenames == b.filenames
-    assert np.array_equal(a.labels.numpy(), np.array([labels_of(i) for i in range(20, 24)], dtype=np.int8))
-    with pytest.raises(ValueError, match="workers"):
-        load_split(str(root), "test", workers=0)
+    assert np.array_equal(b.labels.numpy(), np.array([labels_of(i) for i in range(20, 24)], dtype=np.int8))
