@@ -142,9 +142,9 @@ def build(a, p, device):
 
 def load_images(a, p, n, device):
     if a.data:
-        from dualvae.data import read_split, to_unit_range
+        from dualvae.data import read_images
 
-        images = to_unit_range(read_split(a.data, "test", image_size=p["image_size"], limit=n).images)
+        images, _ = read_images(a.data, "test", n, p["image_size"])
         if len(images) < n:
             raise ValueError(f"--data: the test split has {len(images)} images, need {n}")
         return images.to(device)

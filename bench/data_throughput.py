@@ -27,7 +27,6 @@ and the data part of `make demo`'s training two ways: "before", the train split 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -40,6 +39,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402  (after the path: runnable from a checkout)
+from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dualvae.data import dali_missing  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -259,9 +259,7 @@ def main(argv=None) -> int:
 
     os.makedirs(a.out, exist_ok=True)
     base = os.path.join(a.out, f"data-{dev_name}")
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    write_json_atomic(base + ".json", report)
     source = f"{report['num_images']} {'generated ' if a.data is None else ''}CelebA-format images"
     md = [f"# Data throughput, {report['device_name']} ({device}), {report['date']}", "",
           f"{source} ({report['train_split_images']} per train epoch "
@@ -283,8 +281,7 @@ def main(argv=None) -> int:
         md += ["", f"demo data part ({d['steps']} batches of {d['batch']}): before (read_split pil + gathers) "
                f"{d['before_load_split_plus_gathers_s']} s, after (prepare + hdf5 loader) "
                f"{d['after_prepare_plus_hdf5_loader_s']} s (prepare {d['of_which_prepare_s']} s)"]
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
+    write_text_atomic(base + ".md", "\n".join(md) + "\n")
     print("\n".join(md))
     print(f"\nwrote {base}.json and {base}.md")
     return 0

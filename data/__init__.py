@@ -39,7 +39,7 @@ from .loader import (
     shard_batches,
     source_fingerprint,
 )
-from .read import read_split
+from .read import read_images, read_split
 
 __all__ = [
     "BACKENDS",
@@ -54,6 +54,7 @@ __all__ = [
     "read_cache_info",
     "shard_batches",
     "source_fingerprint",
+    "read_images",
     "read_split",
     "ATTR_FILE",
     "CELEBA_ATTRIBUTES",

@@ -1,4 +1,5 @@
-"""A whole split in memory, read through `make_loader` like training reads it: `read_split`."""
+"""A whole split in memory, read through `make_loader` like training reads it: `read_split`, and `read_images`
+for a model's input."""
 from __future__ import annotations
 
 import numpy as np
@@ -54,3 +55,13 @@ def read_split(source: str, split: str | int = "train", *, image_size: int = 64,
     return CelebASplit(torch.cat(images), torch.cat(labels), [loader.filenames[r] for r in kept],
                        list(loader.attr_names))
 
+
+def read_images(source: str, split: str, num: int, image_size: int) -> tuple[torch.Tensor, CelebASplit]:
+    """The first `num` images of a split as a model takes them, float32 in [-1, 1], and the split itself (labels,
+    file names, attribute names); an empty split is an error naming it."""
+    from .celeba import to_unit_range
+
+    s = read_split(source, split, image_size=image_size, limit=num)
+    if len(s.images) == 0:
+        raise ValueError(f"the {split} split of {source} has no images")
+    return to_unit_range(s.images), s

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from dualvae.cis import CIS_PRECISIONS
 from dualvae.options import add_options, config_from, option
 
 SPLIT_CHOICES = ("train", "val", "test")
@@ -60,7 +61,7 @@ class CISConfig:
     plot: str | None = option(None, "also write this PNG: rs on x, ts on y, a point per lam")
     max_batch: int | None = option(None, "(image, domain, lam) triples per chunk",
                                    none="from the free GPU memory; 128 on CPU")
-    precision: str = option("fp32", "bf16: autocast", choices=("fp32", "bf16"))
+    precision: str = option("fp32", "bf16: autocast", choices=CIS_PRECISIONS)
     loop: bool = option(False, "the per-image reference loop instead of the batched pass")
 
 
@@ -72,16 +73,6 @@ def parse_domains(text: str | None):
     if text.isdigit():
         return int(text)
     return [t for t in (s.strip() for s in text.split(",")) if t]
-
-
-def load_images(data: str, split: str, num: int, image_size: int):
-    """The first `num` images of a split in [-1, 1], and the split (labels, names), read as training reads them."""
-    from dualvae.data import read_split, to_unit_range
-
-    s = read_split(data, split, image_size=image_size, limit=num)
-    if len(s.images) == 0:
-        raise ValueError(f"the {split} split of {data} has no images")
-    return to_unit_range(s.images), s
 
 
 def cmd_synth(c: SynthConfig) -> None:
@@ -140,27 +131,27 @@ def print_classifier_report(report: dict) -> None:
 
 
 def cmd_transfer(c: TransferConfig) -> None:
-    from dualvae.cis import resolve_domains
+    from dualvae.data import read_images
     from dualvae.model import DualVAE
     from dualvae.transfer import write_transfer_grid
 
     model = DualVAE.load(c.model)
-    images, _ = load_images(c.data, c.split, c.num_images, model.config.image_size)
-    domains = resolve_domains(model, parse_domains(c.domains))
-    path = write_transfer_grid(model, images, c.out, domains=domains, lam=c.lam)
-    print(f"transfer grid ({len(images)} images x {len(domains)} domains, lam={c.lam:g}): {path}")
+    images, _ = read_images(c.data, c.split, c.num_images, model.config.image_size)
+    path = write_transfer_grid(model, images, c.out, domains=parse_domains(c.domains), lam=c.lam)
+    print(f"transfer grid ({len(images)} images, domains: {c.domains or 'all'}, lam={c.lam:g}): {path}")
 
 
 def cmd_cis(c: CISConfig) -> None:
     from dualvae.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep
     from dualvae.classifier import AttributeClassifier
+    from dualvae.data import read_images
     from dualvae.model import DualVAE
 
     if not c.lam:
         raise ValueError("--lam: give at least one number")
     model, clf = DualVAE.load(c.model), AttributeClassifier.load(c.classifier)
-    images, _ = load_images(c.data, c.split, c.num_images, model.config.image_size)
+    images, _ = read_images(c.data, c.split, c.num_images, model.config.image_size)
     results = conditional_inception_score(model, clf, images, domains=parse_domains(c.domains), lam=c.lam,
                                           batched=not c.loop, max_batch=c.max_batch, precision=c.precision,
                                           progress=True)

@@ -81,7 +81,7 @@ def run_demo(c: DemoConfig) -> None:
     from dualvae.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier
-    from dualvae.cli import load_images
+    from dualvae.data import read_images
     from dualvae.data.synth import write_preview, write_synth_celeba
     from dualvae.model import DualVAE
     from dualvae.transfer import write_transfer_grid
@@ -121,8 +121,8 @@ def run_demo(c: DemoConfig) -> None:
           f"(report: {report_path})")
 
     model, clf = DualVAE.load(model_path), AttributeClassifier.load(clf_path)
-    val_images, _ = load_images(cache, "val", c.val_images, model.config.image_size)
-    test_images, _ = load_images(cache, "test", c.num_images, model.config.image_size)
+    val_images, _ = read_images(cache, "val", c.val_images, model.config.image_size)
+    test_images, _ = read_images(cache, "test", c.num_images, model.config.image_size)
     print(f"[4/5] choosing lam on {len(val_images)} validation images over {c.lams}")
     with torch.no_grad():
         best_lam, sweep = sweep_lam(model, clf, val_images, c.lams, domains=c.domains, progress=True)
