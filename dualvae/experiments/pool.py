@@ -37,7 +37,7 @@ def ensure_runs(data: str, out: str, budget_name: str, runs: list[Run], jobs: in
     prints how many are cached and which remain."""
     budget = BUDGETS[budget_name]
     os.makedirs(out, exist_ok=True)
-    prepare_data(data, out, budget, progress=progress)
+    prepare_data(data, out, budget)
     from dualvae.data import prepare
 
     for k in sorted({r.labels for r in runs if r.labels}):

@@ -38,7 +38,7 @@ def cache_file(out: str, budget: Budget, labels: int | None = None) -> str:
     return os.path.join(out, f"data-{budget.image_size}" + (f"-first{labels}" if labels else "") + ".h5")
 
 
-def prepare_data(data: str, out: str, budget: Budget, progress: bool = True) -> str:
+def prepare_data(data: str, out: str, budget: Budget) -> str:
     """Decode every split once at the budget's image size into the HDF5 cache OUT/data-S.h5: the pixels every
     model trains and is scored on."""
     from dualvae.data import prepare
