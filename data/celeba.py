@@ -24,6 +24,7 @@ IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"
 PARTITION_FILE = "list_eval_partition.txt"
 LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
+IDENTITY_FILE = "identity_CelebA.txt"
 LANDMARK_NAMES = (
     "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
 ).split()
@@ -51,6 +52,12 @@ def write_celeba_partition(root: str, filenames: Sequence[str], partition: Seque
     """Write list_eval_partition.txt: `file split` per line (0 train, 1 val, 2 test)."""
     lines = [f"{name} {int(p)}" for name, p in zip(filenames, partition)]
     write_text_atomic(os.path.join(root, PARTITION_FILE), "\n".join(lines) + "\n")
+
+
+def write_celeba_identities(root: str, filenames: Sequence[str], identities: Sequence[int]) -> None:
+    """Write identity_CelebA.txt: `file identity` per line, identities numbered from 1."""
+    lines = [f"{name} {int(i)}" for name, i in zip(filenames, identities)]
+    write_text_atomic(os.path.join(root, IDENTITY_FILE), "\n".join(lines) + "\n")
 
 
 def write_celeba_landmarks(root: str, filenames: Sequence[str], landmarks) -> None:
@@ -289,6 +296,35 @@ def read_celeba_partition(root: str) -> dict[str, int]:
         raise _format_error(path, r + 1, f"split {bad!r} of {filenames[r]} is not 0 (train), 1 (val) or 2 (test)")
     _check_unique(path, filenames, 1)
     return dict(zip(filenames, (value - _ORD_0).tolist()))
+
+
+def read_celeba_identities(root: str, filenames: Sequence[str] | None = None):
+    """Read root/identity_CelebA.txt: rows `000001.jpg 2880`, the person (an integer >= 1) in each image.
+
+    Returns {file name: identity}, or with `filenames` (e.g. the attribute file's) an int64 array of their
+    identities in that order, every one of them required. Raises FileNotFoundError for a missing file and
+    CelebAFormatError (ValueError) naming the file and line for a wrong column count, an identity that is not an
+    integer >= 1, a duplicate file name, a file with no rows, or an image of `filenames` the file does not list."""
+    path = os.path.join(root, IDENTITY_FILE)
+    table = _Table(path)
+    if table.num_lines == 0:
+        raise _format_error(path, 1, "empty file; expected `file_name identity` rows")
+    table.check_columns(0, 2, "file name and identity")
+    starts, ends = table.columns(0, 2)
+    names = table.strings(starts[:, 0], ends[:, 0])
+    values = table.strings(starts[:, 1], ends[:, 1])
+    for r, v in enumerate(values):  # a plain loop: 200k short strings, and the first bad one is named
+        if not (v.isascii() and v.isdigit() and len(v) <= 9 and int(v) >= 1):
+            raise _format_error(path, r + 1, f"identity {v!r} of {names[r]} is not an integer >= 1")
+    _check_unique(path, names, 1)
+    ids = dict(zip(names, map(int, values)))
+    if filenames is None:
+        return ids
+    missing = [f for f in filenames if f not in ids]
+    if missing:
+        more = f" ({len(missing) - 1} more are missing too)" if len(missing) > 1 else ""
+        raise CelebAFormatError(f"{path}: no identity for {missing[0]}, an image the attribute file lists{more}")
+    return np.array([ids[f] for f in filenames], dtype=np.int64)
 
 
 def _split_id(split: str | int) -> int:

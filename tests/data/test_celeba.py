@@ -19,11 +19,13 @@ from dualvae.data import (
     labels_to_binary,
     preprocess_image,
     read_celeba_attributes,
+    read_celeba_identities,
     read_celeba_partition,
     read_split,
     split_indices,
     to_unit_range,
     write_celeba_attributes,
+    write_celeba_identities,
     write_celeba_partition,
 )
 
@@ -185,6 +187,49 @@ def test_malformed_partition_file_names_file_and_line(tmp_path, text, line, mess
     write_text(tmp_path, PART, text)
     with pytest.raises(ValueError, match=rf"list_eval_partition\.txt, line {line}: .*{message}"):
         read_celeba_partition(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------- identity reader
+IDENT = "identity_CelebA.txt"
+
+
+def test_identities_round_trip_and_align_with_the_attribute_file(tmp_path):
+    names = [f"{i:06d}.jpg" for i in range(1, 6)]
+    write_celeba_identities(str(tmp_path), names, [2880, 2937, 2880, 1, 10177])
+    assert read_celeba_identities(tmp_path) == dict(zip(names, [2880, 2937, 2880, 1, 10177]))
+    aligned = read_celeba_identities(tmp_path, names[::-1])
+    assert aligned.dtype == np.int64 and aligned.tolist() == [10177, 1, 2880, 2937, 2880]
+    with pytest.raises(ValueError, match=r"identity_CelebA\.txt: no identity for 000009\.jpg.*1 more"):
+        read_celeba_identities(tmp_path, names + ["000009.jpg", "000010.jpg"])
+
+
+def test_identity_parsing_takes_any_whitespace(tmp_path):
+    write_text(tmp_path, IDENT, "000001.jpg 2880\r\n000002.jpg\t7  \r\n  000003.jpg   07\r\n\r\n")
+    assert read_celeba_identities(tmp_path) == {"000001.jpg": 2880, "000002.jpg": 7, "000003.jpg": 7}
+
+
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("000001.jpg 1\n000002.jpg 0\n", 2, r"identity '0' of 000002\.jpg is not an integer >= 1"),
+        ("000001.jpg 1\n000002.jpg -3\n", 2, r"identity '-3'"),
+        ("000001.jpg 1\n000002.jpg 2.5\n", 2, r"identity '2\.5'"),
+        ("000001.jpg x\n", 1, r"identity 'x'"),
+        ("000001.jpg 1\n000002.jpg\n", 2, "expected 2 columns.*found 1"),
+        ("000001.jpg 1 1\n", 1, "expected 2 columns.*found 3"),
+        ("000001.jpg 1\n000002.jpg 1\n000001.jpg 2\n", 3, r"duplicate.*000001\.jpg.*line 1"),
+        ("\n", 1, "empty file"),
+    ],
+)
+def test_malformed_identity_file_names_file_and_line(tmp_path, text, line, message):
+    write_text(tmp_path, IDENT, text)
+    with pytest.raises(ValueError, match=rf"identity_CelebA\.txt, line {line}: .*{message}"):
+        read_celeba_identities(tmp_path)
+
+
+def test_missing_identity_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=re.escape(os.path.join(str(tmp_path), IDENT))):
+        read_celeba_identities(tmp_path)
 
 
 def test_split_indices():
