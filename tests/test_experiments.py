@@ -8,7 +8,12 @@ import shutil
 
 import pytest
 
-from dualvae import experiments as E
+from dualvae.experiments.budgets import BUDGETS, MODELS, PAPER_TABLE1, PROTOCOLS
+from dualvae.experiments.claims import claims
+from dualvae.experiments.cli import ExperimentConfig
+from dualvae.experiments.evaluate import choose_strength, is_bracketed
+from dualvae.experiments.prepare import first_attributes_root
+from dualvae.experiments.runs import curve_steps, fig6_runs, table1_runs
 from dualvae.cli import main
 
 
@@ -28,7 +33,7 @@ def tiny_all(synth_root, tmp_path_factory):
 
 
 def run_names(seeds=1):
-    return sorted(r.name for r in set(E.table1_runs(seeds) + E.fig6_runs(seeds)))
+    return sorted(r.name for r in set(table1_runs(seeds) + fig6_runs(seeds)))
 
 
 def model_stamps(out):
@@ -45,11 +50,11 @@ def test_experiment_all_tiny_writes_both_protocols(tiny_all):
     table = json.load(open(os.path.join(out, "table1.json")))
     assert table["columns"] == ["20", "20_trained", "40"]
     assert table["test_images"] == 4 and table["subset_images"] == 2
-    for proto in E.PROTOCOLS:
-        assert set(table[proto]) == set(E.MODELS)
-        for m in E.MODELS:
+    for proto in PROTOCOLS:
+        assert set(table[proto]) == set(MODELS)
+        for m in MODELS:
             cell = table[proto][m]["40"]
-            assert cell["paper"]["mean"] == E.PAPER_TABLE1[m][40][0]
+            assert cell["paper"]["mean"] == PAPER_TABLE1[m][40][0]
             assert {"mean", "std_seeds", "std_subsets", "lam", "failed"} <= set(cell)
     for m in ("cvae", "fader", "stargan"):  # the paper's protocol: unit strength
         assert table["paper_default"][m]["40"]["lam"] == [1.0]
@@ -58,11 +63,11 @@ def test_experiment_all_tiny_writes_both_protocols(tiny_all):
     assert "**paper_default**" in md and "**tuned**" in md and "+0.140 ± 0.020" in md
     claims = json.load(open(os.path.join(out, "claims.json")))
     assert len(claims) == 2 * (3 * 3 + 2)
-    assert {c["protocol"] for c in claims} == set(E.PROTOCOLS)
+    assert {c["protocol"] for c in claims} == set(PROTOCOLS)
     ev = json.load(open(os.path.join(out, "runs", "tiny", "stargan-s0.9-seed0", "eval.json")))
     assert ev["lam"]["paper_default"] == 1.0 and ev["domain_counts"] == [20, 40]
     assert len(ev["test"]["tuned"]["40"]["subsets"]) == 2
-    assert [c["step"] for c in ev["curve"]] == E.curve_steps(E.BUDGETS["tiny"].steps["stargan"], 2)
+    assert [c["step"] for c in ev["curve"]] == curve_steps(BUDGETS["tiny"].steps["stargan"], 2)
     assert isinstance(ev["failed"], bool) and ev["reconstruction_ratio"] > 0
     ev20 = json.load(open(os.path.join(out, "runs", "tiny", "cvae-n20-s0-seed0", "eval.json")))
     assert ev20["labels"] == 20 and ev20["domain_counts"] == [20]
@@ -126,7 +131,7 @@ def test_an_interrupted_experiment_resumes_without_retraining(synth_root, tiny_a
 
 
 def test_a_ten_attribute_dataset_is_scored_at_ten_domains(synth_root, tmp_path, capsys):
-    root = E.first_attributes_root(synth_root, str(tmp_path), 10)
+    root = first_attributes_root(synth_root, str(tmp_path), 10)
     out = str(tmp_path / "exp")
     capsys.readouterr()
     assert main(["experiment", "table1", "--data", root, "--out", out, "--budget", "tiny", "--seeds", "1",
@@ -145,18 +150,18 @@ def test_strength_grid_is_extended_until_the_optimum_is_interior():
     def score(peak):
         return lambda lams: {lam: -abs(lam - peak) for lam in lams}
 
-    best, values, added = E.choose_strength(score(100.0), [1.0, 2.0, 4.0, 8.0, 16.0])
-    assert best == 128.0 and added == [32.0, 64.0, 128.0, 256.0] and E.is_bracketed(best, values)
-    best, values, added = E.choose_strength(score(0.1), [1.0, 2.0, 4.0])
+    best, values, added = choose_strength(score(100.0), [1.0, 2.0, 4.0, 8.0, 16.0])
+    assert best == 128.0 and added == [32.0, 64.0, 128.0, 256.0] and is_bracketed(best, values)
+    best, values, added = choose_strength(score(0.1), [1.0, 2.0, 4.0])
     assert best == 0.125 and added == [0.5, 0.25, 0.125, 0.0625]
-    best, values, added = E.choose_strength(score(3.5), [2.0, 4.0, 8.0])
+    best, values, added = choose_strength(score(3.5), [2.0, 4.0, 8.0])
     assert best == 4.0 and added == []  # already interior: nothing added
-    best, values, added = E.choose_strength(score(3.0), [3.0])  # one point: extended both ways
+    best, values, added = choose_strength(score(3.0), [3.0])  # one point: extended both ways
     assert best == 3.0 and added == [6.0, 1.5]
-    best, values, added = E.choose_strength(score(1e9), [1.0], max_extensions=3)
-    assert len(added) == 3 and not E.is_bracketed(best, values)  # gave up: the record says so
+    best, values, added = choose_strength(score(1e9), [1.0], max_extensions=3)
+    assert len(added) == 3 and not is_bracketed(best, values)  # gave up: the record says so
     with pytest.raises(ValueError, match="positive strengths"):
-        E.choose_strength(score(1.0), [0.0, 1.0])
+        choose_strength(score(1.0), [0.0, 1.0])
 
 
 def test_experiment_errors_are_clear(tmp_path, capsys):
@@ -182,7 +187,7 @@ def test_claims_verdicts_follow_the_numbers():
 
     fig6 = {"dualvae": {"0": s(0.1), "0.5": s(0.1), "0.9": s(0.09), "0.99": s(0.0)},
             "stargan": {"0": {**s(0.05), "failed": [False]}, "0.9": {**s(0.049), "failed": [False]}}}
-    got = {(c["protocol"], c["claim"]): (c["holds"], c.get("clearly")) for c in E.claims(table, fig6)}
+    got = {(c["protocol"], c["claim"]): (c["holds"], c.get("clearly")) for c in claims(table, fig6)}
     p = "tuned"
     assert got[p, "DualVAE > CVAE at 20 domains (block)"] == (True, True)
     assert got[p, "DualVAE > FaderNetworks at 20 domains (block)"] == (True, False)  # within the noise
@@ -192,9 +197,9 @@ def test_claims_verdicts_follow_the_numbers():
     sg = "StarGAN fails at s = 0.9 (CIS drops, or the model fails)"
     assert got[p, sg][0] is False
     fig6["stargan"]["0.9"]["failed"] = [True]  # noise at s = 0.9
-    assert {(c["protocol"], c["claim"]): c["holds"] for c in E.claims(table, fig6)}[p, sg] is True
+    assert {(c["protocol"], c["claim"]): c["holds"] for c in claims(table, fig6)}[p, sg] is True
     fig6["stargan"]["0"]["failed"] = [True]  # already noise at s = 0: nothing to compare
-    assert {(c["protocol"], c["claim"]): c["holds"] for c in E.claims(table, fig6)}[p, sg] == "untestable"
+    assert {(c["protocol"], c["claim"]): c["holds"] for c in claims(table, fig6)}[p, sg] == "untestable"
 
 
 @pytest.mark.slow
@@ -203,7 +208,7 @@ def test_experiment_all_tiny_two_seeds_in_two_processes(synth_root, tmp_path):
     assert main(["experiment", "all", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "2",
                  "--jobs", "2", "--quiet"]) == 0
     table = json.load(open(os.path.join(out, "table1.json")))
-    assert all(len(table["tuned"][m]["40"]["per_seed"]) == 2 for m in E.MODELS)
+    assert all(len(table["tuned"][m]["40"]["per_seed"]) == 2 for m in MODELS)
 
 
 def test_the_options_come_from_experiment_config(capsys):
@@ -212,17 +217,17 @@ def test_the_options_come_from_experiment_config(capsys):
 
     from dualvae.options import add_options, config_from
 
-    parser = add_options(argparse.ArgumentParser(), E.ExperimentConfig)
+    parser = add_options(argparse.ArgumentParser(), ExperimentConfig)
     a = parser.parse_args(["fig4", "--data", "D", "--out", "O", "--source-labels", "dataset", "--quiet"])
-    cfg = config_from(E.ExperimentConfig, a)
-    assert cfg == E.ExperimentConfig(which="fig4", data="D", out="O", source_labels="dataset", quiet=True)
+    cfg = config_from(ExperimentConfig, a)
+    assert cfg == ExperimentConfig(which="fig4", data="D", out="O", source_labels="dataset", quiet=True)
     assert (cfg.seeds, cfg.budget, cfg.jobs) == (3, "medium", 1)
     with pytest.raises(SystemExit):
         parser.parse_args(["fig4", "--data", "D", "--out", "O", "--budget", "huge"])  # not one of the choices
     with pytest.raises(SystemExit):
         main(["experiment", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for f in dataclasses.fields(E.ExperimentConfig):
+    for f in dataclasses.fields(ExperimentConfig):
         if f.default is not dataclasses.MISSING:
             shown = "off" if f.default is False else f.default
             assert f"(default: {shown})" in text, f.name

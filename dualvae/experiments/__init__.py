@@ -30,23 +30,6 @@ Modules: budgets (what is compared, at what size), prepare (the data and f, once
 training and cache folder), evaluate (one run's scores), pool (every run a command needs), figures (Table 1,
 Figs. 4-6, training curves), claims (the verdicts), cli (the subcommand's ExperimentConfig and run_experiment).
 """
-from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, DOMAIN_COUNTS, FAILED_RATIO, FIG6_DOMAINS,
-                                         LABELS, MISSING_RATIOS, MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS,
-                                         UNIT, Budget, domain_counts)
-from dualvae.experiments.claims import claims, claims_markdown
-from dualvae.experiments.cli import COMMANDS, ExperimentConfig, run_experiment
-from dualvae.experiments.evaluate import choose_strength, evaluate_run, is_bracketed, mean_std, score_model
-from dualvae.experiments.figures import make_curves, make_fig4, make_fig5, make_fig6, make_table1, stack_pngs
-from dualvae.experiments.pool import ensure_runs
-from dualvae.experiments.prepare import ensure_classifier, first_attributes_root, load_data, prepare_data
-from dualvae.experiments.runs import Run, curve_steps, fig6_runs, run_dir, table1_runs, train_run
+from dualvae.experiments.cli import ExperimentConfig, run_experiment
 
-__all__ = [
-    "BUDGETS", "COLORS", "COLUMN_TITLES", "COMMANDS", "DOMAIN_COUNTS", "FAILED_RATIO", "FIG6_DOMAINS", "LABELS",
-    "MISSING_RATIOS", "MODELS", "PAPER_TABLE1", "PROTOCOL_TITLES", "PROTOCOLS", "UNIT", "Budget", "ExperimentConfig",
-    "Run", "choose_strength", "claims", "claims_markdown",
-    "curve_steps", "domain_counts", "ensure_classifier", "ensure_runs", "evaluate_run",
-    "fig6_runs", "first_attributes_root", "is_bracketed", "load_data", "make_curves", "make_fig4",
-    "make_fig5", "make_fig6", "make_table1", "mean_std", "prepare_data", "run_dir", "run_experiment", "score_model",
-    "stack_pngs", "table1_runs", "train_run",
-]
+__all__ = ["ExperimentConfig", "run_experiment"]

@@ -118,7 +118,7 @@ def blobs(n, size=16, seed=0):
 
 def test_reconstruction_ratio_flags_noise_and_passes_a_trained_model():
     from dualvae import baselines
-    from dualvae.experiments import FAILED_RATIO
+    from dualvae.experiments.budgets import FAILED_RATIO
 
     torch.manual_seed(0)
     x = blobs(256)
