@@ -1,13 +1,11 @@
 """Command-line options generated from config dataclasses: each field's default, type, choices and help are
-written once, on the field (`field(default=..., metadata={"help": ..., "choices": ...})`), and `--help` states
-every default.
+written once, on the field (`option(default, help, **meta)`), and `--help` states every default.
 
-A field becomes `--field-name`: required when it has no default (or `metadata={"required": True}`, for a field
-that Python callers may leave unset); a bool defaulting to False a switch; one
-defaulting to True a `--name/--no-name` pair; `list[float]` numbers separated by commas; `X | None` an optional
-X. `option()` writes such a field in one call. `metadata={"none": "all cores"}` says what a None default means in
-`--help`; `metadata={"positional": True}` makes a field a positional argument, `metadata={"cli": False}` keeps it off
-the command line (its default is used).
+A field becomes `--field-name`: required when it has no default (or with `required=True`, for a field Python
+callers may leave unset); a bool defaulting to False a switch, one defaulting to True a `--name/--no-name` pair;
+`list[float]` numbers separated by commas; `X | None` an optional X. Metadata: `choices`, `metavar`; `none` says
+what a None default means in `--help` ("all cores"); `positional=True` makes the field a positional argument;
+`cli=False` keeps it off the command line (its default is used).
 """
 from __future__ import annotations
 
