@@ -274,6 +274,17 @@ def read_celeba_attributes(root: str, check_images: bool = True) -> tuple[list[s
     return filenames, attr_names, labels
 
 
+def _name_value_rows(path: str, value: str, what: str):
+    """A file of `file_name value` rows with no header: (table, starts, ends, file names), the token offsets as
+    (rows, 2) arrays; an empty file or a row of another width raises naming the file and line."""
+    table = _Table(path)
+    if table.num_lines == 0:
+        raise _format_error(path, 1, f"empty file; expected `file_name {value}` rows")
+    table.check_columns(0, 2, f"file name and {what}")
+    starts, ends = table.columns(0, 2)
+    return table, starts, ends, table.strings(starts[:, 0], ends[:, 0])
+
+
 def read_celeba_partition(root: str) -> dict[str, int]:
     """Read root/list_eval_partition.txt -> {file name: split} (0 train, 1 val, 2 test).
 
@@ -281,12 +292,7 @@ def read_celeba_partition(root: str) -> dict[str, int]:
     CelebAFormatError (ValueError) naming the file and line for a wrong column count, a split not in {0, 1, 2},
     a duplicate file name, or a file with no rows."""
     path = os.path.join(root, PARTITION_FILE)
-    table = _Table(path)
-    if table.num_lines == 0:
-        raise _format_error(path, 1, "empty file; expected `file_name split` rows")
-    table.check_columns(0, 2, "file name and split 0/1/2")
-    starts, ends = table.columns(0, 2)
-    filenames = table.strings(starts[:, 0], ends[:, 0])
+    table, starts, ends, filenames = _name_value_rows(path, "split", "split 0/1/2")
     a = table.bytes
     value = a[starts[:, 1]]
     valid = (ends[:, 1] - starts[:, 1] == 1) & (value >= _ORD_0) & (value <= _ORD_2)
@@ -306,12 +312,7 @@ def read_celeba_identities(root: str, filenames: Sequence[str] | None = None):
     CelebAFormatError (ValueError) naming the file and line for a wrong column count, an identity that is not an
     integer >= 1, a duplicate file name, a file with no rows, or an image of `filenames` the file does not list."""
     path = os.path.join(root, IDENTITY_FILE)
-    table = _Table(path)
-    if table.num_lines == 0:
-        raise _format_error(path, 1, "empty file; expected `file_name identity` rows")
-    table.check_columns(0, 2, "file name and identity")
-    starts, ends = table.columns(0, 2)
-    names = table.strings(starts[:, 0], ends[:, 0])
+    table, starts, ends, names = _name_value_rows(path, "identity", "identity")
     values = table.strings(starts[:, 1], ends[:, 1])
     for r, v in enumerate(values):  # a plain loop: 200k short strings, and the first bad one is named
         if not (v.isascii() and v.isdigit() and len(v) <= 9 and int(v) >= 1):
