@@ -167,8 +167,8 @@ def plan(device: str, quick: bool, triton_ok: bool) -> tuple[list[dict], list[di
         for B, d, n in sizes:
             if cpu and dt == "bf16" and B * n > CPU_BF16_ENTRIES_CAP:
                 skipped.append(dict(op=OP, B=B, d=d, n=n, dtype=dt, impl="all",
-                                    reason=f"bf16 on this CPU (no native bf16 matmul) is emulated, far slower than fp32: "
-                                           f"time budget, B*n = {B * n} > {CPU_BF16_ENTRIES_CAP}"))
+                                    reason=f"bf16 on this CPU (no native bf16 matmul) is emulated, far slower "
+                                           f"than fp32: time budget, B*n = {B * n} > {CPU_BF16_ENTRIES_CAP}"))
                 continue
             for impl in impls:
                 if cpu and impl in INTERP_IMPLS and (B * n > INTERP_ENTRIES or dt != "fp32"):

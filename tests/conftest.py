@@ -8,8 +8,9 @@ import torch
 # The Triton kernels run compiled on a CUDA device where there is one, else on CPU tensors through the
 # interpreter (which has no bf16 tl.dot, and would test the CPU, not the GPU). Our kernels read the mode at
 # launch, but triton.jit functions elsewhere (torch's inductor) fix it when they are decorated, so it is decided
-# here, before any test module imports triton; an explicit TRITON_INTERPRET is kept. device_count() asks NVML, so this does not initialise CUDA in the pytest process
-# (a process forked after CUDA is initialised cannot use it).
+# here, before any test module imports triton; an explicit TRITON_INTERPRET is kept. device_count() asks NVML,
+# so this does not initialise CUDA in the pytest process (a process forked after CUDA is initialised cannot use
+# it).
 if "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.device_count() > 0 else "1"
 
