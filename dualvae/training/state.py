@@ -97,8 +97,8 @@ def resume(cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generato
 
 def find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | None]:
     """The checkpoint to resume: cfg.resume's path, or ("auto") the newest valid one in out/ckpt, falling back
-    to older ones past a corrupt file. Rank 0 chooses; every rank loads the chosen file."""
-    chosen = None
+    to older ones past a corrupt file. Rank 0 chooses; every rank loads the chosen file once."""
+    chosen, ck = None, None
     if d.is_main:
         if cfg.resume != "auto":
             chosen = cfg.resume
@@ -106,7 +106,7 @@ def find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | None
             candidates = list_checkpoints(os.path.join(cfg.out, "ckpt"))
             for i, path in enumerate(candidates):
                 try:
-                    load_resumable(path)
+                    ck = load_resumable(path)
                     chosen = path
                     break
                 except UnsafeCheckpointError:
@@ -120,7 +120,7 @@ def find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | None
     chosen = broadcast_object(chosen, d)
     if chosen is None:
         return None, None
-    return load_resumable(chosen), chosen
+    return (ck if ck is not None else load_resumable(chosen)), chosen
 
 
 def load_resumable(path: str) -> dict:
