@@ -117,7 +117,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    d = load_data(out, budget)
+    d = load_data(out, budget, ("val", "test"))
     model = load_model(os.path.join(rdir, "model.pt"), run.model)
     clf = AttributeClassifier.load(classifier_file(out, budget_name))
     n_dom = model.config.num_labels

@@ -175,7 +175,7 @@ def make_fig5(out: str, budget_name: str, results: dict[Run, dict]) -> str:
     from dualvae.transfer import save_grid_png
 
     budget = BUDGETS[budget_name]
-    d = load_data(out, budget)
+    d = load_data(out, budget, ("test",))
     images = to_unit_range(d["test"]["images"][:budget.grid_images])
     names = d["attr_names"]
     parts = []
@@ -246,7 +246,7 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
     fig.tight_layout()
     fig.savefig(os.path.join(out, "fig6.png"), dpi=100)
     plt.close(fig)
-    d = load_data(out, budget)
+    d = load_data(out, budget, ("train", "test"))
     write_json_atomic(os.path.join(out, "fig6.json"), {
         "seeds": seeds, "missing_ratios": list(MISSING_RATIOS), "domains": int(col),
         "train_images": len(d["train"]["images"]), "summary": summary,

@@ -48,17 +48,18 @@ def prepare_data(data: str, out: str, budget: Budget) -> str:
     return path
 
 
-def load_data(out: str, budget: Budget) -> dict:
-    """From the cache: the train split and the first V / T images of val and test (uint8 images, 0/1 labels,
-    file names), and the attribute names."""
+def load_data(out: str, budget: Budget, splits: tuple[str, ...]) -> dict:
+    """From the cache, the `splits` a caller needs: train whole, the first V / T images of val and test (uint8
+    images, 0/1 labels, file names); and the attribute names."""
     from dualvae.data import labels_to_binary, read_split
 
-    splits = {}
-    for split, limit in (("train", None), ("val", budget.val_images), ("test", budget.test_images)):
-        s = read_split(cache_file(out, budget), split, image_size=budget.image_size, limit=limit)
-        splits[split] = {"images": s.images, "labels": labels_to_binary(s.labels), "filenames": s.filenames}
-    splits["attr_names"] = list(s.attr_names)
-    return splits
+    limits = {"train": None, "val": budget.val_images, "test": budget.test_images}
+    data = {}
+    for split in splits:
+        s = read_split(cache_file(out, budget), split, image_size=budget.image_size, limit=limits[split])
+        data[split] = {"images": s.images, "labels": labels_to_binary(s.labels), "filenames": s.filenames}
+    data["attr_names"] = list(s.attr_names)
+    return data
 
 
 def classifier_file(out: str, budget_name: str) -> str:
@@ -74,7 +75,7 @@ def ensure_classifier(data: str, out: str, budget_name: str, progress: bool = Tr
     path = classifier_file(out, budget_name)
     if os.path.exists(path):
         return path
-    d = load_data(out, budget)
+    d = load_data(out, budget, ("train", "test"))
 
     def split(name):  # the -1/+1 labels CelebASplit holds
         s = d[name]

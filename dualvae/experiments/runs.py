@@ -72,7 +72,7 @@ def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = 
         from dualvae import baselines
         from dualvae.data import draw_label_mask
 
-        d = load_data(out, budget)
+        d = load_data(out, budget, ("train",))
         images, labels = d["train"]["images"], d["train"]["labels"]
         names = d["attr_names"]
         if run.labels:
