@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from dualvae.experiments.budgets import BUDGETS
 from dualvae.experiments.evaluate import eval_file, evaluate_run
-from dualvae.experiments.prepare import cache_file, ensure_classifier, first_attributes_root, prepare_data
+from dualvae.experiments.prepare import ensure_classifier, prepare_data
 from dualvae.experiments.runs import Run, run_dir, train_run
 
 
@@ -37,12 +37,7 @@ def ensure_runs(data: str, out: str, budget_name: str, runs: list[Run], jobs: in
     prints how many are cached and which remain."""
     budget = BUDGETS[budget_name]
     os.makedirs(out, exist_ok=True)
-    prepare_data(data, out, budget)
-    from dualvae.data import prepare
-
-    for k in sorted({r.labels for r in runs if r.labels}):
-        prepare(first_attributes_root(data, out, k), cache_file(out, budget, k), image_size=budget.image_size,
-                progress=False)
+    prepare_data(data, out, budget, [r.labels for r in runs if r.labels])
     ensure_classifier(data, out, budget_name, progress=progress)
     runs = sorted(set(runs), key=lambda r: (r.model != "stargan", -budget.steps[r.model], r.model,
                                             r.labels or 0, r.missing_ratio, r.seed))  # the costliest first

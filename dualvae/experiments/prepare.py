@@ -38,14 +38,15 @@ def cache_file(out: str, budget: Budget, labels: int | None = None) -> str:
     return os.path.join(out, f"data-{budget.image_size}" + (f"-first{labels}" if labels else "") + ".h5")
 
 
-def prepare_data(data: str, out: str, budget: Budget) -> str:
-    """Decode every split once at the budget's image size into the HDF5 cache OUT/data-S.h5: the pixels every
-    model trains and is scored on."""
+def prepare_data(data: str, out: str, budget: Budget, label_counts=()) -> None:
+    """Decode every split once at the budget's image size into the HDF5 caches: OUT/data-S.h5, the pixels every
+    model trains and is scored on, and OUT/data-S-first<k>.h5 for each k of `label_counts` (the models trained
+    on the first k attributes)."""
     from dualvae.data import prepare
 
-    path = cache_file(out, budget)
-    prepare(data, path, image_size=budget.image_size, progress=False)
-    return path
+    for k in (None, *sorted(set(label_counts))):
+        root = data if k is None else first_attributes_root(data, out, k)
+        prepare(root, cache_file(out, budget, k), image_size=budget.image_size, progress=False)
 
 
 def load_data(out: str, budget: Budget, splits: tuple[str, ...]) -> dict:
