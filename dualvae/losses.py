@@ -45,7 +45,7 @@ def label_nll(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, eps: 
     z, _, _, _ = sample_latent(model, x, eps, backend)
     nll = kernels.dual_bce(z, model.U, y, mask, reduction="sum", backend=backend).float()
     with torch.no_grad():
-        pred = (z.detach().float() @ model.U.detach().t() > 0).to(y.dtype)
+        pred = (model.label_logits(z.detach().float()) > 0).to(y.dtype)
         correct = ((pred == y).to(mask.dtype) * mask).sum()
     return nll, correct.float(), mask.sum().float()
 
