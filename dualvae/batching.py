@@ -1,4 +1,5 @@
-"""Chunk sizes for batched inference: from a memory budget on a GPU, a fixed size on the CPU.
+"""Batches: chunk sizes for batched inference (from a memory budget on a GPU, a fixed size on the CPU), and
+the epoch order of models trained on images in memory (`epoch_batches`).
 
 The batched transfer (`DualVAE.transfer_all`) and the batched CIS evaluator push N x n_dom rows through a decoder
 and a classifier; they hold one chunk of `max_batch` rows at a time, so their peak memory is set by the chunk,
@@ -53,3 +54,14 @@ def max_batch_for(device, bytes_per_row, cpu: int = CPU_MAX_BATCH, free_bytes: i
         free_bytes = torch.cuda.mem_get_info(device)[0]
     per_row = bytes_per_row() if callable(bytes_per_row) else bytes_per_row
     return int(max(1, min(65536, GPU_MEMORY_FRACTION * free_bytes // max(per_row, 1))))
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator):
+    """Index batches of `batch_size` rows of n, for ever: each epoch a fresh order from `gen`, drawn when its first
+    batch is asked for (so that a caller's own draws from `gen` interleave the same way on every run); the last
+    n % batch_size rows of an epoch are left out."""
+    per_epoch = n // batch_size
+    while True:
+        order = torch.randperm(n, generator=gen)
+        for pos in range(per_epoch):
+            yield order[pos * batch_size:(pos + 1) * batch_size]

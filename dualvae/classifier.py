@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dualvae.atomic import write_json_atomic
+from dualvae.batching import epoch_batches
 from dualvae.checkpoint import load_model, save_atomic
 from dualvae.options import option
 
@@ -139,12 +140,8 @@ def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -
     gen = torch.Generator().manual_seed(cfg.seed)
     model.train()
     t0 = time.time()
-    order, per_epoch = None, n // bs
-    for step in tqdm(range(cfg.steps), desc="train classifier", disable=not cfg.progress, dynamic_ncols=True):
-        pos = step % per_epoch
-        if pos == 0:
-            order = torch.randperm(n, generator=gen)
-        idx = order[pos * bs:(pos + 1) * bs]
+    bar = tqdm(range(cfg.steps), desc="train classifier", disable=not cfg.progress, dynamic_ncols=True)
+    for _, idx in zip(bar, epoch_batches(n, bs, gen)):
         x = to_unit_range(images[idx])
         # Random shifts of up to 4 px: the classifier must also judge decoded (transferred) images.
         dx, dy = (int(v) for v in torch.randint(-4, 5, (2,), generator=gen))

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from dualvae import checkpoint
+from dualvae.batching import epoch_batches
 from dualvae.baselines.common import LabelConditioned
 from dualvae.baselines.cvae import CVAE, CVAEConfig
 from dualvae.baselines.fader import Fader, FaderConfig
@@ -46,17 +47,12 @@ def fit(model, images_u8: torch.Tensor, labels01: torch.Tensor, mask: torch.Tens
     torch.manual_seed(seed)
     n = len(images_u8)
     bs = min(batch_size, n)
-    per_epoch = n // bs
     gen = torch.Generator().manual_seed(seed)
     opts = model.make_optimizers()
     model.train()
-    rows, order, t0 = [], None, time.time()
+    rows, t0 = [], time.time()
     bar = tqdm(range(steps), desc=f"train {model.kind}", disable=not progress, dynamic_ncols=True, leave=False)
-    for step in bar:
-        pos = step % per_epoch
-        if pos == 0:
-            order = torch.randperm(n, generator=gen)
-        idx = order[pos * bs:(pos + 1) * bs]
+    for step, idx in zip(bar, epoch_batches(n, bs, gen)):
         x = to_unit_range(images_u8[idx])
         m = None if mask is None else mask[idx].float()
         stats = model.train_step(opts, x, labels01[idx].float(), m, step=step, total_steps=steps)
