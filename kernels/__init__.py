@@ -31,7 +31,7 @@ import torch
 
 from . import reference
 
-__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "BACKENDS", "Backend", "resolve_backend",
+__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "SparseLabels", "HashedMask", "BACKENDS", "Backend", "resolve_backend",
            "DualHead", "ReparameterizeKL", "kl_standard_normal", "has_compiled_ops", "cpu_isa", "reference"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -82,7 +82,7 @@ def cpu_isa() -> str | None:
 # asks has_compiled_ops() above. Importing ops loads the submodule dual_bce.py; the function imported here then
 # takes the name, so `dualvae.kernels.dual_bce` is the op and the Triton file is reached as a submodule
 # (`from dualvae.kernels.dual_bce import dual_bce_fwd`).
-from .labels import PackedLabels, pack_labels  # noqa: E402
+from .labels import HashedMask, PackedLabels, SparseLabels, pack_labels  # noqa: E402
 from .ops import BACKENDS, Backend, dual_bce, reparameterize_kl, resolve_backend  # noqa: E402
 from .modules import DualHead, ReparameterizeKL  # noqa: E402
 

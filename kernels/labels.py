@@ -62,3 +62,167 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
     words = (codes << shifts).sum(-1)  # < 2**32
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # same bits as uint32
     return PackedLabels(words.contiguous(), n)
+
+
+def _check_index_tensor(op: str, name: str, t, dtypes) -> None:
+    if not isinstance(t, Tensor) or t.dim() != 1 or t.dtype not in dtypes:
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{op}: {name} must be a 1-D tensor of {' or '.join(map(str, dtypes))}, got {got}")
+
+
+class SparseLabels:
+    """A (B, n) 0/1 label matrix as its positives, CSR rows: the positives of row b are the label indices
+    indices[indptr[b]:indptr[b + 1]], strictly increasing. indptr: int64 (B + 1,), indptr[0] = 0,
+    non-decreasing, indptr[B] = nnz; indices: int32 or int64 (nnz,) in [0, n). The dual_bce backends read it in
+    place: the loss is sum mask * softplus(L) over every entry minus sum mask * L over the positives.
+
+    validate=True (the default) checks all of the above once, here (one host sync on CUDA), raising ValueError
+    naming the first bad row; pass False for labels already known to be valid (the kernels then trust them)."""
+
+    def __init__(self, indptr: Tensor, indices: Tensor, n: int, *, validate: bool = True):
+        op = "SparseLabels"
+        _check_index_tensor(op, "indptr", indptr, (torch.int64,))
+        _check_index_tensor(op, "indices", indices, (torch.int32, torch.int64))
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= reference.MASK_INDEX_MAX + 1:
+            raise ValueError(f"{op}: n must be an int in [0, 2**31], got {n!r}")
+        if len(indptr) < 1:
+            raise ValueError(f"{op}: indptr must have B + 1 >= 1 entries, got an empty tensor")
+        reference._check_same_device(op, indptr=indptr, indices=indices)
+        self.indptr, self.indices, self.n = indptr, indices, n
+        if validate:
+            self.validate()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.indptr.shape[0] - 1, self.n)
+
+    @property
+    def nnz(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.indptr.device
+
+    def validate(self) -> None:
+        """ValueError naming the first bad row: indptr not starting at 0, decreasing or not ending at nnz, an
+        index outside [0, n), or a row whose indices are not strictly increasing (unsorted or duplicate)."""
+        op = "SparseLabels"
+        p, idx, nnz = self.indptr, self.indices, self.nnz
+        if int(p[0]) != 0:
+            raise ValueError(f"{op}: indptr[0] must be 0, got {int(p[0])}")
+        steps = p[1:] - p[:-1]
+        if bool((steps < 0).any()):
+            b = int(torch.nonzero(steps < 0)[0, 0])
+            raise ValueError(f"{op}: indptr is not monotone at row {b}: indptr[{b}] = {int(p[b])} > "
+                             f"indptr[{b + 1}] = {int(p[b + 1])}")
+        if int(p[-1]) != nnz:
+            raise ValueError(f"{op}: indptr[-1] = {int(p[-1])} but indices holds {nnz} entries")
+        if nnz == 0:
+            return
+        row_of = torch.repeat_interleave(torch.arange(len(steps), device=p.device), steps)
+        bad = (idx < 0) | (idx >= self.n)
+        if bool(bad.any()):
+            k = int(torch.nonzero(bad)[0, 0])
+            raise ValueError(f"{op}: row {int(row_of[k])} has label index {int(idx[k])} outside [0, {self.n})")
+        same_row = row_of[1:] == row_of[:-1]
+        bad = same_row & (idx[1:] <= idx[:-1])
+        if bool(bad.any()):
+            k = int(torch.nonzero(bad)[0, 0])
+            what = "a duplicate" if int(idx[k + 1]) == int(idx[k]) else "unsorted indices"
+            raise ValueError(f"{op}: row {int(row_of[k])} has {what}: {int(idx[k])} then {int(idx[k + 1])} (each "
+                             f"row's indices must be strictly increasing)")
+
+    def row_ids(self) -> Tensor:
+        """(nnz,) int64: the row of each positive."""
+        B = self.shape[0]
+        return torch.repeat_interleave(torch.arange(B, device=self.device), self.indptr[1:] - self.indptr[:-1],
+                                       output_size=self.nnz)
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The (B, n) label matrix."""
+        y = torch.zeros(self.shape, dtype=dtype, device=self.device)
+        y[self.row_ids(), self.indices.to(torch.int64)] = 1
+        return y
+
+    @classmethod
+    def from_dense(cls, y: Tensor) -> "SparseLabels":
+        """The positives of a (B, n) matrix of labels in {0, 1}."""
+        op = "SparseLabels.from_dense"
+        if not isinstance(y, Tensor) or y.dim() != 2:
+            raise ValueError(f"{op}: y must be a 2-D (B, n) tensor, got {describe(y)}")
+        reference.check_labels(op, y)
+        pos = y != 0
+        counts = pos.sum(1)
+        indptr = torch.zeros(y.shape[0] + 1, dtype=torch.int64, device=y.device)
+        indptr[1:] = torch.cumsum(counts, 0)
+        indices = torch.nonzero(pos)[:, 1]  # row-major: sorted within each row
+        return cls(indptr, indices, y.shape[1], validate=False)
+
+    def columns(self, lo: int, hi: int) -> "SparseLabels":
+        """The labels of columns [lo, hi), re-indexed from 0 (a label-parallel shard's labels)."""
+        if not 0 <= lo <= hi <= self.n:
+            raise ValueError(f"SparseLabels.columns: need 0 <= lo <= hi <= {self.n}, got [{lo}, {hi})")
+        keep = (self.indices >= lo) & (self.indices < hi)
+        counts = torch.zeros(self.shape[0], dtype=torch.int64, device=self.device)
+        counts.index_add_(0, self.row_ids()[keep], torch.ones_like(self.row_ids()[keep]))
+        indptr = torch.zeros_like(self.indptr)
+        indptr[1:] = torch.cumsum(counts, 0)
+        return SparseLabels(indptr, self.indices[keep] - lo, hi - lo, validate=False)
+
+    def to(self, device) -> "SparseLabels":
+        return SparseLabels(self.indptr.to(device), self.indices.to(device), self.n, validate=False)
+
+    def __repr__(self) -> str:
+        return f"SparseLabels(shape={self.shape}, nnz={self.nnz}, device={self.device})"
+
+
+class HashedMask:
+    """The missing-label indicator I as a function: entry (b, j) is observed unless the counter-based hash of
+    (seed, rows[b], col_offset + j) falls below missing_ratio * 2**32 (`reference.hashed_observed`). The fused
+    dual_bce backends evaluate it inside the kernels, so no (B, n) mask is formed; `dense(n)` forms it.
+
+    rows: (B,) int64 global image indices (the batch's rows in the training split), in [0, 2**31).
+    col_offset: the global index of label 0 of the call (a label-parallel shard's first label)."""
+
+    def __init__(self, seed: int, missing_ratio: float, rows: Tensor, col_offset: int = 0, *,
+                 validate: bool = True):
+        op = "HashedMask"
+        self.seed = reference.check_seed(seed, op)
+        ratio = float(missing_ratio)
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"{op}: missing_ratio must be in [0, 1], got {missing_ratio!r}")
+        _check_index_tensor(op, "rows", rows, (torch.int64, torch.int32))
+        if isinstance(col_offset, bool) or not isinstance(col_offset, int) or not 0 <= col_offset <= reference.MASK_INDEX_MAX:
+            raise ValueError(f"{op}: col_offset must be an int in [0, 2**31), got {col_offset!r}")
+        if validate and rows.numel():
+            lo, hi = int(rows.min()), int(rows.max())
+            if lo < 0 or hi > reference.MASK_INDEX_MAX:
+                raise ValueError(f"{op}: rows must lie in [0, 2**31), got values in [{lo}, {hi}]")
+        self.missing_ratio, self.rows, self.col_offset = ratio, rows.to(torch.int64), col_offset
+        self.key = reference.mask_key(self.seed)
+        self.threshold = reference.mask_threshold(ratio)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows.device
+
+    def dense(self, n: int, dtype: torch.dtype = torch.bool) -> Tensor:
+        """The (B, n) indicator (1 = observed) of labels col_offset .. col_offset + n - 1."""
+        cols = torch.arange(self.col_offset, self.col_offset + n, device=self.device)
+        return reference.hashed_observed(self.key, self.threshold, self.rows, cols).to(dtype)
+
+    def columns(self, lo: int, hi: int) -> "HashedMask":
+        """The mask of columns [lo, hi) of this one, re-indexed from 0 (same entries)."""
+        return HashedMask(self.seed, self.missing_ratio, self.rows, self.col_offset + lo, validate=False)
+
+    def select(self, index: Tensor) -> "HashedMask":
+        """The mask of rows `index` of this batch."""
+        return HashedMask(self.seed, self.missing_ratio, self.rows[index], self.col_offset, validate=False)
+
+    def to(self, device) -> "HashedMask":
+        return HashedMask(self.seed, self.missing_ratio, self.rows.to(device), self.col_offset, validate=False)
+
+    def __repr__(self) -> str:
+        return (f"HashedMask(seed={self.seed}, missing_ratio={self.missing_ratio}, rows={len(self.rows)}, "
+                f"col_offset={self.col_offset})")
