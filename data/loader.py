@@ -2,15 +2,21 @@
 
 Every backend applies the preprocessing of data/celeba.py (center square crop, which for CelebA's 178x218 is the
 face square rows 20:198; bilinear antialiased resize; [-1, 1]) and yields
-`(images float32 [B, 3, S, S] in [-1, 1], labels float32 [B, n] in {0, 1}, mask float32 [B, n])` on `device`.
+`(images float32 [B, 3, S, S] in [-1, 1], labels, mask)` on `device`: labels float32 [B, 40] in {0, 1} (labels
+"attributes"), or SparseLabels (B, 40 + P) with labels "attributes,identity"; mask a HashedMask over the batch's
+split positions.
 
 * Order: epoch e of a loader visits the split in `epoch_order(N, seed, e)` (a pure function of (seed, epoch));
   shard k of K takes positions k, k + K, k + 2K, ... of that order, so the shards of an epoch are disjoint and
   together cover the split once; each shard cuts its share into batches (the last, short one dropped with
   drop_last).
-* Mask: `draw_label_mask((N, n), missing_ratio, seed)` over the whole split (N = the split's size in the source
-  list, corrupt files included), indexed by split position: the same on every shard, every backend and every
-  resume.
+* Mask: `HashedMask(seed, missing_ratio, rows)` with rows the batch's positions in the source list's split
+  (corrupt files included), so entry (r, j) is the same on every shard, every backend and every resume, and
+  equals `draw_label_mask((N, n), missing_ratio, seed)[r, j]`; no (B, n) mask is formed.
+* Identity labels (labels="attributes,identity"): one column per identity of the source's training split (all
+  of it, whatever `limit`), in increasing id order, named "identity_<id>" after the attributes; a row's labels
+  are its attribute positives and its identity's column, as SparseLabels. An image whose identity is not among
+  them (only in val/test, as in CelebA's identity-based splits) has no identity positive.
 * Backends: "dali" decodes with NVIDIA DALI (GPU `mixed` decoder on device="cuda", its CPU mode with `threads`
   threads otherwise); "pil" is a torch DataLoader with `threads` worker processes decoding with PIL (the
   reference); "hdf5" reads a cache written by `prepare`, holding the split in memory (in GPU memory when it
@@ -25,6 +31,7 @@ import ast
 import hashlib
 import json
 import logging
+import numbers
 import os
 import platform
 import sys
@@ -37,9 +44,11 @@ import torch
 from PIL import Image
 
 from dualvae.atomic import atomic_output
+from dualvae.kernels import HashedMask, SparseLabels
 
 from .celeba import (
     ATTR_FILE,
+    IDENTITY_FILE,
     IMAGE_DIR,
     PARTITION_FILE,
     CelebAFormatError,
@@ -47,6 +56,7 @@ from .celeba import (
     _split_id,
     load_celeba_image,
     read_celeba_attributes,
+    read_celeba_identities,
     read_celeba_partition,
     split_indices,
 )
@@ -54,6 +64,8 @@ from .celeba import (
 log = logging.getLogger("dualvae.data")
 
 BACKENDS = ("dali", "hdf5", "pil")
+LABEL_SETS = ("attributes", "attributes,identity")
+IDENTITY_PREFIX = "identity_"
 CACHE_FORMAT = 1
 # Rows per HDF5 chunk: 16 images of 3x64x64 = 192 KiB. Small enough that a random batch reads little it does
 # not need, large enough that reading a whole split is a few thousand chunk reads.
@@ -73,12 +85,60 @@ class MissingBackendError(ImportError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def check_missing_ratio(missing_ratio) -> float:
+    real = isinstance(missing_ratio, numbers.Real) and not isinstance(missing_ratio, bool)
+    ratio = float(missing_ratio) if real else None
+    if ratio is None or not 0.0 <= ratio < 1.0:
+        raise ValueError(f"missing_ratio must be a number in [0, 1), got {missing_ratio!r}")
+    return ratio
+
+
 def draw_label_mask(shape: tuple[int, int], missing_ratio: float, seed: int) -> torch.Tensor:
-    """The indicator I of Algorithm 1 (True = observed), each entry missing with probability missing_ratio."""
-    if not 0.0 <= missing_ratio < 1.0:
-        raise ValueError(f"missing_ratio must be in [0, 1), got {missing_ratio}")
-    gen = torch.Generator().manual_seed(seed + 7919)  # its own stream: independent of batch order
-    return torch.rand(shape, generator=gen) >= missing_ratio
+    """The indicator I of Algorithm 1 (bool (N, n), True = observed) over split positions 0 .. N - 1, each entry
+    missing with probability missing_ratio: `HashedMask(seed, missing_ratio, arange(N)).dense(n)`, the mask the
+    loaders' batches carry and the kernels evaluate (one definition, dualvae.kernels.reference)."""
+    N, n = (int(v) for v in shape)
+    return HashedMask(seed, check_missing_ratio(missing_ratio), torch.arange(N, dtype=torch.int64)).dense(n)
+
+
+def identity_label_names(identities) -> list[str]:
+    """The label names of identity columns: "identity_<id>"."""
+    return [f"{IDENTITY_PREFIX}{int(i)}" for i in identities]
+
+
+def identity_columns(identities: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """The identity columns of a source: the identities of its training split (partition 0), increasing."""
+    return np.unique(np.asarray(identities, dtype=np.int64)[np.asarray(parts) == 0])
+
+
+def identity_column_of(identities: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Each image's identity column (int64), -1 for an identity that has none (not in the training split)."""
+    identities = np.asarray(identities, dtype=np.int64)
+    col = np.searchsorted(columns, identities)
+    found = col < len(columns)
+    found[found] = columns[col[found]] == identities[found]
+    return np.where(found, col, -1).astype(np.int64)
+
+
+def attribute_identity_labels(attributes: torch.Tensor, identity_col: torch.Tensor, n: int) -> SparseLabels:
+    """SparseLabels (B, n): row b's positives are its attribute positives (columns of attributes (B, a) that are
+    1), then column a + identity_col[b] (none where identity_col[b] is -1). Forms (B, a + 1) indices, never
+    (B, n)."""
+    B, a = attributes.shape
+    cols = torch.arange(a, device=attributes.device).expand(B, a)
+    keys = torch.cat([torch.where(attributes > 0, cols, -1),
+                      torch.where(identity_col >= 0, identity_col + a, -1)[:, None]], 1)
+    keep = keys >= 0
+    indptr = torch.zeros(B + 1, dtype=torch.int64, device=attributes.device)
+    indptr[1:] = torch.cumsum(keep.sum(1), 0)
+    return SparseLabels(indptr, keys[keep], n, validate=False)  # row-major, a row's columns increase
+
+
+def check_label_set(labels) -> str:
+    text = ",".join(t.strip() for t in labels.split(",")) if isinstance(labels, str) else labels
+    if text not in LABEL_SETS:
+        raise ValueError(f"labels must be one of {', '.join(repr(v) for v in LABEL_SETS)}, got {labels!r}")
+    return text
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
@@ -117,12 +177,27 @@ def read_source_list(root: str) -> tuple[list[str], list[str], torch.Tensor, np.
     return filenames, attr_names, labels, parts
 
 
+def read_source_identities(root: str, filenames: list[str]) -> np.ndarray:
+    """The identity of each of `filenames` (int64), from root/identity_CelebA.txt; a clear error when the root
+    has no such file."""
+    path = os.path.join(root, IDENTITY_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"identity labels need {path} (one identity per image, `000001.jpg 2880`), which "
+                                f"is not there: use labels 'attributes', or a root with the file (`dualvae synth` "
+                                f"writes one)")
+    return read_celeba_identities(root, filenames)
+
+
 def source_fingerprint(root: str, filenames=None) -> str:
-    """sha256 over the attribute and partition files' bytes and each listed image's name, size and mtime."""
+    """sha256 over the attribute and partition files' bytes (and the identity file's, where there is one) and
+    each listed image's name, size and mtime."""
     h = hashlib.sha256()
     for name in (ATTR_FILE, PARTITION_FILE):
         with open(os.path.join(root, name), "rb") as f:
             h.update(hashlib.sha256(f.read()).digest())
+    if os.path.exists(os.path.join(root, IDENTITY_FILE)):
+        with open(os.path.join(root, IDENTITY_FILE), "rb") as f:
+            h.update(b"identity\0" + hashlib.sha256(f.read()).digest())
     if filenames is None:
         filenames = read_celeba_attributes(root, check_images=False)[0]
     image_dir = os.path.join(root, IMAGE_DIR)
@@ -394,11 +469,12 @@ class _Split:
     """One split: file paths (None for a cache), binary labels, and each row's position in the source split."""
 
     paths: list[str] | None
-    labels: torch.Tensor  # float32 (N, n), 0/1
+    labels: torch.Tensor  # float32 (N, a), 0/1: the attributes
     positions: np.ndarray  # int64 (N,), position of each row in the source list's split
     split_size: int  # size of the split in the source list (the mask's rows)
-    attr_names: list[str]
+    attr_names: list[str]  # the label names: the attributes, then the identity columns' names
     filenames: list[str]
+    identity_col: np.ndarray | None = None  # int64 (N,): each row's identity column, -1 for none
 
 
 class Loader:
@@ -414,11 +490,15 @@ class Loader:
         self.skip_corrupt = skip_corrupt
         self.current_epoch = 0
         self.attr_names, self.filenames = split.attr_names, split.filenames
-        self.missing_ratio = missing_ratio
-        full_mask = draw_label_mask((split.split_size, len(split.attr_names)), missing_ratio, seed)
-        self.label_mask = full_mask[torch.from_numpy(split.positions)]  # bool (N, n), row-aligned with the split
+        self.missing_ratio = check_missing_ratio(missing_ratio)
+        self.num_attributes = split.labels.shape[1]
+        self.num_labels = len(split.attr_names)
+        positions = torch.from_numpy(np.ascontiguousarray(split.positions, dtype=np.int64))
+        # The mask of every loaded row (rows: their split positions), the one the batches' masks are cut from.
+        self.label_mask = HashedMask(seed, self.missing_ratio, positions)
+        self._positions = positions.to(self.device)
         self._labels = split.labels.to(self.device)
-        self._mask = self.label_mask.to(self.device, torch.float32)
+        self._identity = None if split.identity_col is None else torch.from_numpy(split.identity_col).to(self.device)
         self.last_indices: torch.Tensor | None = None  # rows (into this split) of the batch last yielded
 
     @property
@@ -428,6 +508,27 @@ class Loader:
     @property
     def skipped(self) -> list[str]:
         return []
+
+    def _rows(self, idx) -> torch.Tensor:
+        idx = torch.as_tensor(idx)
+        if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"rows must be a 1-D int64 tensor of rows into this split, got {idx.dtype} "
+                             f"{tuple(idx.shape)}")
+        return idx.to(self.device, torch.int64)
+
+    def labels_of(self, idx) -> torch.Tensor | SparseLabels:
+        """The labels of rows `idx` (int64, rows into this loaded split) on the loader's device: float32 (B, a)
+        attributes, or SparseLabels (B, a + P) with the identity columns."""
+        idx = self._rows(idx)
+        attributes = self._labels.index_select(0, idx)
+        if self._identity is None:
+            return attributes
+        return attribute_identity_labels(attributes, self._identity.index_select(0, idx), self.num_labels)
+
+    def mask_of(self, idx) -> HashedMask:
+        """The HashedMask of rows `idx` (int64, rows into this loaded split): rows = their split positions."""
+        return HashedMask(self.seed, self.missing_ratio, self._positions.index_select(0, self._rows(idx)),
+                          validate=False)
 
     def batch_rows(self, epoch: int) -> list[np.ndarray]:
         """The rows of each batch of this shard in `epoch` (before any corrupt file is left out)."""
@@ -452,7 +553,7 @@ class Loader:
             idx = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             self.last_indices = idx
             dev_idx = idx.to(self.device)
-            yield images, self._labels.index_select(0, dev_idx), self._mask.index_select(0, dev_idx)
+            yield images, self.labels_of(dev_idx), self.mask_of(dev_idx)
 
     def _batches(self, batches):  # -> (rows, images float32 on device)
         raise NotImplementedError
@@ -727,7 +828,8 @@ def check_cache_fresh(path: str, info: dict | None = None) -> None:
             f"--out {path} --image-size {info['image_size']}`")
 
 
-def _load_cache_split(path: str, split, image_size: int, limit: int | None, verify: bool):
+def _load_cache_split(path: str, split, image_size: int, limit: int | None, verify: bool,
+                      identities: bool = False):
     h5py = _import_h5py()
     info = read_cache_info(path)
     if int(info["image_size"]) != image_size:
@@ -746,16 +848,26 @@ def _load_cache_split(path: str, split, image_size: int, limit: int | None, veri
         labels = f["labels"][sel] if contiguous else f["labels"][rows]
         positions = f["split_position"][sel] if contiguous else f["split_position"][rows]
         filenames = [n.decode() if isinstance(n, bytes) else n for n in f["filenames"][sel if contiguous else rows]]
+        names, identity_col = list(info["attr_names"]), None
+        if identities:
+            if "identity" not in f:
+                raise ValueError(f"cache {path} holds no identities: its source had no {IDENTITY_FILE} when it was "
+                                 f"prepared; re-run `dualvae prepare --celeba {info['source']} --out {path} --force` "
+                                 f"on a root that has one, or use labels 'attributes'")
+            columns = f["identity_columns"][:].astype(np.int64)
+            ids = f["identity"][sel] if contiguous else f["identity"][rows]
+            names += identity_label_names(columns)
+            identity_col = identity_column_of(ids, columns)
     split_size = int(info["split_sizes"][sid]) if limit is None else (int(positions.max()) + 1 if len(positions) else 0)
     return _Split(None, torch.from_numpy((labels > 0).astype(np.float32)), positions.astype(np.int64), split_size,
-                  list(info["attr_names"]), filenames), torch.from_numpy(np.ascontiguousarray(images))
+                  names, filenames, identity_col), torch.from_numpy(np.ascontiguousarray(images))
 
 
 def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = None, *, skip_corrupt: bool = False,
             batch_size: int = 256, device: str | None = None, force: bool = False, progress: bool = True) -> dict:
     """Decode every image of a CelebA root once with DALI and write the cache `out` (HDF5): images uint8
     (N, 3, S, S) in chunks of CACHE_CHUNK_ROWS rows, labels int8 -1/+1, partition, split positions, file names,
-    and attributes: attribute names, image size, the source path and its fingerprint, split sizes, skipped files.
+    the identities and identity columns where the root has identity_CelebA.txt, and attributes: attribute names, image size, the source path and its fingerprint, split sizes, skipped files.
 
     The file appears only when complete (written to a temporary file beside it, then renamed); an interrupted
     or failed prepare leaves `out` as it was and no temporary file. A cache that is already up to date (same
@@ -766,6 +878,8 @@ def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = N
     out = os.path.abspath(out)
     filenames, attr_names, labels, parts = read_source_list(celeba)
     _check_images_exist(celeba, os.path.join(celeba, ATTR_FILE), filenames)
+    identities = (read_celeba_identities(celeba, filenames) if os.path.exists(os.path.join(celeba, IDENTITY_FILE))
+                  else None)
     fingerprint = source_fingerprint(celeba, filenames)
     if os.path.exists(out) and not force:
         try:
@@ -808,6 +922,9 @@ def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = N
             f.create_dataset("partition", data=parts[rows])
             f.create_dataset("split_position", data=split_position[rows])
             f.create_dataset("filenames", data=np.array([filenames[r] for r in rows], dtype=h5py.string_dtype()))
+            if identities is not None:  # the columns from the whole source list, corrupt files included
+                f.create_dataset("identity", data=identities[rows])
+                f.create_dataset("identity_columns", data=identity_columns(identities, parts))
             f.attrs.update(dualvae_cache_format=CACHE_FORMAT, image_size=s, source=os.path.abspath(celeba),
                            fingerprint=fingerprint, attr_names=json.dumps(list(attr_names)),
                            split_sizes=json.dumps(split_sizes), skipped=json.dumps(decoder.skipped))
@@ -827,15 +944,21 @@ def make_loader(source: str, split="train", *, image_size: int = 64, batch_size:
                 backend: str | None = "dali", shuffle: bool = True, seed: int = 0, shard_id: int = 0,
                 num_shards: int = 1, missing_ratio: float = 0.0, drop_last: bool = True,
                 skip_corrupt: bool = False, threads: int | None = None, limit: int | None = None,
-                verify_cache: bool = True) -> Loader:
+                verify_cache: bool = True, labels: str = "attributes") -> Loader:
     """Batches of one split of `source` (a CelebA root, or a cache file written by `prepare`):
-    (images float32 [B, 3, S, S] in [-1, 1], labels float32 [B, n] in {0, 1}, mask float32 [B, n]) on `device`.
+    (images float32 [B, 3, S, S] in [-1, 1], labels, mask HashedMask over the batch's split positions) on
+    `device`. labels "attributes": float32 [B, 40] in {0, 1}; "attributes,identity": SparseLabels (B, 40 + P),
+    the attributes then one column per identity of the source's training split (needs identity_CelebA.txt).
 
     backend: "dali" | "pil" for a CelebA root, "hdf5" for a cache (None: "hdf5" for a file, "dali" for a folder).
     threads: DALI threads / DataLoader workers (default: all cores). limit: the first `limit` images of the split.
-    The loader has len() (batches per epoch of this shard), set_epoch(e), epoch(e), label_mask (bool, the
-    split's rows), attr_names, filenames, last_indices and skipped; see the module docstring for the contract.
+    The loader has len() (batches per epoch of this shard), set_epoch(e), epoch(e), label_mask (the HashedMask
+    of every loaded row), labels_of(rows), mask_of(rows), batch_rows(e), attr_names (the label names),
+    num_labels, filenames, last_indices and skipped; see the module docstring for the contract.
     """
+    label_set = check_label_set(labels)
+    identities = label_set == "attributes,identity"
+    missing_ratio = check_missing_ratio(missing_ratio)
     if backend is None:
         backend = "hdf5" if is_cache_file(source) else "dali"
     if backend not in BACKENDS:
@@ -856,7 +979,7 @@ def make_loader(source: str, split="train", *, image_size: int = 64, batch_size:
         if not is_cache_file(source):
             raise ValueError(f"backend 'hdf5' reads a cache file, and {source} is not one: write it with "
                              f"`dualvae prepare --celeba {source} --out CACHE.h5`")
-        split_data, images = _load_cache_split(source, split, image_size, limit, verify_cache)
+        split_data, images = _load_cache_split(source, split, image_size, limit, verify_cache, identities)
         return Hdf5Loader(split_data, images, **kw)
     if is_cache_file(source):
         raise ValueError(f"{source} is a file (a cache?); backend {backend!r} reads a CelebA root folder "
@@ -870,8 +993,14 @@ def make_loader(source: str, split="train", *, image_size: int = 64, batch_size:
     _check_images_exist(source, os.path.join(source, ATTR_FILE), filenames, rows)
     image_dir = os.path.join(source, IMAGE_DIR)
     names = [filenames[r] for r in rows]
+    label_names, identity_col = list(attr_names), None
+    if identities:
+        ids = read_source_identities(source, filenames)
+        columns = identity_columns(ids, parts)
+        label_names += identity_label_names(columns)
+        identity_col = identity_column_of(ids[rows], columns)
     split_data = _Split([os.path.join(image_dir, nm) for nm in names],
                         (labels[torch.from_numpy(rows)] > 0).to(torch.float32), np.arange(len(rows), dtype=np.int64),
-                        split_size if limit is None else len(rows), list(attr_names), names)
+                        split_size if limit is None else len(rows), label_names, names, identity_col)
     cls = DaliLoader if backend == "dali" else PilLoader
     return cls(split_data, threads=threads, image_size=image_size, **kw)

@@ -24,6 +24,7 @@ from dualvae.data import (
     shard_batches,
 )
 from dualvae.data import loader as loader_mod
+from dualvae.kernels import HashedMask
 
 N = 24
 PARTITION = [0] * 16 + [1] * 4 + [2] * 4
@@ -98,7 +99,11 @@ def check_batches(ld, expected_rows=None):
     for x, y, m in ld:
         B = len(x)
         assert x.shape == (B, 3, S, S) and x.dtype == torch.float32
-        assert y.shape == m.shape == (B, n) and y.dtype == m.dtype == torch.float32
+        assert y.shape == (B, n) and y.dtype == torch.float32
+        assert isinstance(m, HashedMask) and (m.seed, m.missing_ratio) == (ld.seed, ld.missing_ratio)
+        assert torch.equal(m.rows, ld.label_mask.rows[ld.last_indices])  # the images' split positions
+        assert torch.equal(m.dense(n), ld.mask_of(ld.last_indices).dense(n))
+        assert torch.equal(y, ld.labels_of(ld.last_indices))
         assert x.min() >= -1 and x.max() <= 1
         assert set(y.unique().tolist()) <= {0.0, 1.0}
         for k in range(B):
@@ -174,9 +179,10 @@ def test_sharded_loaders_and_mask_identical_across_shards_backends_resumes(root,
             ld.set_epoch(2)  # a resumed run starts mid-way
             mine = []
             for _, _, m in ld:
-                assert torch.equal(m.bool(), full[ld.last_indices])
+                assert torch.equal(m.dense(len(ATTRS)), full[ld.last_indices])
                 mine += ld.last_indices.tolist()
-            assert torch.equal(ld.label_mask, full)
+            assert torch.equal(ld.label_mask.rows, torch.arange(16))
+            assert torch.equal(ld.label_mask.dense(len(ATTRS)), full)
         rows.append(mine)
     assert sorted(sum(rows, [])) == list(range(16))
 
@@ -280,7 +286,10 @@ def test_corrupt_jpeg_error_names_file_and_skip_corrupt(fresh_root, tmp_path, da
     rows = check_batches(h)
     assert sorted(rows) == list(range(15))
     full = draw_label_mask((16, len(ATTRS)), 0.3, seed=1)  # over the source split: aligned, corrupt row included
-    assert torch.equal(h.label_mask, full[[i for i in range(16) if i != 5]])
+    kept = [i for i in range(16) if i != 5]
+    assert h.label_mask.rows.tolist() == kept and torch.equal(h.label_mask.dense(len(ATTRS)), full[kept])
+    for x, _, m in h.epoch(0):  # each batch's mask: rows = the images' positions in the source split
+        assert torch.equal(m.dense(len(ATTRS)), full[[identify(im)[0] for im in x]])
     for backend in ("dali", "pil"):
         ld = loader(fresh_root, backend, batch_size=4, drop_last=False, skip_corrupt=True, shuffle=False,
                     threads=pil_workers if backend == "pil" else 1)
@@ -355,7 +364,14 @@ def test_train_from_cache_and_pil_cli(root, cache, tmp_path, capsys):
                      "--batch-size", "4", "--latent-dim", "8", "--width", "8", "--missing-ratio", "0.5",
                      "--workers", "1", "--ckpt-every", "5"]) == 0, capsys.readouterr().err
         ckpt = torch.load(run / "model.pt", weights_only=True)
-        assert torch.equal(ckpt["label_mask"], draw_label_mask((16, len(ATTRS)), 0.5, 0))
+        assert torch.equal(stored_mask(ckpt["label_mask"], len(ATTRS)), draw_label_mask((16, len(ATTRS)), 0.5, 0))
+
+
+def stored_mask(stored, n: int) -> torch.Tensor:
+    """The (N, n) bool mask a checkpoint records: a dense tensor, or a HashedMask's (seed, missing_ratio, rows)."""
+    if isinstance(stored, torch.Tensor):
+        return stored.bool()
+    return HashedMask(stored["seed"], stored["missing_ratio"], stored["rows"]).dense(n)
 
 
 def test_two_kinds_of_corrupt_file_in_one_batch(fresh_root, tmp_path):
