@@ -13,8 +13,14 @@ list_landmarks_align_celeba.txt.
   large enough to survive the 64x64 preprocessing (crop rows 20:198, downscale x0.36) and a blurry VAE
   reconstruction. All random numbers of an image are drawn up front in a fixed order, independent of its
   attributes, so rendering the same RNG state with one attribute flipped changes only that attribute's cue.
+* Persons (`draw_persons`): the images are grouped by split and by the traits a person keeps from photo to
+  photo (PERSON_TRAITS: sex, age group, hair colour or baldness, pale skin, big nose), and each group is cut at
+  random into persons of about `images_per_person` images, numbered 1 .. P in a random order
+  (identity_CelebA.txt). A person's images share those traits and their split, nothing else: each image is still
+  drawn on its own. Persons come from their own RNG stream after the labels and images, so the images and
+  attributes are those of a run that writes no identities.
 * `write_synth_celeba` is deterministic for a seed whatever the number of workers: labels come from one
-  seed-derived RNG, each image from its own np.random.SeedSequence([seed, index]).
+  seed-derived RNG, each image from its own np.random.SeedSequence([seed, index]), the persons from a third.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from .celeba import (
     celeba_partition_of,
     preprocess_image,
     write_celeba_attributes,
+    write_celeba_identities,
     write_celeba_landmarks,
     write_celeba_partition,
 )
@@ -42,6 +49,10 @@ from .celeba import (
 A = {name: i for i, name in enumerate(CELEBA_ATTRIBUTES)}
 NUM_ATTRIBUTES = len(CELEBA_ATTRIBUTES)
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
+# The attributes every image of a generated person shares: what stays from one photo of a face to the next
+# (expression, makeup, accessories, beard, hair style and pose change).
+PERSON_TRAITS = ("Male", "Young", "Bald", *HAIR_COLOURS, "Pale_Skin", "Big_Nose")
+IMAGES_PER_PERSON = 10
 
 # CelebA's attribute frequencies (share of +1), from shared/celeba-format.md.
 CELEBA_FREQUENCIES = {
@@ -800,6 +811,34 @@ def _label_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(7,)))
 
 
+def _person_rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(11,)))
+
+
+def draw_persons(labels: np.ndarray, partition, rng: np.random.Generator,
+                 images_per_person: int = IMAGES_PER_PERSON) -> np.ndarray:
+    """The person (an identity in 1 .. P) of each image, int64 (num,): the images are grouped by split and by
+    their PERSON_TRAITS; each group, shuffled, is cut into round(size / images_per_person) persons (at least
+    one) of near-equal sizes; the persons are numbered in a random order."""
+    if isinstance(images_per_person, bool) or not isinstance(images_per_person, (int, np.integer)) or \
+            images_per_person < 1:
+        raise ValueError(f"images_per_person must be a positive integer, got {images_per_person!r}")
+    labels = np.asarray(labels)
+    traits = labels[:, [A[name] for name in PERSON_TRAITS]] > 0
+    keys = np.concatenate([np.asarray(partition, dtype=np.int64)[:, None], traits.astype(np.int64)], 1)
+    _, group = np.unique(keys, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    person = np.empty(len(labels), dtype=np.int64)
+    count = 0
+    for g in range(int(group.max()) + 1 if len(group) else 0):
+        members = rng.permutation(np.flatnonzero(group == g))
+        parts = max(1, int(round(len(members) / images_per_person)))
+        for part in np.array_split(members, parts):
+            person[part] = count
+            count += 1
+    return (rng.permutation(count) + 1)[person].astype(np.int64)
+
+
 def _filename(index: int) -> str:
     return f"{index + 1:06d}.jpg"
 
@@ -816,13 +855,14 @@ def _render_chunk(task) -> tuple[int, np.ndarray]:
 
 
 def write_synth_celeba(out: str, num: int = 6000, seed: int = 0, workers: int | None = None,
-                       progress: bool = True) -> None:
+                       progress: bool = True, images_per_person: int = IMAGES_PER_PERSON) -> None:
     """Write `num` generated faces as a CelebA-format folder at `out` (created if needed; files overwritten).
 
     out/img_align_celeba/000001.jpg ... (178x218 RGB JPEG), then list_attr_celeba.txt, list_eval_partition.txt
-    (CelebA's train/val/test proportions, in order) and list_landmarks_align_celeba.txt, written last so that a
-    half-written folder has no annotation files. Byte-identical output for a seed, whatever `workers`
-    (None: os.cpu_count(); 1: no pool)."""
+    (CelebA's train/val/test proportions, in order), identity_CelebA.txt (`draw_persons`: persons of about
+    `images_per_person` images) and list_landmarks_align_celeba.txt, written last so that a half-written folder
+    has no annotation files. Byte-identical output for a seed, whatever `workers` (None: os.cpu_count(); 1: no
+    pool)."""
     from tqdm import tqdm
 
     num = int(num)
@@ -831,6 +871,9 @@ def write_synth_celeba(out: str, num: int = 6000, seed: int = 0, workers: int | 
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
+    if isinstance(images_per_person, bool) or not isinstance(images_per_person, (int, np.integer)) or \
+            images_per_person < 1:
+        raise ValueError(f"images_per_person must be a positive integer, got {images_per_person!r}")
     image_dir = os.path.join(out, IMAGE_DIR)
     os.makedirs(image_dir, exist_ok=True)
 
@@ -852,8 +895,10 @@ def write_synth_celeba(out: str, num: int = 6000, seed: int = 0, workers: int | 
                     landmarks[start : start + len(marks)] = marks
                     bar.update(len(marks))
 
+    partition = [celeba_partition_of(i, num) for i in range(num)]
     write_celeba_attributes(out, filenames, CELEBA_ATTRIBUTES, labels)
-    write_celeba_partition(out, filenames, [celeba_partition_of(i, num) for i in range(num)])
+    write_celeba_partition(out, filenames, partition)
+    write_celeba_identities(out, filenames, draw_persons(labels, partition, _person_rng(seed), images_per_person))
     write_celeba_landmarks(out, filenames, landmarks)
 
 

@@ -23,6 +23,7 @@ class SynthConfig:
     num: int = option(6000, "number of generated images")
     seed: int = option(0, "seed of the faces and their labels")
     workers: int | None = option(None, "rendering processes", none="all cores")
+    images_per_person: int = option(10, "images per generated person (identity_CelebA.txt), on average")
     preview: bool = option(False, "also write OUT/preview.png, a contact sheet")
 
 
@@ -79,9 +80,10 @@ def cmd_synth(c: SynthConfig) -> None:
     from dualvae.data.synth import write_preview, write_synth_celeba
 
     t0 = time.time()
-    write_synth_celeba(c.out, num=c.num, seed=c.seed, workers=c.workers)
+    write_synth_celeba(c.out, num=c.num, seed=c.seed, workers=c.workers, images_per_person=c.images_per_person)
     dt = time.time() - t0
-    print(f"wrote {c.num} CelebA-format images to {c.out} in {dt:.1f} s ({c.num / max(dt, 1e-9):.0f} images/s)")
+    print(f"wrote {c.num} CelebA-format images to {c.out} in {dt:.1f} s ({c.num / max(dt, 1e-9):.0f} images/s), "
+          f"with identity_CelebA.txt (persons of about {c.images_per_person} images)")
     if c.preview:
         print(f"preview: {write_preview(c.out, os.path.join(c.out, 'preview.png'))}")
 

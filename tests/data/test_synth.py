@@ -1,5 +1,9 @@
-"""Generated CelebA-format data (dualvae.data.synth): layout, determinism, label statistics, visible attributes."""
+"""Generated CelebA-format data (dualvae.data.synth): layout, determinism, label statistics, visible attributes,
+persons."""
+import collections
 import filecmp
+import hashlib
+import io
 import os
 import re
 
@@ -11,10 +15,13 @@ from dualvae.data.celeba import (
     CELEBA_ATTRIBUTES,
     preprocess_image,
     read_celeba_attributes,
+    read_celeba_identities,
     read_celeba_partition,
 )
 from dualvae.data.synth import (
     CELEBA_FREQUENCIES,
+    PERSON_TRAITS,
+    draw_persons,
     render_face,
     sample_attributes,
     write_preview,
@@ -23,7 +30,8 @@ from dualvae.data.synth import (
 
 A = {name: i for i, name in enumerate(CELEBA_ATTRIBUTES)}
 HAIR = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
-TEXT_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "list_landmarks_align_celeba.txt")
+TEXT_FILES = ("list_attr_celeba.txt", "list_eval_partition.txt", "list_landmarks_align_celeba.txt",
+              "identity_CelebA.txt")
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +229,87 @@ def test_bad_arguments(tmp_path):
         write_synth_celeba(str(tmp_path / "x"), num=0, progress=False)
     with pytest.raises(ValueError):
         write_synth_celeba(str(tmp_path / "x"), num=5, workers=0, progress=False)
+    with pytest.raises(ValueError, match="images_per_person"):
+        write_synth_celeba(str(tmp_path / "x"), num=5, images_per_person=0, progress=False)
+    assert not os.path.exists(tmp_path / "x")
+
+
+# sha256 of seed 3's 40-image attribute and partition files as written before the generator drew persons: pure
+# functions of the seed's random numbers, the same on every CPU.
+UNCHANGED = {
+    "list_attr_celeba.txt": "1f17ed8bc0b7577b77d6eeee9f8031cdcd9231921138ae528499bc14a3f9e13e",
+    "list_eval_partition.txt": "821d83f4de83a6e29f97cf9b9ca7a0b39f433cb419030df320f1d5bf0b9e55f2",
+}
+
+
+def _persons(ids: np.ndarray) -> dict[int, np.ndarray]:
+    return {int(p): np.flatnonzero(ids == p) for p in np.unique(ids)}
+
+
+def _check_persons(ids, labels, partition):
+    """Identities 1 .. P, each person's images in one split and sharing every PERSON_TRAITS value."""
+    assert ids.dtype == np.int64 and sorted(set(ids.tolist())) == list(range(1, len(set(ids.tolist())) + 1))
+    cols = [A[name] for name in PERSON_TRAITS]
+    for p, rows in _persons(ids).items():
+        assert len(set(np.asarray(partition)[rows].tolist())) == 1, p
+        assert (labels[rows][:, cols] == labels[rows[0]][cols]).all(), p
+
+
+def test_identities_written_and_images_unchanged(synth_dirs):
+    from dualvae.data.synth import _image_rng
+
+    root = synth_dirs["a1"]
+    for name, digest in UNCHANGED.items():
+        with open(os.path.join(root, name), "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, name
+    filenames, _, labels = read_celeba_attributes(root)
+    ids = read_celeba_identities(root, filenames)  # every image listed once, with an identity >= 1
+    assert len(ids) == 40 and len(read_celeba_identities(root)) == 40
+    partition = read_celeba_partition(root)
+    _check_persons(ids, labels.numpy(), [partition[f] for f in filenames])
+    assert max(collections.Counter(ids.tolist()).values()) >= 2  # persons of several images, even at 40
+    # the JPEG bytes are the render of (attributes, the image's own RNG) alone, as before persons existed
+    for i in (0, 17, 39):
+        img, _ = render_face(labels.numpy()[i], _image_rng(3, i))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        with open(os.path.join(root, "img_align_celeba", f"{i + 1:06d}.jpg"), "rb") as f:
+            assert f.read() == buf.getvalue(), i
+
+
+def test_persons_at_the_default_size():
+    """At the default 6,000 images: several images per person, about images_per_person on average."""
+    from dualvae.data.celeba import celeba_partition_of
+    from dualvae.data.synth import _label_rng
+
+    num = 6000
+    labels = sample_attributes(_label_rng(0), num)
+    partition = [celeba_partition_of(i, num) for i in range(num)]
+    ids = draw_persons(labels, partition, np.random.default_rng(1))
+    _check_persons(ids, labels, partition)
+    sizes = np.array([len(r) for r in _persons(ids).values()])
+    assert 7 <= sizes.mean() <= 11 and np.median(sizes) >= 8, (sizes.mean(), np.median(sizes))
+    assert (sizes >= 5).mean() > 0.75 and sizes.max() <= 15
+    train = set(ids[np.asarray(partition) == 0].tolist())
+    assert len(train) > 400 and not train & set(ids[np.asarray(partition) != 0].tolist())
+    again = draw_persons(labels, partition, np.random.default_rng(1))
+    assert np.array_equal(ids, again) and not np.array_equal(ids, draw_persons(labels, partition,
+                                                                               np.random.default_rng(2)))
+    small = draw_persons(labels, partition, np.random.default_rng(1), images_per_person=3)
+    _check_persons(small, labels, partition)
+    assert 2.5 <= np.mean([len(r) for r in _persons(small).values()]) <= 3.5
+    with pytest.raises(ValueError, match="images_per_person"):
+        draw_persons(labels, partition, np.random.default_rng(1), images_per_person=0)
+
+
+def test_synth_cli_writes_persons(tmp_path, capsys):
+    from dualvae.cli import main
+
+    out = str(tmp_path / "s")
+    assert main(["synth", "--out", out, "--num", "12", "--seed", "3", "--workers", "1",
+                 "--images-per-person", "2"]) == 0
+    assert "identity_CelebA.txt (persons of about 2 images)" in capsys.readouterr().out
+    filenames, _, labels = read_celeba_attributes(out)
+    ids = read_celeba_identities(out, filenames)
+    partition = read_celeba_partition(out)
+    _check_persons(ids, labels.numpy(), [partition[f] for f in filenames])
