@@ -7,6 +7,11 @@ so M is n x n with row i the change of every attribute probability when transfer
     CIS = ts + rs
 ts and rs are averaged over the images. f is the attribute classifier (probabilities in [0, 1]).
 
+CIS scores attribute domains only. A model trained with identity labels has a dual vector per training identity
+("identity_2880") and transfers toward it (`transfer`), but f predicts the 40 attributes, not who a face is, so
+there is no f_i for an identity domain: asking CIS for one is an error naming it, rather than a score from some
+other f.
+
 Two evaluators behind `conditional_inception_score`, which agree to 1e-5 (tests/test_cis.py):
 - batched=True (default): one pass. The N x n x len(lam) (image, domain, lam) triples stream through the model's
   `transfer_all` and the classifier in chunks of `max_batch`; ts and rs are reduced chunk by chunk, and no more
@@ -24,7 +29,7 @@ from tqdm import tqdm
 
 from dualvae import batching
 from dualvae.precision import autocast, check_precision
-from dualvae.transfer_model import TransferModel
+from dualvae.transfer_model import TransferModel, is_identity_name
 
 # evaluation runs fp32 or bf16 autocast
 CIS_PRECISIONS = ("fp32", "bf16")
@@ -94,6 +99,7 @@ def conditional_inception_score(model, classifier, images: torch.Tensor, *, doma
         if isinstance(obj, nn.Module) and obj.training:
             raise ValueError(f"CIS: {what} is in training mode (BatchNorm would use batch statistics); call .eval()")
     domain_idx = resolve_domains(model, domains)
+    check_classifier_domains(model, getattr(f, "__self__", classifier), domain_idx)
     if source_labels is not None:
         if not batched:
             raise ValueError("CIS: source_labels needs the batched evaluator (batched=True)")
@@ -214,6 +220,25 @@ def _cis_batched(model, f, images, domain_idx, lams, max_batch, keep_M, progress
         out[lam] = CISResult(ts=ts, rs=rs, cis=ts + rs, lam=lam, domains=domain_idx,
                              M=M[l] if keep_M else None, f_original=f0.cpu())
     return out
+
+
+def check_classifier_domains(model: TransferModel, classifier, domain_idx: list[int]) -> None:
+    """Every scored domain must be one f predicts, at the same label index (M reads f's column of the model's
+    domain index): ValueError naming the first that is not. An identity domain never is (f predicts attributes)."""
+    names = model.attr_names
+    f_names = getattr(classifier, "attr_names", None)
+    for d in domain_idx:
+        name = names[d] if names and d < len(names) else None
+        if is_identity_name(name):
+            f_what = f"the {len(f_names)} attributes" if f_names else "attributes"
+            raise ValueError(
+                f"CIS: domain {name} (label {d}) is an identity: the classifier f predicts {f_what}, not who a "
+                f"face is, so the transfer score f_i(m^i(x)) - f_i(x) has no f_i for it. Score the attributes "
+                f"(domains 40, or their names) and look at identity transfers with `dualvae transfer --domains "
+                f"{name}`")
+        if f_names is not None and name is not None and (d >= len(f_names) or f_names[d] != name):
+            got = f"predicts {f_names[d]!r} at label {d}" if d < len(f_names) else f"has {len(f_names)} labels"
+            raise ValueError(f"CIS: domain {name} (label {d} of the model) is not the classifier's label {d}: f {got}")
 
 
 def resolve_domains(model: TransferModel, domains) -> list[int]:

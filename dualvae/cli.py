@@ -45,7 +45,8 @@ class TransferConfig:
     split: str = option("test", "split the images come from", choices=SPLIT_CHOICES)
     num_images: int = option(8, "images (rows of the grid)")
     lam: float = option(32.0, "lam of Eq. 3, in latent units (32: the demo's choice on val; pick yours on val)")
-    domains: str | None = option(None, "a count (the first k) or attribute names separated by commas", none="all")
+    domains: str | None = option(None, "a count (the first k) or label names separated by commas: attributes, or "
+                                 "identity_<id> for a model trained with identities", none="all")
 
 
 @dataclass
@@ -56,7 +57,8 @@ class CISConfig:
     out: str = option(help="cis.json path (one lam: an object; several: a list, one per lam)")
     split: str = option("test", "split the images come from", choices=SPLIT_CHOICES)
     num_images: int = option(160, "images scored")
-    domains: str = option("40", "a count (the first k) or names separated by commas")
+    domains: str = option("40", "a count (the first k) or attribute names separated by commas (attribute domains "
+                          "only: f predicts no identities)")
     lam: list[float] = option([32.0], "lam of Eq. 3 in latent units, or several separated by commas (e.g. 16,32,64), "
                               "all in one pass")
     plot: str | None = option(None, "also write this PNG: rs on x, ts on y, a point per lam")

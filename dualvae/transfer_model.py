@@ -3,7 +3,9 @@
 A transfer model m maps an image x and a domain i (a label index) to m^i(x), the image moved to domain i at a
 strength lam. `TransferModel` defines once what they share:
 
-    domain_indices(domains)           None (all), an index or attribute name, or a list of them -> label indices
+    domain_indices(domains)           None (all), an index or label name, or a list of them -> label indices
+                                      (label names: the attributes, and "identity_<id>" for a model trained
+                                      with identity labels: that identity's dual vector)
     transfer(x, domain, lam)          one domain for every image, or one per image -> (N, C, H, W)
     transfer_all(x, domains, lam, max_batch=None, source_labels=None)
                                       every image to every domain -> (N, n_dom, C, H, W), out[j, k] = m^{d_k}(x_j)
@@ -25,18 +27,45 @@ from torch import nn
 from dualvae import batching
 
 
+# The label names of identity columns ("identity_2880"), as dualvae.data's loader names them.
+IDENTITY_PREFIX = "identity_"
+
+
+def is_identity_name(name) -> bool:
+    return isinstance(name, str) and name.startswith(IDENTITY_PREFIX)
+
+
+def _unknown_domain(who: str, d: str, attr_names) -> ValueError:
+    names = list(attr_names or [])
+    attributes = [n for n in names if not is_identity_name(n)]
+    identities = [n for n in names if is_identity_name(n)]
+    if is_identity_name(d):
+        if not identities:
+            why = ("this model was trained without identity labels (train it with --labels attributes,identity "
+                   "for a dual vector per identity)")
+        else:
+            why = (f"the model has dual vectors for the {len(identities)} identities of its training split "
+                   f"({identities[0]} ... {identities[-1]}); an identity seen only in val/test, or not in the "
+                   f"training data, has none")
+        return ValueError(f"{who}: unknown domain {d!r}: {why}")
+    known = f"{attributes}" + (f" and {len(identities)} identities ({identities[0]} ...)" if identities else "")
+    return ValueError(f"{who}: unknown domain {d!r}; known: {known if names else None}")
+
+
 def domain_indices(domains, num_labels: int, attr_names=None, who: str = "domains") -> list[int]:
-    """Label indices of `domains`: None (all), an index or attribute name, or a sequence of them."""
+    """Label indices of `domains`: None (all), an index or label name (an attribute, or "identity_<id>" where the
+    model has that identity's column), or a sequence of them."""
     if domains is None:
         return list(range(num_labels))
     if isinstance(domains, (int, str)) or (isinstance(domains, torch.Tensor) and domains.dim() == 0):
         domains = [domains]
     out = []
+    position = {n: i for i, n in enumerate(attr_names)} if attr_names else {}
     for d in domains:
         if isinstance(d, str):
-            if not attr_names or d not in attr_names:
-                raise ValueError(f"{who}: unknown domain {d!r}; known: {attr_names}")
-            d = list(attr_names).index(d)
+            if d not in position:
+                raise _unknown_domain(who, d, attr_names)
+            d = position[d]
         out.append(int(d))
     bad = [d for d in out if not 0 <= d < num_labels]
     if bad:
@@ -90,7 +119,8 @@ class TransferModel(nn.Module):
 
     @torch.no_grad()
     def transfer(self, x: torch.Tensor, domain, lam: float = 1.0) -> torch.Tensor:
-        """Each image of x to `domain`: an index or attribute name for every image, or a sequence, one per image."""
+        """Each image of x to `domain`: an index or label name (an attribute, "identity_<id>") for every image, or
+        a sequence, one per image."""
         doms = self.domain_indices(domain)
         if isinstance(domain, (int, str)):
             doms = doms * len(x)
