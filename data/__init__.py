@@ -30,6 +30,7 @@ from .celeba import (
 )
 from .loader import (
     BACKENDS,
+    LABEL_SETS,
     Loader,
     MissingBackendError,
     StaleCacheError,
@@ -46,6 +47,7 @@ from .read import read_images, read_split
 
 __all__ = [
     "BACKENDS",
+    "LABEL_SETS",
     "Loader",
     "MissingBackendError",
     "StaleCacheError",
