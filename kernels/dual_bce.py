@@ -21,8 +21,22 @@ per-row scale inside the sum, so the backward recomputes the tile GEMM: 4 tile G
 all reductions and for forward-only (eval) calls with a single GEMM.
 
 Labels come as (y, mask) of any float/bool-as-uint8/uint8 dtype and any strides, or packed: 2 bits per entry,
-16 entries per int32 word, bit 0 the label and bit 1 "observed" (`labels.pack_labels`). The kernels run on CUDA
-tensors, and on CPU tensors under TRITON_INTERPRET=1; autograd and registration live in `ops.py`.
+16 entries per int32 word, bit 0 the label and bit 1 "observed" (`labels.pack_labels`), or sparse: the CSR
+positives (`labels.SparseLabels`). The mask may instead be hashed (`labels.HashedMask`): each tile computes its
+weights from (key, threshold, the batch's global rows, the label offset) in uint32 arithmetic, bit for bit
+`reference.hashed_observed`, so no (B, n) mask is read or formed.
+
+Sparse labels: the tiles take y = 0 (no label loads), so they make sum w softplus(L) and w sigmoid(L); the
+positives, y = 1, subtract w L from the loss and w from the residual. That correction is a sparse term:
+loss_b -= sum_{j in pos(b)} w_bj L_bj, the positives' logits as indexed dot products z_b . u_j + b_j (as Cut
+Cross-Entropy computes the target logit); dz_b -= sum_{j in pos(b)} w_bj u_j (one program per CSR row: row
+ownership); dU_j -= sum_{b: j in pos(b)} gscale_b w_bj z_b and db_j likewise (one program per column of a CSC
+order that a stable sort makes once in the forward: column ownership). No atomics; every sum has an order fixed
+by the labels, so results are deterministic. Extra bytes: the nnz indices and, for the backward, the CSC order
+(n + 1 + nnz int64).
+
+The kernels run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1; autograd and registration live in
+`ops.py`.
 """
 from __future__ import annotations
 
@@ -58,10 +72,12 @@ def _mask_row_key(mask_key, grows):
 @jit
 def _hash_observed(row_key, lcols, mask_thr, mask_off):
     """Whether entries (row_key's rows, label mask_off + lcols) are observed: fmix32(row_key ^ j * 0x85EBCA77)
-    >= mask_thr, compared as int64 since the threshold can be 2**32 (`reference.hashed_observed`)."""
+    >= mask_thr (`reference.hashed_observed`). The threshold can be 2**32 (nothing observed): the entries are
+    compared in uint32 with it clamped to 2**32 - 1, and a scalar says whether it was."""
     gcols = lcols.to(tl.uint32) + mask_off.to(tl.uint32)
     h = _fmix32(row_key ^ (gcols * 0x85EBCA77))
-    return h.to(tl.int64) >= mask_thr.to(tl.int64)
+    thr = mask_thr.to(tl.int64)
+    return (h >= tl.minimum(thr, 0xFFFFFFFF).to(tl.uint32)) & (thr <= 0xFFFFFFFF)
 
 
 @jit
@@ -88,8 +104,8 @@ def _labels_tile(y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, ok, stride_y_b, strid
             y_off = r64 * stride_y_b + cols[None, :].to(tl.int64) * stride_y_n
             y = tl.load(y_ptr + y_off, mask=ok, other=0).to(tl.float32)
         if HASHED:
-            row_key = _mask_row_key(mask_key, tl.load(mr_ptr + rows.to(tl.int64), mask=row_ok, other=0))
-            w = tl.where(ok & _hash_observed(row_key[:, None], cols[None, :], mask_thr, mask_off), 1.0, 0.0)
+            row_key = _mask_row_key(mask_key, tl.load(mr_ptr + r64, mask=row_ok[:, None], other=0))
+            w = tl.where(ok & _hash_observed(row_key, cols[None, :], mask_thr, mask_off), 1.0, 0.0)
         elif HAS_MASK:
             if MASK_LIKE_Y and not SPARSE:
                 m_off = y_off
@@ -145,8 +161,8 @@ def _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, col_ok,
           stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
           mask_key, mask_thr, mask_off,
           HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, MASK_LIKE_Y: tl.constexpr, PACKED: tl.constexpr,
-          SPARSE: tl.constexpr, HASHED: tl.constexpr, ONE_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr):
+          SPARSE: tl.constexpr, HASHED: tl.constexpr, ONE_K: tl.constexpr, PRECISION: tl.constexpr,
+          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One (rows x cols) tile as both kernels see it: (fp32 logits, labels y, weights w, in-bounds ok)."""
     logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
                           stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
@@ -405,12 +421,14 @@ def _sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool | None = None) -> dict:
+def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool | None = None,
+                    hashed: bool = False) -> dict:
     """Tile shape for the dual_bce kernels: BLOCK_B rows of z x BLOCK_N rows of U per tile, the d axis in BLOCK_K
     chunks (one chunk when d <= BLOCK_K; else the logits walk the chunks and the grid gets a chunk axis for the
     dz/dU accumulators). Chosen so the fp32 accumulators and the three-pass TF32 operands of fp32 fit the
     register file without spills: compile_check proves it for every entry of gpu_configs().
-    interpret: the interpreter's small tiles (default: whether TRITON_INTERPRET asks for it now)."""
+    interpret: the interpreter's small tiles (default: whether TRITON_INTERPRET asks for it now). hashed: the
+    tiles compute a hashed mask (a few more registers per entry)."""
     dp = max(16, triton.next_power_of_2(D))
     if interpreting() if interpret is None else interpret:
         return {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": min(dp, 32), "num_warps": 4, "num_stages": 1}
@@ -421,8 +439,10 @@ def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool 
         if dp == 128:
             return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
         return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}
-    if dp <= 128:
+    if dp < 128 or (dp == 128 and not hashed):
         return {"BLOCK_B": 64, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 8, "num_stages": 2}
+    if dp == 128:  # (ptxas holds the hashed backward at 128 registers with two stages and spills on sm_80)
+        return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 1}
     return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
 
 
@@ -536,7 +556,7 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, label_kind: str, need_dz: boo
     (B,) int64: the hashed mask of (mask_key, mask_threshold, mask_col_offset) instead. splits: force S (tests)."""
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype)
+    cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
     S = _splits(triton.cdiv(B, cfg["BLOCK_B"]), n, cfg["BLOCK_N"], dev, B * D * 4 if need_dz else B * 8, splits)
     n_per_split = triton.cdiv(triton.cdiv(max(n, 1), S), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     S = triton.cdiv(max(n, 1), n_per_split)
@@ -579,7 +599,7 @@ def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, label_kind: str, need
     (colptr, rows) of sparse labels, made here when not given."""
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype)
+    cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
     S = _splits(triton.cdiv(n, cfg["BLOCK_N"]), B, cfg["BLOCK_B"], dev, n * D * 4, splits)
     b_per_split = triton.cdiv(triton.cdiv(max(B, 1), S), cfg["BLOCK_B"]) * cfg["BLOCK_B"]
     S = triton.cdiv(max(B, 1), b_per_split)

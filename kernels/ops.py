@@ -20,6 +20,11 @@ Where dual_bce's gradients are computed: the Triton forward makes the loss and d
 the logit tiles for dU and db (no atomics, no (B-blocks x n x d) partials on a GPU). The C++ forward makes dU
 and db too when the upstream gradient is a scalar ("sum", "mean"): one pass over the tiles instead of two, 3
 GEMMs' worth of work instead of 4; its backward then only scales them. For "none" it recomputes like Triton.
+
+Labels reach the ops as label_kind "dense" (y), "packed" (PackedLabels' words) or "sparse" (SparseLabels'
+indices, with indptr); a HashedMask as mask_rows with its key, threshold and label offset (mask None). For
+sparse labels the Triton forward also returns the positives' CSC order (a stable sort, made once), which its
+backward reads for the column-owned dU/db correction.
 """
 from __future__ import annotations
 
