@@ -15,11 +15,10 @@ Labels for many classes (dual_bce's y and mask, on every backend):
 
     y = SparseLabels(indptr, indices, n)                    # the positives, CSR rows (or SparseLabels.from_dense)
     mask = HashedMask(seed, missing_ratio, rows)            # the missing-label mask as a hash of the global rows
-    loss = head(z, y, mask)                                 # neither a B x n label matrix nor a mask is formed
+    loss = head(z, y, mask)                                 # fused: no B x n label matrix or mask is formed
 
 Functions: `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, `SparseLabels`, `HashedMask`,
-`kl_standard_normal`; modules:
-`ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" | "reference" | "cpu" (`BACKENDS`, the
+`kl_standard_normal`; modules: `ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" | "reference" | "cpu" (`BACKENDS`, the
 `Backend` enum); `resolve_backend(backend, device=..., dtype=...)` says which one runs. The pure-PyTorch
 definitions are in `reference`.
 
