@@ -13,7 +13,7 @@ from dualvae.kernels._jit import jit
 from dualvae.kernels.dual_bce import _hash_observed, _mask_row_key, dual_bce_fwd, sparse_csc
 
 from kernel_cases import require_backend
-from test_fused_ops import HAVE_TRITON, INTERPRET, TRITON_DEVICE, assert_error_rule, backend, device_of  # noqa: F401
+from test_fused_ops import HAVE_TRITON, TRITON_DEVICE, assert_error_rule, backend, device_of  # noqa: F401 (fixture)
 
 import triton.language as tl
 
@@ -44,11 +44,8 @@ def run(fn, z, U, bias, y, mask, reduction, upstream, dtype, device):
 
 
 def to_device(x, device):
-    if x is None:
-        return None
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    return x.to(device)
+    """A tensor, SparseLabels or HashedMask on `device` (None kept)."""
+    return x.to(device) if x is not None else None
 
 
 def check_against_float64(z, U, bias, y, sp, mask, reduction, backend, seed, what):
