@@ -11,8 +11,14 @@ Use the fused ops in your VAE (examples/vae_multilabel.py trains this on generat
     z, kl = sample(mu, logvar)                              # kl: (B,) per row
     loss = (recon(decoder(z), x) + kl).mean() + head(z, y, mask) / len(x)   # no B x 40 logits are formed
 
-Functions: `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, `kl_standard_normal`; modules:
-`ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" | "reference" | "cpu" (`BACKENDS`, the
+Labels for many classes (dual_bce's y and mask, on every backend):
+
+    y = SparseLabels(indptr, indices, n)                    # the positives, CSR rows (or SparseLabels.from_dense)
+    mask = HashedMask(seed, missing_ratio, rows)            # the missing-label mask as a hash of the global rows
+    loss = head(z, y, mask)                                 # fused: no B x n label matrix or mask is formed
+
+Functions: `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, `SparseLabels`, `HashedMask`,
+`kl_standard_normal`; modules: `ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" | "reference" | "cpu" (`BACKENDS`, the
 `Backend` enum); `resolve_backend(backend, device=..., dtype=...)` says which one runs. The pure-PyTorch
 definitions are in `reference`.
 
@@ -31,8 +37,9 @@ import torch
 
 from . import reference
 
-__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "SparseLabels", "HashedMask", "BACKENDS", "Backend", "resolve_backend",
-           "DualHead", "ReparameterizeKL", "kl_standard_normal", "has_compiled_ops", "cpu_isa", "reference"]
+__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "SparseLabels", "HashedMask", "BACKENDS",
+           "Backend", "resolve_backend", "DualHead", "ReparameterizeKL", "kl_standard_normal", "has_compiled_ops",
+           "cpu_isa", "reference"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _BUILD_HINT = (

@@ -39,9 +39,10 @@ class LazyKernel:
     triton was imported, so the kernels call them through `from_triton` wrappers or use builtins instead.
     """
 
-    def __init__(self, fn, foreign: bool = False):
+    def __init__(self, fn, foreign: bool = False, **options):
         self.fn = fn
         self.foreign = foreign  # a triton library function: the jitted functions it calls are rebuilt too
+        self.options = options  # triton.jit's keyword arguments (do_not_specialize)
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._variants: dict[bool, object] = {}
@@ -65,7 +66,7 @@ class LazyKernel:
             copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
             copy.__kwdefaults__, copy.__annotations__ = fn.__kwdefaults__, dict(fn.__annotations__)
             copy.__doc__, copy.__qualname__, copy.__module__ = fn.__doc__, fn.__qualname__, fn.__module__
-            built = InterpretedFunction(copy) if interpret else JITFunction(copy)
+            built = InterpretedFunction(copy, **self.options) if interpret else JITFunction(copy, **self.options)
             self._variants[interpret] = built
         return built
 
@@ -73,9 +74,12 @@ class LazyKernel:
         return self.variant()[grid]
 
 
-def jit(fn) -> LazyKernel:
-    """`triton.jit`, deferred to the first launch (see the module docstring)."""
-    return LazyKernel(fn)
+def jit(fn=None, **options):
+    """`triton.jit`, deferred to the first launch (see the module docstring); `jit(do_not_specialize=[...])`
+    passes triton.jit's options on."""
+    if fn is None:
+        return lambda f: LazyKernel(f, **options)
+    return LazyKernel(fn, **options)
 
 
 _FOREIGN: dict[object, LazyKernel] = {}

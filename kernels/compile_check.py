@@ -33,7 +33,7 @@ def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
     Configs are chosen by shape (a table, not run-time autotuning), so this list is exhaustive."""
     import torch
 
-    from dualvae.kernels.dual_bce import dual_bce_config
+    from dualvae.kernels.dual_bce import dual_bce_config, sparse_config
     from dualvae.kernels.reparam_kl import reparam_config
 
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
@@ -41,12 +41,19 @@ def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
     bce = set()
     for dt in dtypes:
         for d in (16, 32, 64, 128, 256):  # every larger d takes the d = 256 config
-            cfg = dual_bce_config(1, 1, d, dt, interpret=False)
-            bce.add((_dtype_name(dt), tuple(sorted({**cfg, "ONE_K": d <= cfg["BLOCK_K"]}.items()))))
+            for hashed in (False, True):
+                cfg = dual_bce_config(1, 1, d, dt, interpret=False, hashed=hashed)
+                cfg = {**cfg, "ONE_K": d <= cfg["BLOCK_K"], "hashed": hashed}
+                bce.add((_dtype_name(dt), tuple(sorted(cfg.items()))))
     reparam_list = [(_dtype_name(dt), dict(c)) for dt in dtypes for c in sorted(reparam)]
     bce_list = [(name, dict(c)) for name, c in sorted(bce)]
+    # The sparse correction kernels gather rows of U (z): elementwise loads and sums, fp16 compiles to bf16's
+    # code but for the conversions.
+    sparse = {tuple(sorted(sparse_config(d, interpret=False).items())) for d in (16, 32, 64, 128)}
+    sparse_list = [(_dtype_name(dt), dict(c)) for dt in (torch.float32, torch.bfloat16) for c in sorted(sparse)]
     return {"reparam_kl_fwd": reparam_list, "reparam_kl_bwd": reparam_list,
-            "dual_bce_fwd": bce_list, "dual_bce_bwd": bce_list}
+            "dual_bce_fwd": bce_list, "dual_bce_bwd": bce_list,
+            "sparse_rows": sparse_list, "sparse_cols": sparse_list}
 
 
 def _jobs(arches: list[int]) -> list[dict]:
@@ -58,7 +65,16 @@ def _jobs(arches: list[int]) -> list[dict]:
             variants = [{}]
             if kernel.startswith("dual_bce"):
                 # Packed labels change only the label loads, the same code for every dtype: compiled with fp32.
-                variants = [{"PACKED": False}] + ([{"PACKED": True}] if dtype == "fp32" else [])
+                # The hashed mask (its own configs) adds integer work per entry to the tile: dense labels with
+                # it (the most registers: label loads and the hash) for fp32 and bf16 (fp16 is bf16's code but
+                # for the conversions), sparse labels with it for fp32.
+                if cfg["hashed"]:
+                    variants = ([{"HASHED": True}] if dtype != "fp16" else []) + (
+                        [{"SPARSE": True, "HASHED": True}] if dtype == "fp32" else [])
+                else:
+                    variants = [{"PACKED": False}] + ([{"PACKED": True}] if dtype == "fp32" else [])
+            elif kernel.startswith("sparse"):
+                variants = [{"HASHED": True}]
             for variant in variants:
                 for arch in arches:
                     jobs.append({"kernel": kernel, "dtype": dtype, "cfg": cfg, "variant": variant, "arch": arch})
@@ -84,8 +100,11 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
     from dualvae.kernels.dual_bce import _dual_bce_bwd_kernel, _dual_bce_fwd_kernel
     from dualvae.kernels.reparam_kl import _reparam_kl_bwd_kernel, _reparam_kl_fwd_kernel
 
+    from dualvae.kernels.dual_bce import _sparse_cols_kernel, _sparse_rows_kernel
+
     t = PTR[dtype]
-    blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}
+    blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}  # not "hashed"
+    hash_sig = {"mask_key": "i32", "mask_thr": "i64", "mask_off": "i32"}
     if kernel == "reparam_kl_fwd":
         sig = {"mu_ptr": t, "logvar_ptr": t, "eps_ptr": t, "z_ptr": t, "kl_ptr": "*fp32", "B": "i32", "D": "i32",
                "seed": "i64", "offset": "i64"}
@@ -102,26 +121,45 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
         ssig, sconst = _strides(names, unit=tuple(n for n in names.split() if n.endswith("_d") or n == "stride_dkl"))
         const = {"HAS_EPS": False, "NEED_DEPS": False, **blocks}
         fn = _reparam_kl_bwd_kernel
+    elif kernel == "sparse_rows":
+        sig = {"z_ptr": t, "u_ptr": t, "b_ptr": t, "idx_ptr": "*i32", "indptr_ptr": "*i64", "m_ptr": "*fp32",
+               "mr_ptr": "*i64", "loss_ptr": "*fp32", "dz_ptr": "*fp32", "D": "i32"}
+        names = "stride_z_b stride_z_d stride_u_n stride_u_d stride_b stride_m_b stride_m_n"
+        ssig, sconst = _strides(names, unit=("stride_z_d", "stride_u_d", "stride_b", "stride_m_n"))
+        ssig.update(hash_sig)
+        const = {"HAS_BIAS": True, "HAS_MASK": False, "HASHED": variant["HASHED"], "NEED_DZ": True, **blocks}
+        fn = _sparse_rows_kernel
+    elif kernel == "sparse_cols":
+        sig = {"z_ptr": t, "colptr_ptr": "*i64", "crow_ptr": "*i64", "m_ptr": "*fp32", "mr_ptr": "*i64",
+               "gscale_ptr": "*fp32", "du_ptr": "*fp32", "db_ptr": "*fp32", "D": "i32"}
+        names = "stride_z_b stride_z_d stride_m_b stride_m_n stride_g"
+        ssig, sconst = _strides(names, unit=("stride_z_d", "stride_m_n"))
+        ssig.update(hash_sig)
+        const = {"HAS_MASK": False, "HASHED": variant["HASHED"], "NEED_DB": True, **blocks}
+        fn = _sparse_cols_kernel
     else:
-        packed = variant["PACKED"]
+        packed = variant.get("PACKED", False)
+        sparse = variant.get("SPARSE", False)
+        hashed = variant.get("HASHED", False)
         lab = "*i32" if packed else "*fp32"
-        common = {"z_ptr": t, "u_ptr": t, "b_ptr": t, "y_ptr": lab, "m_ptr": lab}
+        common = {"z_ptr": t, "u_ptr": t, "b_ptr": t, "y_ptr": lab, "m_ptr": lab, "mr_ptr": "*i64"}
         names = "stride_z_b stride_z_d stride_u_n stride_u_d stride_b stride_y_b stride_y_n stride_m_b stride_m_n"
         unit = ("stride_z_d", "stride_u_d", "stride_b", "stride_y_n", "stride_m_n")
+        flags = {"HAS_BIAS": True, "HAS_MASK": not (packed or hashed), "MASK_LIKE_Y": True, "PACKED": packed,
+                 "SPARSE": sparse, "HASHED": hashed}
         if kernel == "dual_bce_fwd":
             sig = {**common, "loss_ptr": "*fp32", "cnt_ptr": "*fp32", "dz_ptr": "*fp32", "bad_ptr": "*i32",
                    "B": "i32", "N": "i32", "D": "i32", "n_per_split": "i32"}
-            const = {"HAS_BIAS": True, "HAS_MASK": not packed, "MASK_LIKE_Y": True, "PACKED": packed,
-                     "NEED_DZ": True}
+            const = {**flags, "NEED_DZ": True}
             fn = _dual_bce_fwd_kernel
         else:
             sig = {**common, "gscale_ptr": "*fp32", "du_ptr": "*fp32", "db_ptr": "*fp32", "B": "i32", "N": "i32",
                    "D": "i32", "b_per_split": "i32"}
             names += " stride_g"  # a scalar upstream gradient is read expanded, stride 0: not specialised
-            const = {"HAS_BIAS": True, "HAS_MASK": not packed, "MASK_LIKE_Y": True, "PACKED": packed,
-                     "NEED_DB": True}
+            const = {**flags, "NEED_DB": True}
             fn = _dual_bce_bwd_kernel
         ssig, sconst = _strides(names, unit)
+        ssig.update(hash_sig)
         const.update({"PRECISION": "tf32x3" if dtype == "fp32" else "ieee", **blocks})
     sig.update(ssig)
     const.update(sconst)
@@ -175,7 +213,7 @@ def _fmt_cfg(row: dict) -> str:
     parts = [f"{k.removeprefix('BLOCK_')}={v}" for k, v in c.items() if k.startswith("BLOCK_")]
     parts += ["K-loop"] if c.get("ONE_K") is False else []
     parts += [f"w{c['num_warps']}"] + ([f"s{c['num_stages']}"] if "num_stages" in c else [])
-    parts += ["packed"] if row["variant"].get("PACKED") else []
+    parts += [name.lower() for name in ("PACKED", "SPARSE", "HASHED") if row["variant"].get(name)]
     return " ".join(parts)
 
 
@@ -183,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dualvae.kernels.compile_check", description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="80,90", help="comma-separated SM versions (default 80,90)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    parser.add_argument("--only", default="", help="compile only the rows whose kernel name or variant "
+                                                   "contains this word (e.g. sparse, hashed)")
     args = parser.parse_args(argv)
     arches = [int(a) for a in args.arch.split(",")]
-    jobs = _jobs(arches)
+    jobs = [j for j in _jobs(arches) if not args.only or args.only in j["kernel"]
+            or args.only.upper() in {k for k, v in j["variant"].items() if v}]
     start = time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:

@@ -21,8 +21,22 @@ per-row scale inside the sum, so the backward recomputes the tile GEMM: 4 tile G
 all reductions and for forward-only (eval) calls with a single GEMM.
 
 Labels come as (y, mask) of any float/bool-as-uint8/uint8 dtype and any strides, or packed: 2 bits per entry,
-16 entries per int32 word, bit 0 the label and bit 1 "observed" (`labels.pack_labels`). The kernels run on CUDA
-tensors, and on CPU tensors under TRITON_INTERPRET=1; autograd and registration live in `ops.py`.
+16 entries per int32 word, bit 0 the label and bit 1 "observed" (`labels.pack_labels`), or sparse: the CSR
+positives (`labels.SparseLabels`). The mask may instead be hashed (`labels.HashedMask`): each tile computes its
+weights from (key, threshold, the batch's global rows, the label offset) in uint32 arithmetic, bit for bit
+`reference.hashed_observed`, so no (B, n) mask is read or formed.
+
+Sparse labels: the tiles take y = 0 (no label loads), so they make sum w softplus(L) and w sigmoid(L); the
+positives, y = 1, subtract w L from the loss and w from the residual. That correction is a sparse term:
+loss_b -= sum_{j in pos(b)} w_bj L_bj, the positives' logits as indexed dot products z_b . u_j + b_j (as Cut
+Cross-Entropy computes the target logit); dz_b -= sum_{j in pos(b)} w_bj u_j (one program per CSR row: row
+ownership); dU_j -= sum_{b: j in pos(b)} gscale_b w_bj z_b and db_j likewise (one program per column of a CSC
+order that a stable sort makes once in the forward: column ownership). No atomics; every sum has an order fixed
+by the labels, so results are deterministic. Extra bytes: the nnz indices and, for the backward, the CSC order
+(n + 1 + nnz int64).
+
+The kernels run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1; autograd and registration live in
+`ops.py`.
 """
 from __future__ import annotations
 
@@ -38,12 +52,44 @@ _sum_combine = tl.standard._sum_combine
 
 
 @jit
-def _labels_tile(y_ptr, m_ptr, rows, cols, ok, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
-                 PACKED: tl.constexpr, HAS_MASK: tl.constexpr, MASK_LIKE_Y: tl.constexpr):
+def _fmix32(x):
+    """MurmurHash3's 32-bit finalizer of uint32 x (`reference.fmix32`); the constants are uint32, so the
+    products wrap mod 2**32."""
+    x = x ^ (x >> 16)
+    x = x * 0x85EBCA6B
+    x = x ^ (x >> 13)
+    x = x * 0xC2B2AE35
+    return x ^ (x >> 16)
+
+
+@jit
+def _mask_row_key(mask_key, grows):
+    """fmix32(key + r * 0x9E3779B1) of global rows r (an int tensor in [0, 2**31)); mask_key is the uint32 key's
+    int32 bit pattern (`reference.mask_row_keys`)."""
+    return _fmix32(grows.to(tl.uint32) * 0x9E3779B1 + mask_key.to(tl.uint32, bitcast=True))
+
+
+@jit
+def _hash_observed(row_key, lcols, mask_thr, mask_off):
+    """Whether entries (row_key's rows, label mask_off + lcols) are observed: fmix32(row_key ^ j * 0x85EBCA77)
+    >= mask_thr (`reference.hashed_observed`). The threshold can be 2**32 (nothing observed): the entries are
+    compared in uint32 with it clamped to 2**32 - 1, and a scalar says whether it was."""
+    gcols = lcols.to(tl.uint32) + mask_off.to(tl.uint32)
+    h = _fmix32(row_key ^ (gcols * 0x85EBCA77))
+    thr = mask_thr.to(tl.int64)
+    return (h >= tl.minimum(thr, 0xFFFFFFFF).to(tl.uint32)) & (thr <= 0xFFFFFFFF)
+
+
+@jit
+def _labels_tile(y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, ok, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+                 mask_key, mask_thr, mask_off,
+                 PACKED: tl.constexpr, SPARSE: tl.constexpr, HAS_MASK: tl.constexpr, HASHED: tl.constexpr,
+                 MASK_LIKE_Y: tl.constexpr):
     """(y, w) fp32 tiles for entries (rows, cols); w = 0 outside the matrix and where the label is missing.
-    Packed labels: y_ptr holds the words and stride_y_n steps from one word to the next. MASK_LIKE_Y: the mask
-    has y's strides, so one offset tile serves both loads (a second (BLOCK_B, BLOCK_N) int64 tile spills
-    registers at bf16, d = 16)."""
+    Packed labels: y_ptr holds the words and stride_y_n steps from one word to the next. Sparse labels: y = 0
+    here (nothing is loaded), the positives are corrected by the sparse kernels. HASHED: w is the hash of
+    (mask_rows[row], mask_off + col), computed here. MASK_LIKE_Y: the mask has y's strides, so one offset tile
+    serves both loads (a second (BLOCK_B, BLOCK_N) int64 tile spills registers at bf16, d = 16)."""
     r64 = rows[:, None].to(tl.int64)
     if PACKED:
         word = tl.load(y_ptr + r64 * stride_y_b + (cols[None, :] // 16).to(tl.int64) * stride_y_n, mask=ok,
@@ -52,10 +98,16 @@ def _labels_tile(y_ptr, m_ptr, rows, cols, ok, stride_y_b, stride_y_n, stride_m_
         y = (code & 1).to(tl.float32)
         w = tl.where(ok, ((code >> 1) & 1).to(tl.float32), 0.0)
     else:
-        y_off = r64 * stride_y_b + cols[None, :].to(tl.int64) * stride_y_n
-        y = tl.load(y_ptr + y_off, mask=ok, other=0).to(tl.float32)
-        if HAS_MASK:
-            if MASK_LIKE_Y:
+        if SPARSE:
+            y = tl.where(ok, 0.0, 0.0)
+        else:
+            y_off = r64 * stride_y_b + cols[None, :].to(tl.int64) * stride_y_n
+            y = tl.load(y_ptr + y_off, mask=ok, other=0).to(tl.float32)
+        if HASHED:
+            row_key = _mask_row_key(mask_key, tl.load(mr_ptr + r64, mask=row_ok[:, None], other=0))
+            w = tl.where(ok & _hash_observed(row_key, cols[None, :], mask_thr, mask_off), 1.0, 0.0)
+        elif HAS_MASK:
+            if MASK_LIKE_Y and not SPARSE:
                 m_off = y_off
             else:
                 m_off = r64 * stride_m_b + cols[None, :].to(tl.int64) * stride_m_n
@@ -105,32 +157,35 @@ def _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_t
 
 
 @jit
-def _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
+def _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
           stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+          mask_key, mask_thr, mask_off,
           HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, MASK_LIKE_Y: tl.constexpr, PACKED: tl.constexpr,
-          ONE_K: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr):
+          SPARSE: tl.constexpr, HASHED: tl.constexpr, ONE_K: tl.constexpr, PRECISION: tl.constexpr,
+          BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One (rows x cols) tile as both kernels see it: (fp32 logits, labels y, weights w, in-bounds ok)."""
     logits = _logits_tile(z_ptr, u_ptr, b_ptr, rows, cols, row_ok, col_ok, D, z_tile, u_tile,
                           stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
                           HAS_BIAS, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
     ok = row_ok[:, None] & col_ok[None, :]
-    y, w = _labels_tile(y_ptr, m_ptr, rows, cols, ok, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
-                        PACKED, HAS_MASK, MASK_LIKE_Y)
+    y, w = _labels_tile(y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, ok, stride_y_b, stride_y_n, stride_m_b,
+                        stride_m_n, mask_key, mask_thr, mask_off, PACKED, SPARSE, HAS_MASK, HASHED, MASK_LIKE_Y)
     return logits, y, w, ok
 
 
-@jit
+@jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
 def _dual_bce_fwd_kernel(
     # Pointers
-    z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, loss_ptr, cnt_ptr, dz_ptr, bad_ptr,
+    z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, mr_ptr, loss_ptr, cnt_ptr, dz_ptr, bad_ptr,
     # Sizes
     B, N, D, n_per_split,
     # Strides of the inputs (the partial-sum outputs are contiguous)
     stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
+    # The hashed mask: key (int32 bit pattern), threshold, label offset
+    mask_key, mask_thr, mask_off,
     # Meta-parameters
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, MASK_LIKE_Y: tl.constexpr, PACKED: tl.constexpr,
-    NEED_DZ: tl.constexpr,
+    SPARSE: tl.constexpr, HASHED: tl.constexpr, NEED_DZ: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ONE_K: tl.constexpr,
 ):
@@ -163,11 +218,12 @@ def _dual_bce_fwd_kernel(
         col_ok = cols < n_hi
         u = tl.load(u_ptr + cols[:, None].to(tl.int64) * stride_u_n + d64 * stride_u_d,
                     mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-        logits, y, w, ok = _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, rows, cols, row_ok, col_ok, D, z, u,
+        logits, y, w, ok = _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, col_ok, D, z, u,
                                  stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
-                                 stride_y_b, stride_y_n, stride_m_b, stride_m_n,
-                                 HAS_BIAS, HAS_MASK, MASK_LIKE_Y, PACKED, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
-        if not PACKED:
+                                 stride_y_b, stride_y_n, stride_m_b, stride_m_n, mask_key, mask_thr, mask_off,
+                                 HAS_BIAS, HAS_MASK, MASK_LIKE_Y, PACKED, SPARSE, HASHED, ONE_K, PRECISION,
+                                 BLOCK_B, BLOCK_N, BLOCK_K)
+        if not PACKED and not SPARSE:
             bad += tl.reduce(tl.where(ok & (y != 0.0) & (y != 1.0), 1, 0), 1, _sum_combine)
         bce, resid = _bce_terms(logits, y)
         loss += tl.reduce(w * bce, 1, _sum_combine)
@@ -178,24 +234,26 @@ def _dual_bce_fwd_kernel(
     if pid_d == 0:
         tl.store(loss_ptr + out, loss, mask=row_ok)
         tl.store(cnt_ptr + out, cnt, mask=row_ok)
-        if not PACKED:
+        if not PACKED and not SPARSE:
             tl.store(bad_ptr + out, bad, mask=row_ok)
     if NEED_DZ:
         tl.store(dz_ptr + out[:, None] * D + dcols[None, :], dz, mask=row_ok[:, None] & d_ok[None, :])
 
 
-@jit
+@jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
 def _dual_bce_bwd_kernel(
     # Pointers
-    z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, gscale_ptr, du_ptr, db_ptr,
+    z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, mr_ptr, gscale_ptr, du_ptr, db_ptr,
     # Sizes
     B, N, D, b_per_split,
     # Strides of the inputs (the partial-sum outputs are contiguous)
     stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_y_b, stride_y_n, stride_m_b, stride_m_n,
     stride_g,
+    # The hashed mask: key (int32 bit pattern), threshold, label offset
+    mask_key, mask_thr, mask_off,
     # Meta-parameters
     HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, MASK_LIKE_Y: tl.constexpr, PACKED: tl.constexpr,
-    NEED_DB: tl.constexpr,
+    SPARSE: tl.constexpr, HASHED: tl.constexpr, NEED_DB: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ONE_K: tl.constexpr,
 ):
@@ -224,10 +282,11 @@ def _dual_bce_bwd_kernel(
         row_ok = rows < b_hi
         z = tl.load(z_ptr + rows[:, None].to(tl.int64) * stride_z_b + d64 * stride_z_d,
                     mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        logits, y, w, ok = _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, rows, cols, row_ok, col_ok, D, z, u,
+        logits, y, w, ok = _tile(z_ptr, u_ptr, b_ptr, y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, col_ok, D, z, u,
                                  stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b,
-                                 stride_y_b, stride_y_n, stride_m_b, stride_m_n,
-                                 HAS_BIAS, HAS_MASK, MASK_LIKE_Y, PACKED, ONE_K, PRECISION, BLOCK_B, BLOCK_N, BLOCK_K)
+                                 stride_y_b, stride_y_n, stride_m_b, stride_m_n, mask_key, mask_thr, mask_off,
+                                 HAS_BIAS, HAS_MASK, MASK_LIKE_Y, PACKED, SPARSE, HASHED, ONE_K, PRECISION,
+                                 BLOCK_B, BLOCK_N, BLOCK_K)
         _, resid = _bce_terms(logits, y)
         gs = tl.load(gscale_ptr + rows.to(tl.int64) * stride_g, mask=row_ok, other=0.0).to(tl.float32)
         g = w * resid * gs[:, None]
@@ -241,18 +300,135 @@ def _dual_bce_bwd_kernel(
             tl.store(db_ptr + out, db, mask=col_ok)
 
 
+@jit
+def _positive_weight(m_ptr, mr_ptr, r64, j64, ok, stride_m_b, stride_m_n, mask_key, mask_thr, mask_off,
+                     HAS_MASK: tl.constexpr, HASHED: tl.constexpr):
+    """The observed weight w of positives (r64, j64) (int64 vectors), 0 where not ok: 1, the dense mask's value,
+    or the hash."""
+    if HASHED:
+        row_key = _mask_row_key(mask_key, tl.load(mr_ptr + r64, mask=ok, other=0))
+        w = tl.where(ok & _hash_observed(row_key, j64, mask_thr, mask_off), 1.0, 0.0)
+    elif HAS_MASK:
+        w = tl.load(m_ptr + r64 * stride_m_b + j64 * stride_m_n, mask=ok, other=0).to(tl.float32)
+    else:
+        w = tl.where(ok, 1.0, 0.0)
+    return w
+
+
+@jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
+def _sparse_rows_kernel(
+    z_ptr, u_ptr, b_ptr, idx_ptr, indptr_ptr, m_ptr, mr_ptr, loss_ptr, dz_ptr,
+    D,
+    stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_m_b, stride_m_n,
+    mask_key, mask_thr, mask_off,
+    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HASHED: tl.constexpr, NEED_DZ: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The positives' correction of row b (one program per CSR row, which alone writes loss[b] and dz[b]):
+    loss_b -= sum_{j in pos(b)} w_bj L_bj with L_bj = z_b . u_j + b_j (indexed dot products), and
+    dz_b -= sum_{j in pos(b)} w_bj u_j. The dense tiles took y = 0 there; y = 1 subtracts w L from the BCE and
+    w from sigmoid(L) - y. loss (B,) and dz (B, d) are the reduced fp32 outputs, updated in place."""
+    row = tl.program_id(0).to(tl.int64)
+    lo = tl.load(indptr_ptr + row)
+    hi = tl.load(indptr_ptr + row + 1)
+    acc = tl.full([BLOCK_P], 0, dtype=tl.float32)
+    for p0 in range(lo, hi, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        ok = ps < hi
+        j = tl.load(idx_ptr + ps, mask=ok, other=0).to(tl.int64)
+        w = _positive_weight(m_ptr, mr_ptr, j * 0 + row, j, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
+                             mask_off, HAS_MASK, HASHED)
+        logit = tl.full([BLOCK_P], 0, dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < D
+            k64 = ks.to(tl.int64)
+            zk = tl.load(z_ptr + row * stride_z_b + k64 * stride_z_d, mask=k_ok, other=0.0).to(tl.float32)
+            uk = tl.load(u_ptr + j[:, None] * stride_u_n + k64[None, :] * stride_u_d,
+                         mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            logit += tl.reduce(uk * zk[None, :], 1, _sum_combine)
+        if HAS_BIAS:
+            logit += tl.load(b_ptr + j * stride_b, mask=ok, other=0.0).to(tl.float32)
+        acc += w * logit
+    tl.store(loss_ptr + row, tl.load(loss_ptr + row) - tl.reduce(acc, 0, _sum_combine))
+    if NEED_DZ:
+        for k0 in range(0, D, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            k_ok = ks < D
+            k64 = ks.to(tl.int64)
+            g = tl.full([BLOCK_K], 0, dtype=tl.float32)
+            for p0 in range(lo, hi, BLOCK_P):
+                ps = p0 + tl.arange(0, BLOCK_P)
+                ok = ps < hi
+                j = tl.load(idx_ptr + ps, mask=ok, other=0).to(tl.int64)
+                w = _positive_weight(m_ptr, mr_ptr, j * 0 + row, j, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
+                                     mask_off, HAS_MASK, HASHED)
+                uk = tl.load(u_ptr + j[:, None] * stride_u_n + k64[None, :] * stride_u_d,
+                             mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+                g += tl.reduce(w[:, None] * uk, 0, _sum_combine)
+            dz_row = dz_ptr + row * D + k64
+            tl.store(dz_row, tl.load(dz_row, mask=k_ok, other=0.0) - g, mask=k_ok)
+
+
+@jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
+def _sparse_cols_kernel(
+    z_ptr, colptr_ptr, crow_ptr, m_ptr, mr_ptr, gscale_ptr, du_ptr, db_ptr,
+    D,
+    stride_z_b, stride_z_d, stride_m_b, stride_m_n, stride_g,
+    mask_key, mask_thr, mask_off,
+    HAS_MASK: tl.constexpr, HASHED: tl.constexpr, NEED_DB: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """The positives' correction of column j (one program per column of the CSC order, which alone writes
+    dU[j] and db[j]): dU_j -= sum_{b: j in pos(b)} gscale_b w_bj z_b and db_j -= sum gscale_b w_bj, the rows
+    of column j in increasing order (colptr (n + 1,), crow the rows in CSC order). dU (n, d) and db (n,) are
+    the reduced fp32 outputs, updated in place."""
+    col = tl.program_id(0).to(tl.int64)
+    lo = tl.load(colptr_ptr + col)
+    hi = tl.load(colptr_ptr + col + 1)
+    if NEED_DB:
+        acc = tl.full([BLOCK_P], 0, dtype=tl.float32)
+        for p0 in range(lo, hi, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            ok = ps < hi
+            r = tl.load(crow_ptr + ps, mask=ok, other=0)
+            w = _positive_weight(m_ptr, mr_ptr, r, r * 0 + col, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
+                                 mask_off, HAS_MASK, HASHED)
+            acc += w * tl.load(gscale_ptr + r * stride_g, mask=ok, other=0.0).to(tl.float32)
+        tl.store(db_ptr + col, tl.load(db_ptr + col) - tl.reduce(acc, 0, _sum_combine))
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < D
+        k64 = ks.to(tl.int64)
+        g = tl.full([BLOCK_K], 0, dtype=tl.float32)
+        for p0 in range(lo, hi, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            ok = ps < hi
+            r = tl.load(crow_ptr + ps, mask=ok, other=0)
+            w = _positive_weight(m_ptr, mr_ptr, r, r * 0 + col, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
+                                 mask_off, HAS_MASK, HASHED)
+            gw = w * tl.load(gscale_ptr + r * stride_g, mask=ok, other=0.0).to(tl.float32)
+            zk = tl.load(z_ptr + r[:, None] * stride_z_b + k64[None, :] * stride_z_d,
+                         mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            g += tl.reduce(gw[:, None] * zk, 0, _sum_combine)
+        du_row = du_ptr + col * D + k64
+        tl.store(du_row, tl.load(du_row, mask=k_ok, other=0.0) - g, mask=k_ok)
+
+
 def _sm_count(device) -> int:
     if device.type != "cuda":
         return 1
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool | None = None) -> dict:
+def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool | None = None,
+                    hashed: bool = False) -> dict:
     """Tile shape for the dual_bce kernels: BLOCK_B rows of z x BLOCK_N rows of U per tile, the d axis in BLOCK_K
     chunks (one chunk when d <= BLOCK_K; else the logits walk the chunks and the grid gets a chunk axis for the
     dz/dU accumulators). Chosen so the fp32 accumulators and the three-pass TF32 operands of fp32 fit the
     register file without spills: compile_check proves it for every entry of gpu_configs().
-    interpret: the interpreter's small tiles (default: whether TRITON_INTERPRET asks for it now)."""
+    interpret: the interpreter's small tiles (default: whether TRITON_INTERPRET asks for it now). hashed: the
+    tiles compute a hashed mask (a few more registers per entry)."""
     dp = max(16, triton.next_power_of_2(D))
     if interpreting() if interpret is None else interpret:
         return {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_K": min(dp, 32), "num_warps": 4, "num_stages": 1}
@@ -263,8 +439,10 @@ def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool 
         if dp == 128:
             return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
         return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}
-    if dp <= 128:
+    if dp < 128 or (dp == 128 and not hashed):
         return {"BLOCK_B": 64, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 8, "num_stages": 2}
+    if dp == 128:  # (ptxas holds the hashed backward at 128 registers with two stages and spills on sm_80)
+        return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 1}
     return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
 
 
@@ -283,20 +461,102 @@ def _splits(blocks: int, work: int, block: int, device, per_split_bytes: int, ov
     return max(1, min(want, triton.cdiv(work, block), cap))
 
 
-def _label_args(labels, mask):
-    """(y, mask) pointers and their four strides; a missing mask is an unread stand-in."""
-    m = mask if mask is not None else labels
-    return labels, m, (*labels.stride(), *m.stride())
+LABEL_KINDS = ("dense", "packed", "sparse")
 
 
-def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, splits: int | None = None):
+def _signed32(x: int) -> int:
+    """A uint32 as the int32 with its bits: a kernel argument of one type (i32) whatever its value."""
+    return x - 2**32 if x >= 2**31 else x
+
+
+def _label_args(z, labels, mask, label_kind, mask_rows, mask_key, mask_threshold, mask_col_offset):
+    """The label and mask arguments of the dense kernels: (y, mask, mask_rows) pointers (unread stand-ins
+    where absent), the four label strides, and the hashed mask's three scalars."""
+    if label_kind == "sparse":  # the dense tiles load no labels
+        y = mask if mask is not None else z
+        y_strides = (0, 0)
+    else:
+        y, y_strides = labels, labels.stride()
+    m = mask if mask is not None else y
+    m_strides = mask.stride() if mask is not None else y_strides
+    rows = mask_rows if mask_rows is not None else z
+    return (y, m, rows, (*y_strides, *m_strides),
+            (_signed32(mask_key), mask_threshold, mask_col_offset))
+
+
+def _label_flags(labels, mask, label_kind, mask_rows) -> dict:
+    return {"HAS_MASK": mask is not None, "PACKED": label_kind == "packed", "SPARSE": label_kind == "sparse",
+            "HASHED": mask_rows is not None,
+            "MASK_LIKE_Y": mask is None or (label_kind == "dense" and mask.stride() == labels.stride())}
+
+
+def sparse_config(D: int, interpret: bool | None = None) -> dict:
+    """Block shape of the sparse correction kernels: BLOCK_P positives at a time, d in BLOCK_K chunks."""
+    dp = max(16, triton.next_power_of_2(D))
+    if interpreting() if interpret is None else interpret:
+        return {"BLOCK_P": 16, "BLOCK_K": min(dp, 32), "num_warps": 4}
+    return {"BLOCK_P": 16, "BLOCK_K": min(dp, 64), "num_warps": 4}
+
+
+def sparse_csc(indptr, indices, n: int):
+    """The CSC order of CSR positives: (colptr (n + 1,) int64, the rows (nnz,) int64 in column order, each
+    column's rows increasing). A stable sort by column keeps the row-major order within a column, so the
+    correction sums in an order fixed by the labels alone."""
+    B = indptr.shape[0] - 1
+    nnz = indices.shape[0]
+    rows = torch.repeat_interleave(torch.arange(B, device=indptr.device), indptr[1:] - indptr[:-1],
+                                   output_size=nnz)
+    cols = indices.to(torch.int64)
+    order = torch.sort(cols, stable=True)
+    colptr = torch.searchsorted(order.values, torch.arange(n + 1, device=indptr.device))
+    return colptr, rows[order.indices]
+
+
+def _sparse_rows(z, U, bias, indices, indptr, mask, mask_rows, mask_args, loss, dz):
+    """Subtracts the positives' terms from the dense tiles' per-row loss and dz (in place)."""
+    B, D = z.shape
+    cfg = sparse_config(D)
+    m = mask if mask is not None else z
+    with on_device_of(z):
+        _sparse_rows_kernel[(B,)](
+            z, U, bias if bias is not None else z, indices, indptr, m,
+            mask_rows if mask_rows is not None else z, loss, dz if dz is not None else loss,
+            D, *z.stride(), *U.stride(), bias.stride(0) if bias is not None else 0,
+            *(mask.stride() if mask is not None else (0, 0)), *mask_args,
+            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, HASHED=mask_rows is not None,
+            NEED_DZ=dz is not None, BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
+            **LAUNCH_OPTIONS,
+        )
+
+
+def _sparse_cols(gscale, z, colptr, crows, mask, mask_rows, mask_args, du, db):
+    """Subtracts the positives' terms from the dense tiles' dU and db (in place)."""
+    n = colptr.shape[0] - 1
+    D = z.shape[1]
+    cfg = sparse_config(D)
+    m = mask if mask is not None else z
+    with on_device_of(z):
+        _sparse_cols_kernel[(n,)](
+            z, colptr, crows, m, mask_rows if mask_rows is not None else z, gscale, du,
+            db if db is not None else du,
+            D, *z.stride(), *(mask.stride() if mask is not None else (0, 0)), gscale.stride(0), *mask_args,
+            HAS_MASK=mask is not None, HASHED=mask_rows is not None, NEED_DB=db is not None,
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS,
+        )
+
+
+def dual_bce_fwd(z, U, labels, mask, bias, n: int, label_kind: str, need_dz: bool, *, indptr=None,
+                 mask_rows=None, mask_key: int = 0, mask_threshold: int = 0, mask_col_offset: int = 0,
+                 splits: int | None = None):
     """(per-row loss (B,) fp32, observed count per row (B,) fp32, unscaled dz (B, d) fp32 or None,
-    number of labels outside {0, 1} (a 0-d int64 tensor on z's device, 0 for packed labels): a tensor, so
-    that reading it back to the host is the caller's choice).
-    labels: (B, n) y or, packed, (B, ceil(n / 16)) int32 words; any strides. splits: force S (tests)."""
+    number of labels outside {0, 1} (a 0-d int64 tensor on z's device, 0 for packed and sparse labels): a
+    tensor, so that reading it back to the host is the caller's choice).
+    labels: label_kind "dense": (B, n) y; "packed": (B, ceil(n / 16)) int32 words; "sparse": the (nnz,) int32 or
+    int64 indices of the CSR positives, with indptr (B + 1,) int64. Any strides. mask: None or (B, n); mask_rows
+    (B,) int64: the hashed mask of (mask_key, mask_threshold, mask_col_offset) instead. splits: force S (tests)."""
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype)
+    cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
     S = _splits(triton.cdiv(B, cfg["BLOCK_B"]), n, cfg["BLOCK_N"], dev, B * D * 4 if need_dz else B * 8, splits)
     n_per_split = triton.cdiv(triton.cdiv(max(n, 1), S), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     S = triton.cdiv(max(n, 1), n_per_split)
@@ -304,17 +564,17 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, 
     cnt = torch.empty(S, B, dtype=torch.float32, device=dev)
     bad = torch.zeros(S, B, dtype=torch.int32, device=dev)
     dz = torch.empty(S, B, D, dtype=torch.float32, device=dev) if need_dz else None
+    y_arg, m_arg, r_arg, label_strides, mask_args = _label_args(z, labels, mask, label_kind, mask_rows, mask_key,
+                                                                mask_threshold, mask_col_offset)
     if B and n:
-        y_arg, m_arg, label_strides = _label_args(labels, mask)
         b_arg = bias if bias is not None else z
         grid = (triton.cdiv(B, cfg["BLOCK_B"]), S, triton.cdiv(D, cfg["BLOCK_K"]))
         with on_device_of(z):
             _dual_bce_fwd_kernel[grid](
-                z, U, b_arg, y_arg, m_arg, loss, cnt, dz if need_dz else loss, bad,
+                z, U, b_arg, y_arg, m_arg, r_arg, loss, cnt, dz if need_dz else loss, bad,
                 B, n, D, n_per_split,
-                *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *label_strides,
-                HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-                MASK_LIKE_Y=mask is None or mask.stride() == labels.stride(), PACKED=packed,
+                *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *label_strides, *mask_args,
+                HAS_BIAS=bias is not None, **_label_flags(labels, mask, label_kind, mask_rows),
                 NEED_DZ=need_dz,
                 PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
                 BLOCK_K=cfg["BLOCK_K"], ONE_K=D <= cfg["BLOCK_K"],
@@ -325,32 +585,38 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, packed: bool, need_dz: bool, 
         cnt.zero_()
         if need_dz:
             dz.zero_()
-    return loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None), bad.sum()
+    loss, cnt, dz = loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None)
+    if label_kind == "sparse" and labels.shape[0] and B and n:
+        _sparse_rows(z, U, bias, labels, indptr, mask, mask_rows, mask_args, loss, dz)
+    return loss, cnt, dz, bad.sum()
 
 
-def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, packed: bool, need_db: bool, splits: int | None = None):
+def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, label_kind: str, need_db: bool, *, indptr=None,
+                 mask_rows=None, mask_key: int = 0, mask_threshold: int = 0, mask_col_offset: int = 0, csc=None,
+                 splits: int | None = None):
     """(dU (n, d) fp32, db (n,) fp32 or None) for per-row upstream scales gscale (B,) of any float dtype and
-    stride (a scalar expanded to (B,) is read in place)."""
+    stride (a scalar expanded to (B,) is read in place). Labels and mask as for dual_bce_fwd; csc: sparse_csc's
+    (colptr, rows) of sparse labels, made here when not given."""
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype)
+    cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
     S = _splits(triton.cdiv(n, cfg["BLOCK_N"]), B, cfg["BLOCK_B"], dev, n * D * 4, splits)
     b_per_split = triton.cdiv(triton.cdiv(max(B, 1), S), cfg["BLOCK_B"]) * cfg["BLOCK_B"]
     S = triton.cdiv(max(B, 1), b_per_split)
     du = torch.empty(S, n, D, dtype=torch.float32, device=dev)
     db = torch.empty(S, n, dtype=torch.float32, device=dev) if need_db else None
+    y_arg, m_arg, r_arg, label_strides, mask_args = _label_args(z, labels, mask, label_kind, mask_rows, mask_key,
+                                                                mask_threshold, mask_col_offset)
     if B and n:
-        y_arg, m_arg, label_strides = _label_args(labels, mask)
         b_arg = bias if bias is not None else z
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), S, triton.cdiv(D, cfg["BLOCK_K"]))
         with on_device_of(z):
             _dual_bce_bwd_kernel[grid](
-                z, U, b_arg, y_arg, m_arg, gscale, du, db if need_db else du,
+                z, U, b_arg, y_arg, m_arg, r_arg, gscale, du, db if need_db else du,
                 B, n, D, b_per_split,
                 *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *label_strides,
-                gscale.stride(0),
-                HAS_BIAS=bias is not None, HAS_MASK=mask is not None,
-                MASK_LIKE_Y=mask is None or mask.stride() == labels.stride(), PACKED=packed,
+                gscale.stride(0), *mask_args,
+                HAS_BIAS=bias is not None, **_label_flags(labels, mask, label_kind, mask_rows),
                 NEED_DB=need_db,
                 PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
                 BLOCK_K=cfg["BLOCK_K"], ONE_K=D <= cfg["BLOCK_K"],
@@ -360,5 +626,8 @@ def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, packed: bool, need_db
         du.zero_()
         if need_db:
             db.zero_()
-    return du.sum(0), (db.sum(0) if need_db else None)
-
+    du, db = du.sum(0), (db.sum(0) if need_db else None)
+    if label_kind == "sparse" and labels.shape[0] and B and n:
+        colptr, crows = csc if csc is not None else sparse_csc(indptr, labels, n)
+        _sparse_cols(gscale, z, colptr, crows, mask, mask_rows, mask_args, du, db)
+    return du, db

@@ -193,7 +193,8 @@ class HashedMask:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"{op}: missing_ratio must be in [0, 1], got {missing_ratio!r}")
         _check_index_tensor(op, "rows", rows, (torch.int64, torch.int32))
-        if isinstance(col_offset, bool) or not isinstance(col_offset, int) or not 0 <= col_offset <= reference.MASK_INDEX_MAX:
+        if (isinstance(col_offset, bool) or not isinstance(col_offset, int)
+                or not 0 <= col_offset <= reference.MASK_INDEX_MAX):
             raise ValueError(f"{op}: col_offset must be an int in [0, 2**31), got {col_offset!r}")
         if validate and rows.numel():
             lo, hi = int(rows.min()), int(rows.max())

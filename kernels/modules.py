@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .labels import PackedLabels
+from .labels import HashedMask, PackedLabels, SparseLabels
 from .ops import BACKENDS, Backend, dual_bce, reparameterize_kl
 from .reference import REDUCTIONS
 
@@ -25,9 +25,10 @@ class DualHead(nn.Module):
     `weight` is the dual matrix U, (num_labels, latent_dim), one dual vector u_i per label (nn.Linear's layout
     and name, so `logits` is F.linear); `bias` is b (num_labels,) or None. forward(z, y, mask) is
     `dual_bce(z, weight, y, mask, bias=bias, reduction=reduction, backend=backend)`: the fused backends never
-    form the B x num_labels logits, in the forward or the backward. y: (B, num_labels) labels in {0, 1} with an
-    optional mask (1 = observed), or a PackedLabels (then mask is None). The loss is float32 on the fused
-    backends. check_labels=False skips the label check (and its per-call host sync on CUDA).
+    form the B x num_labels logits, in the forward or the backward. y: (B, num_labels) labels in {0, 1}, a
+    PackedLabels (then mask is None) or a SparseLabels; mask: None, a (B, num_labels) tensor (1 = observed) or
+    a HashedMask. The loss is float32 on the fused backends. check_labels=False skips the label check (and its
+    per-call host sync on CUDA).
     """
 
     def __init__(self, latent_dim: int, num_labels: int, bias: bool = False, backend: str | Backend = "auto",
@@ -59,7 +60,8 @@ class DualHead(nn.Module):
             shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
             raise ValueError(f"DualHead: z has shape {shape}, expected (B, {self.latent_dim})")
 
-    def forward(self, z: Tensor, y: Tensor | PackedLabels, mask: Tensor | None = None) -> Tensor:
+    def forward(self, z: Tensor, y: Tensor | PackedLabels | SparseLabels,
+                mask: Tensor | HashedMask | None = None) -> Tensor:
         self._check_z(z)
         return dual_bce(z, self.weight, y, mask, bias=self.bias, reduction=self.reduction, backend=self.backend,
                         check_labels=self.check_labels)

@@ -20,6 +20,11 @@ Where dual_bce's gradients are computed: the Triton forward makes the loss and d
 the logit tiles for dU and db (no atomics, no (B-blocks x n x d) partials on a GPU). The C++ forward makes dU
 and db too when the upstream gradient is a scalar ("sum", "mean"): one pass over the tiles instead of two, 3
 GEMMs' worth of work instead of 4; its backward then only scales them. For "none" it recomputes like Triton.
+
+Labels reach the ops as label_kind "dense" (y), "packed" (PackedLabels' words) or "sparse" (SparseLabels'
+indices, with indptr); a HashedMask as mask_rows with its key, threshold and label offset (mask None). For
+sparse labels the Triton forward also returns the positives' CSC order (a stable sort, made once), which its
+backward reads for the column-owned dU/db correction.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import has_compiled_ops, reference
-from .labels import PackedLabels, describe as _describe
+from .labels import HashedMask, PackedLabels, SparseLabels, describe as _describe
 from .reference import REDUCTIONS, check_seed
 
 try:
@@ -72,7 +77,8 @@ if has_compiled_ops():  # fake implementations of the C++ ops, so they too trace
         return torch.empty_like(mu), torch.empty_like(mu), torch.empty_like(mu) if need_deps else mu.new_empty(0)
 
     @torch.library.register_fake("dualvae::dual_bce_cpu")
-    def _(z, U, labels, mask, bias, gscale, n, packed, need_loss, need_dz, need_dU, need_db):
+    def _(z, U, labels, mask, bias, gscale, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
+          mask_col_offset, need_loss, need_dz, need_dU, need_db):
         B, d = z.shape
         f32 = torch.float32
         return (z.new_empty((B,) if need_loss else (0,), dtype=f32), z.new_empty((), dtype=f32),
@@ -226,28 +232,41 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
 # ---------------------------------------------------------------------------------------------------------
 @torch.library.custom_op("dualvae::dual_bce", mutates_args=())
 def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
-                 packed: bool, reduction: str, need_dz: bool, grads_in_fwd: bool,
-                 backend: str, check_labels: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,), and with
-    grads_in_fwd (backend "cpu", reduction "sum"/"mean") unscaled dU (n, d) and db (n,) fp32, else (0,))."""
-    def empty():  # a new one each time: outputs of a custom op must not alias each other
-        return z.new_empty(0, dtype=torch.float32)
+                 label_kind: str, indptr: Optional[Tensor], mask_rows: Optional[Tensor], mask_key: int,
+                 mask_threshold: int, mask_col_offset: int, reduction: str, need_dz: bool, grads_in_fwd: bool,
+                 need_csc: bool, backend: str,
+                 check_labels: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,), with
+    grads_in_fwd (backend "cpu", reduction "sum"/"mean") unscaled dU (n, d) and db (n,) fp32, else (0,), and
+    with need_csc (backend "triton", sparse labels) their CSC order for the backward, colptr (n + 1,) and rows
+    (nnz,) int64, else (0,)).
+    label_kind: "dense" (labels = y (B, n)), "packed" (the words) or "sparse" (the CSR indices, with indptr).
+    mask_rows not None: the hashed mask of (mask_key, mask_threshold, mask_col_offset) over those rows."""
+    def empty(dtype=torch.float32):  # a new one each time: outputs of a custom op must not alias each other
+        return z.new_empty(0, dtype=dtype)
 
+    colptr, crows = empty(torch.int64), empty(torch.int64)
     if backend == "cpu":
         need_db = grads_in_fwd and bias is not None
         rows, count, bad, dz, dU, db = torch.ops.dualvae.dual_bce_cpu(
-            z, U, labels, mask, bias, None, n, packed, True, need_dz, grads_in_fwd, need_db)
+            z, U, labels, mask, bias, None, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
+            mask_col_offset, True, need_dz, grads_in_fwd, need_db)
     else:
-        rows, cnt, dz, bad = _bce_tl.dual_bce_fwd(z, U, labels, mask, bias, n, packed, need_dz)
+        rows, cnt, dz, bad = _bce_tl.dual_bce_fwd(z, U, labels, mask, bias, n, label_kind, need_dz, indptr=indptr,
+                                                  mask_rows=mask_rows, mask_key=mask_key,
+                                                  mask_threshold=mask_threshold, mask_col_offset=mask_col_offset)
         count, dU, db = cnt.sum(), empty(), empty()
+        if need_csc:
+            colptr, crows = _bce_tl.sparse_csc(indptr, labels, n)
     # The kernels count bad labels as they read them; the count is checked here, inside the op, so the check
     # holds under torch.compile too. On CUDA reading it is a host sync, and a sync cannot be recorded into a
     # CUDA graph (torch.compile mode="reduce-overhead"): so the check is skipped while a graph is captured,
     # and still runs in eager and in the warm-up runs made before capturing (replays run no Python at all).
     # check_labels=False drops the per-call sync for callers that validate their labels once. Not
     # torch._assert_async: a failed device-side assert leaves the CUDA context unusable and names no value.
-    # Packed labels were checked by pack_labels (the kernels count nothing for them), so they skip the read.
-    if check_labels and not packed and _may_read_back(z):
+    # Packed and sparse labels were checked when they were made (the kernels count nothing for them), so they
+    # skip the read.
+    if check_labels and label_kind == "dense" and _may_read_back(z):
         bad = int(bad)
         if bad:
             raise ValueError(f"dual_bce: y must hold labels in {{0, 1}}, got {bad} values outside it")
@@ -257,46 +276,62 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
         loss = rows.sum()
     else:
         loss = rows.sum() / count.clamp_min(1.0)
-    return loss, count, (dz if dz is not None and need_dz else empty()), dU, db
+    return loss, count, (dz if dz is not None and need_dz else empty()), dU, db, colptr, crows
 
 
 @_dual_bce_op.register_fake
-def _(z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend, check_labels):
+def _(z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold, mask_col_offset,
+      reduction, need_dz, grads_in_fwd, need_csc, backend, check_labels):
     B, d = z.shape
     f32 = torch.float32
     loss = z.new_empty(B if reduction == "none" else (), dtype=f32)
     dz = z.new_empty((B, d) if need_dz else (0,), dtype=f32)
     dU = z.new_empty((n, d) if grads_in_fwd else (0,), dtype=f32)
     db = z.new_empty((n,) if grads_in_fwd and bias is not None else (0,), dtype=f32)
-    return loss, z.new_empty((), dtype=f32), dz, dU, db
+    csc = need_csc and backend != "cpu"
+    colptr = z.new_empty((n + 1,) if csc else (0,), dtype=torch.int64)
+    crows = z.new_empty((labels.shape[0],) if csc else (0,), dtype=torch.int64)
+    return loss, z.new_empty((), dtype=f32), dz, dU, db, colptr, crows
 
 
 @torch.library.custom_op("dualvae::dual_bce_backward", mutates_args=())
 def _dual_bce_bwd_op(gscale: Tensor, z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor],
-                     bias: Optional[Tensor], n: int, packed: bool, need_db: bool,
+                     bias: Optional[Tensor], n: int, label_kind: str, indptr: Optional[Tensor],
+                     mask_rows: Optional[Tensor], mask_key: int, mask_threshold: int, mask_col_offset: int,
+                     colptr: Optional[Tensor], crows: Optional[Tensor], need_db: bool,
                      backend: str) -> tuple[Tensor, Tensor]:
-    """(dU fp32 (n, d), db fp32 (n,) or (0,)) for per-row upstream gradient scales gscale (B,)."""
+    """(dU fp32 (n, d), db fp32 (n,) or (0,)) for per-row upstream gradient scales gscale (B,). colptr, crows:
+    the forward's CSC order of sparse labels (backend "triton"; made here when None)."""
     if backend == "cpu":
-        _, _, _, _, du, db = torch.ops.dualvae.dual_bce_cpu(z, U, labels, mask, bias, gscale.contiguous().float(), n,
-                                                            packed, False, False, True, need_db)
+        _, _, _, _, du, db = torch.ops.dualvae.dual_bce_cpu(
+            z, U, labels, mask, bias, gscale.contiguous().float(), n, label_kind, indptr, mask_rows, mask_key,
+            mask_threshold, mask_col_offset, False, False, True, need_db)
         return du, db
-    du, db = _bce_tl.dual_bce_bwd(gscale, z, U, labels, mask, bias, n, packed, need_db)
+    csc = (colptr, crows) if colptr is not None and crows is not None else None
+    du, db = _bce_tl.dual_bce_bwd(gscale, z, U, labels, mask, bias, n, label_kind, need_db, indptr=indptr,
+                                  mask_rows=mask_rows, mask_key=mask_key, mask_threshold=mask_threshold,
+                                  mask_col_offset=mask_col_offset, csc=csc)
     return du, db if db is not None else z.new_empty(0, dtype=torch.float32)
 
 
 @_dual_bce_bwd_op.register_fake
-def _(gscale, z, U, labels, mask, bias, n, packed, need_db, backend):
+def _(gscale, z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
+      mask_col_offset, colptr, crows, need_db, backend):
     return U.new_empty(U.shape, dtype=torch.float32), U.new_empty((n,) if need_db else (0,), dtype=torch.float32)
 
 
 def _dual_bce_setup(ctx, inputs, output):
-    z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend, check_labels = inputs
-    _, count, dz, dU, db = output
+    (z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold, mask_col_offset,
+     reduction, need_dz, grads_in_fwd, need_csc, backend, check_labels) = inputs
+    _, count, dz, dU, db, colptr, crows = output
     if grads_in_fwd:  # the backward only scales dU and db: the inputs need not be kept
-        ctx.save_for_backward(None, None, None, None, bias, count, dz, dU, db)
+        ctx.save_for_backward(None, None, None, None, bias, count, dz, dU, db, None, None, None, None)
     else:
-        ctx.save_for_backward(z, U, labels, mask, bias, count, dz, None, None)
-    ctx.n, ctx.packed, ctx.reduction, ctx.need_dz, ctx.backend = n, packed, reduction, need_dz, backend
+        csc = need_csc and backend != "cpu"
+        ctx.save_for_backward(z, U, labels, mask, bias, count, dz, None, None, indptr, mask_rows,
+                              colptr if csc else None, crows if csc else None)
+    ctx.n, ctx.label_kind, ctx.reduction, ctx.need_dz, ctx.backend = n, label_kind, reduction, need_dz, backend
+    ctx.mask_key, ctx.mask_threshold, ctx.mask_col_offset = mask_key, mask_threshold, mask_col_offset
     ctx.grads_in_fwd = grads_in_fwd
     # Only the loss carries a gradient; without this autograd would hand the backward zero tensors for the
     # other outputs, an n x d one for dU among them.
@@ -304,8 +339,9 @@ def _dual_bce_setup(ctx, inputs, output):
     ctx.z_dtype, ctx.U_dtype, ctx.B = z.dtype, U.dtype, z.shape[0]
 
 
-def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db):
-    z, U, labels, mask, bias, count, dz_unscaled, dU_fwd, db_fwd = ctx.saved_tensors
+def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db, g_colptr, g_crows):
+    (z, U, labels, mask, bias, count, dz_unscaled, dU_fwd, db_fwd, indptr, mask_rows, colptr,
+     crows) = ctx.saved_tensors
     B = ctx.B
     g_loss = g_loss.float()
     if ctx.reduction == "none":
@@ -324,28 +360,38 @@ def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db):
         dU = (scale * dU_fwd).to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
         db = (scale * db_fwd).to(bias.dtype) if need_db else None
     elif ctx.needs_input_grad[1] or need_db:
-        du32, db32 = torch.ops.dualvae.dual_bce_backward(gscale, z, U, labels, mask, bias, ctx.n, ctx.packed,
-                                                         need_db, ctx.backend)
+        du32, db32 = torch.ops.dualvae.dual_bce_backward(
+            gscale, z, U, labels, mask, bias, ctx.n, ctx.label_kind, indptr, mask_rows, ctx.mask_key,
+            ctx.mask_threshold, ctx.mask_col_offset, colptr, crows, need_db, ctx.backend)
         dU = du32.to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
         db = db32.to(bias.dtype) if need_db else None
-    return dz, dU, None, None, db, None, None, None, None, None, None, None
+    return (dz, dU, None, None, db) + (None,) * 13
 
 
 _dual_bce_op.register_autograd(_dual_bce_backward, setup_context=_dual_bce_setup)
 
 
-def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None = None, *,
-             bias: Tensor | None = None, reduction: str = "sum", backend: str = "auto",
-             check_labels: bool = True) -> Tensor:
+def _check_index_device(op: str, name: str, t: Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{op}: tensors must be on one device, got z on {device}, {name} on {t.device}")
+
+
+def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
+             mask: Tensor | HashedMask | None = None, *, bias: Tensor | None = None, reduction: str = "sum",
+             backend: str = "auto", check_labels: bool = True) -> Tensor:
     """Masked Bernoulli NLL of the dual head, sum_ij mask_ij * BCE(sigmoid(z_i . u_j + b_j), y_ij).
 
-    y: (B, n) labels in {0, 1} with an optional (B, n) mask (1 = observed), or a PackedLabels from
-    `pack_labels` (then mask must be None). reduction: "sum", "mean" (over observed entries; 0 with zero
-    gradients when none is observed) or "none" (per row, (B,)). U and bias are cast to z's dtype.
-    The fused backends never form the B x n logits (see dual_bce.py) and return the loss in float32.
-    check_labels: raise ValueError when an unpacked label is not 0 or 1 (default). On CUDA that reads a count
+    y: (B, n) labels in {0, 1}, a PackedLabels from `pack_labels` (then mask must be None), or a SparseLabels
+    (the positives, CSR rows). mask: None (all observed), a (B, n) tensor (1 = observed), or a HashedMask over
+    the batch's B rows, evaluated inside the kernels (no (B, n) mask is formed). reduction: "sum", "mean" (over
+    observed entries; 0 with zero gradients when none is observed) or "none" (per row, (B,)). U and bias are
+    cast to z's dtype. The fused backends never form the B x n logits (see dual_bce.py) and return the loss in
+    float32; with SparseLabels they never form the labels either: the loss is sum mask * softplus(L) over the
+    tiles minus sum mask * L over the positives.
+    check_labels: raise ValueError when a dense label is not 0 or 1 (default). On CUDA that reads a count
     back to the host once per call; False skips it (the loss of such labels is then undefined). The check is
-    also skipped while a CUDA graph is being captured. The reference backend always checks.
+    also skipped while a CUDA graph is being captured. The reference backend always checks. Packed and sparse
+    labels are checked when they are made.
     """
     op = "dual_bce"
     reference._check_float("z", z, op)
@@ -355,20 +401,38 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None
     if U.dim() != 2 or U.shape[1] != z.shape[1]:
         raise ValueError(f"{op}: U has shape {tuple(U.shape)}, expected (n, {z.shape[1]})")
     B, n = z.shape[0], U.shape[0]
-    packed = isinstance(y, PackedLabels)
-    if packed:
+    indptr = mask_rows = None
+    mask_key = mask_threshold = mask_col_offset = 0
+    hashed = isinstance(mask, HashedMask)
+    if isinstance(y, PackedLabels):
+        label_kind = "packed"
         if mask is not None:
             raise ValueError(f"{op}: mask must be None when y is PackedLabels (the mask is packed in it)")
         if y.shape != (B, n) or y.words.dtype != torch.int32 or y.words.shape[1] != -(-n // 16):
             raise ValueError(f"{op}: packed y is for shape {y.shape} ({y.words.dtype} words "
                              f"{tuple(y.words.shape)}), expected ({B}, {n})")
         labels = y.words
+    elif isinstance(y, SparseLabels):
+        label_kind = "sparse"
+        if y.shape != (B, n):
+            raise ValueError(f"{op}: sparse y is for shape {y.shape}, expected ({B}, {n}) (z's rows, U's rows)")
+        labels, indptr = y.indices, y.indptr
+        _check_index_device(op, "y.indptr", indptr, z.device)
+        _check_index_device(op, "y.indices", labels, z.device)
     else:
+        label_kind = "dense"
         if not isinstance(y, Tensor) or y.shape != (B, n):
             raise ValueError(f"{op}: y has shape {_describe(y)}, expected ({B}, {n})")
-        if mask is not None and (not isinstance(mask, Tensor) or mask.shape != (B, n)):
-            raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected ({B}, {n})")
         labels = y
+    if hashed:
+        if mask.rows.shape != (B,):
+            raise ValueError(f"{op}: the HashedMask has {len(mask.rows)} rows, expected {B} (z's rows, "
+                             f"z has shape {tuple(z.shape)})")
+        _check_index_device(op, "mask.rows", mask.rows, z.device)
+        mask_rows, mask_key, mask_threshold, mask_col_offset = mask.rows, mask.key, mask.threshold, mask.col_offset
+        hashed_mask, mask = mask, None
+    elif mask is not None and (not isinstance(mask, Tensor) or mask.shape != (B, n)):
+        raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected ({B}, {n})")
     if bias is not None:
         reference._check_float("bias", bias, op)
         if bias.shape != (n,):
@@ -378,25 +442,29 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels, mask: Tensor | None
     reference._check_same_device(op, z=z, U=U, y=labels, mask=mask, bias=bias)
     backend = _resolve_backend(op, backend, z.device, z.dtype)
     if backend == "reference":
-        if packed:
+        if label_kind == "packed":
             y, mask = y.unpack(z.dtype)
-        return reference.dual_bce(z, U, y, mask, bias=bias, reduction=reduction)
+        return reference.dual_bce(z, U, y, hashed_mask if hashed else mask, bias=bias, reduction=reduction)
     if U.dtype != z.dtype:
         U = U.to(z.dtype)
     if bias is not None and bias.dtype != z.dtype:
         bias = bias.to(z.dtype)
-    if not packed:
+    if label_kind == "dense":
         labels = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
-        if mask is not None and mask.dtype == torch.bool:
-            mask = mask.view(torch.uint8)
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
     grad_mode = torch.is_grad_enabled()
     need_dz = grad_mode and z.requires_grad
-    grads_in_fwd = (backend == "cpu" and reduction != "none" and grad_mode
-                    and (U.requires_grad or (bias is not None and bias.requires_grad)))
+    need_dU = grad_mode and (U.requires_grad or (bias is not None and bias.requires_grad))
+    grads_in_fwd = backend == "cpu" and reduction != "none" and need_dU
+    need_csc = backend == "triton" and label_kind == "sparse" and need_dU
     if backend == "cpu":
         z, U, labels = z.contiguous(), U.contiguous(), labels.contiguous()
         mask = mask.contiguous() if mask is not None else None
         bias = bias.contiguous() if bias is not None else None
-    loss, *_ = torch.ops.dualvae.dual_bce(z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd,
-                                          backend, bool(check_labels))
+        indptr = indptr.contiguous() if indptr is not None else None
+        mask_rows = mask_rows.contiguous() if mask_rows is not None else None
+    loss, *_ = torch.ops.dualvae.dual_bce(z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key,
+                                          mask_threshold, mask_col_offset, reduction, need_dz, grads_in_fwd,
+                                          need_csc, backend, bool(check_labels))
     return loss

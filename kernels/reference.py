@@ -160,7 +160,8 @@ def dual_bce(
     """Masked Bernoulli negative log-likelihood of the dual head p(y | z) = Bern(sigmoid(z U^T + b)).
 
     loss_ij = mask_ij * BCE(sigmoid(z_j . u_i + b_i), y_ij), computed from logits in the stable
-    log-sum-exp form, so logits of any size give finite values.
+    log-sum-exp form, so logits of any size give finite values. y may be a SparseLabels and mask a HashedMask
+    (labels.py): they mean their dense matrices, `y.dense()` and `mask.dense(n)`.
 
     reduction: "sum" over all entries; "mean" over observed entries (mask sum; 0 when nothing is observed,
     with zero gradients); "none" per row, shape (B,).
@@ -175,6 +176,17 @@ def dual_bce(
     if U.dim() != 2 or U.shape[1] != z.shape[1]:
         raise ValueError(f"{op}: U has shape {tuple(U.shape)}, expected (n, {z.shape[1]})")
     B, n = z.shape[0], U.shape[0]
+    from .labels import HashedMask, SparseLabels  # labels.py imports this module
+
+    if isinstance(y, SparseLabels):  # the definition: the dense matrix
+        if y.shape != (B, n):
+            raise ValueError(f"{op}: sparse y is for shape {y.shape}, expected ({B}, {n}) (z's rows, U's rows)")
+        y = y.dense(z.dtype)
+    if isinstance(mask, HashedMask):
+        if mask.rows.shape != (B,):
+            raise ValueError(f"{op}: the HashedMask has {len(mask.rows)} rows, expected {B} (z's rows, "
+                             f"z has shape {tuple(z.shape)})")
+        mask = mask.dense(n, z.dtype)
     if not isinstance(y, torch.Tensor) or y.shape != (B, n):
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"{op}: y has shape {shape}, expected ({B}, {n})")

@@ -130,14 +130,14 @@ def test_dual_bce_extreme_logits(reduction, backend):
 def test_dual_bce_split_reductions_agree():
     """Partial sums over splits of n (forward) and of B (backward) give what one split gives."""
     z, U, y, mask, bias = on("triton", *bce_inputs(50, 70, 24, "random", seed=8))
-    one = dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=1)
-    three = dual_bce_fwd(z, U, y, mask, bias, 70, False, True, splits=3)
+    one = dual_bce_fwd(z, U, y, mask, bias, 70, "dense", True, splits=1)
+    three = dual_bce_fwd(z, U, y, mask, bias, 70, "dense", True, splits=3)
     for a, b in zip(one[:3], three[:3]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
     assert int(one[3]) == int(three[3]) == 0
     gs = torch.rand(50, device=TRITON_DEVICE)
-    for a, b in zip(dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=1),
-                    dual_bce_bwd(gs, z, U, y, mask, bias, 70, False, True, splits=4)):
+    for a, b in zip(dual_bce_bwd(gs, z, U, y, mask, bias, 70, "dense", True, splits=1),
+                    dual_bce_bwd(gs, z, U, y, mask, bias, 70, "dense", True, splits=4)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
 
 
@@ -445,10 +445,11 @@ def test_opcheck_passes(backend):
     z, U, y, mask, bias = on(backend, *bce_inputs(6, 21, 5, "random", seed=13))
     packed = kernels.pack_labels(y, mask)
     args_list = [
-        # (z, U, labels, mask, bias, n, packed, reduction, need_dz, grads_in_fwd, backend, check_labels)
-        (z.requires_grad_(), U.requires_grad_(), y, mask, bias.requires_grad_(), 21, False, "mean", True,
-         backend == "cpu", backend, True),
-        (z, U, packed.words, None, None, 21, True, "none", True, False, backend, False),
+        # (z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold, mask_col_offset,
+        #  reduction, need_dz, grads_in_fwd, need_csc, backend, check_labels)
+        (z.requires_grad_(), U.requires_grad_(), y, mask, bias.requires_grad_(), 21, "dense", None, None, 0, 0, 0,
+         "mean", True, backend == "cpu", False, backend, True),
+        (z, U, packed.words, None, None, 21, "packed", None, None, 0, 0, 0, "none", True, False, False, backend, False),
     ]
     for args in args_list:
         torch.library.opcheck(torch.ops.dualvae.dual_bce.default, args)
@@ -581,7 +582,8 @@ def test_opcheck_backward_ops(backend):
     z, U, y, mask, bias = on(backend, *bce_inputs(6, 21, 5, "random", seed=18))
     dev = z.device
     torch.library.opcheck(torch.ops.dualvae.dual_bce_backward.default,
-                          (torch.rand(6, device=dev), z, U, y, mask, bias, 21, False, True, backend))
+                          (torch.rand(6, device=dev), z, U, y, mask, bias, 21, "dense", None, None, 0, 0, 0, None, None,
+                           True, backend))
     mu, logvar, eps = on(backend, *reparam_inputs(5, 7, seed=19))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl_backward.default,
                           (torch.randn(5, 7, device=dev), torch.randn(5, device=dev), mu, logvar, None, 3, 0, False,
@@ -599,8 +601,9 @@ def test_opcheck_cpu_kernel_ops():
     z, U, y, mask, bias = (t.float() for t in bce_inputs(6, 21, 5, "random", seed=20))
     packed = kernels.pack_labels(y, mask)
     op = torch.ops.dualvae.dual_bce_cpu.default
-    torch.library.opcheck(op, (z, U, y, mask, bias, None, 21, False, True, True, True, True))
-    torch.library.opcheck(op, (z, U, packed.words, None, None, torch.rand(6), 21, True, False, False, True, False))
+    torch.library.opcheck(op, (z, U, y, mask, bias, None, 21, "dense", None, None, 0, 0, 0, True, True, True, True))
+    torch.library.opcheck(op, (z, U, packed.words, None, None, torch.rand(6), 21, "packed", None, None, 0, 0, 0, False,
+                               False, True, False))
     mu, logvar, eps = (t.float() for t in reparam_inputs(5, 7, seed=21))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl_cpu.default, (mu, logvar, None, 5, 3))
     torch.library.opcheck(torch.ops.dualvae.reparameterize_kl_backward_cpu.default,
