@@ -119,16 +119,21 @@ def _dual_bce_sum(z, U, y, mask, backend: str) -> torch.Tensor:
 # END SHIM(kernels)
 
 
-def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "auto"):
+def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "auto", metrics: bool = True):
     """(sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct observed predictions, observed count) of the dual head U
     on latents z, in float32; only the loss carries a gradient.
 
     y: (B, n) 0/1 tensor or SparseLabels; mask: HashedMask, (B, n) tensor (1 = observed) or None. The loss is
     one dual_bce call (reduction "sum"). The accuracy counts every observed entry, sign(z_j . u_i) against
     y_ij, over column chunks of ACCURACY_CHUNK_ENTRIES // B labels at a time (an extra z U^T product without
-    its gradient, never more than one chunk of it in memory); the count comes from the mask's definition."""
+    its gradient, never more than one chunk of it in memory); the count comes from the mask's definition
+    (observed_count). metrics=False skips both (they are then NaN): the steps that log nothing need the loss
+    only, and at many labels the two cost about as much as the loss."""
     B, n = z.shape[0], U.shape[0]
     nll = _dual_bce_sum(z, U, y, mask, backend).float()
+    if not metrics:
+        nan = torch.tensor(float("nan"), device=z.device)
+        return nll, nan, nan
     with torch.no_grad():
         zf, Uf = z.detach().float(), U.detach().float()
         correct = torch.zeros((), dtype=torch.float64, device=z.device)
@@ -142,16 +147,17 @@ def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "a
     return nll, correct.float(), observed
 
 
-def label_nll(model, x: torch.Tensor, y, mask, eps: torch.Tensor, backend: str = "auto"):
+def label_nll(model, x: torch.Tensor, y, mask, eps: torch.Tensor, backend: str = "auto", metrics: bool = True):
     """dual_head_terms of the model's U on z ~ q(z | x): (sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct
-    observed predictions, observed count), in float32; the counts carry no gradient."""
+    observed predictions, observed count), in float32; the counts carry no gradient (NaN with metrics=False)."""
     z, _, _, _ = sample_latent(model, x, eps, backend)
-    return dual_head_terms(z, model.U, y, mask, backend)
+    return dual_head_terms(z, model.U, y, mask, backend, metrics)
 
 
 class LossFns:
     """The two losses of Algorithm 1 on one model, as sums over the batch's rows (a rank's share of the global
-    loss): `vae(x, eps)` is neg_elbo, `label(x, y, mask, eps)` is label_nll, eager or through torch.compile.
+    loss): `vae(x, eps)` is neg_elbo, `label(x, y, mask, eps, metrics=True)` is label_nll, eager or through
+    torch.compile.
 
     The backend is resolved here, once, for the device of the model's parameters (`backend`: the name resolved).
     """
@@ -176,5 +182,5 @@ class LossFns:
     def _vae(self, x, eps):
         return neg_elbo(self.model, x, eps, self.recon_sigma, self.backend)
 
-    def _label(self, x, y, mask, eps):
-        return label_nll(self.model, x, y, mask, eps, self.backend)
+    def _label(self, x, y, mask, eps, metrics=True):
+        return label_nll(self.model, x, y, mask, eps, self.backend, metrics)

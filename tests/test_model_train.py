@@ -323,3 +323,20 @@ def test_label_nll_takes_sparse_labels_and_the_hashed_mask(monkeypatch):
     nll, _, observed = losses.label_nll(m, x, y, None, eps, "reference")
     torch.testing.assert_close(nll, losses.label_nll(m, x, y, torch.ones_like(y), eps, "reference")[0])
     assert observed.item() == 30
+
+
+def test_a_step_without_metrics_takes_the_same_step():
+    """metrics=False (the steps that log nothing) leaves out the accuracy and the bce (NaN), not the update."""
+    import math
+
+    states, stats = [], []
+    for metrics in (True, False):
+        m = tiny_model().train()
+        cfg = TrainConfig(data="", out="", latent_dim=8)
+        g, g_e = make_optimizers(m, cfg)
+        stats.append(train_step(m, g, g_e, *batch(), cfg, metrics=metrics))
+        states.append(_snapshot(m))
+    assert math.isfinite(stats[0]["label_acc"]) and math.isnan(stats[1]["label_acc"])
+    assert math.isnan(stats[1]["label_bce"]) and stats[1]["recon"] == stats[0]["recon"]
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k

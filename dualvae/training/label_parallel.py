@@ -110,7 +110,7 @@ class LabelParallel:
         self.model, self.loader, self.d, self.capacity, self.backend = model, loader, d, capacity, backend
         self.lo, self.hi = model.label_range
 
-    def label(self, x: torch.Tensor, eps: torch.Tensor, rows: torch.Tensor):
+    def label(self, x: torch.Tensor, eps: torch.Tensor, rows: torch.Tensor, metrics: bool = True):
         """(loss, correct, observed) of this rank's labels on the global batch (sums; summed over the ranks
         they are the single-process label_nll). x, eps, rows: this rank's rows of the batch."""
         z, _, _, _ = sample_latent(self.model, x, eps, self.backend)
@@ -118,7 +118,7 @@ class LabelParallel:
         zg = gather_z(z, counts, self.capacity, self.d)
         y = label_columns(self.loader.labels_of(idx), self.lo, self.hi)
         mask = mask_columns(self.loader.mask_of(idx), self.lo, self.hi)
-        return dual_head_terms(zg, self.model.U, y, mask, self.backend)
+        return dual_head_terms(zg, self.model.U, y, mask, self.backend, metrics)
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def make_optimizers(model: DualVAE, cfg: TrainConfig):
 
 def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dist: Dist | None = None,
                fns: LossFns | None = None, scaler=None, stop: bool = False,
-               label_parallel: LabelParallel | None = None, rows: torch.Tensor | None = None) -> dict | None:
+               label_parallel: LabelParallel | None = None, rows: torch.Tensor | None = None,
+               metrics: bool = True) -> dict | None:
     """One iteration of Algorithm 1 on a batch: the VAE step with g, then the label step with g_e.
 
     Under several processes x, y, mask, eps are this rank's rows of the global batch; gradients and metrics are
@@ -76,7 +77,8 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
     SparseLabels; mask: a HashedMask (the loaders'), a (B, n) tensor or None.
     `label_parallel`: this rank's shard of U (label_parallel.py); the label step then takes its labels and mask
     from the loader by the batch's `rows` (this rank's split rows; y and mask are unused) and U's gradient is
-    not summed over the ranks.
+    not summed over the ranks. metrics=False: the label step's bce and accuracy are not computed (NaN; the
+    loss is), for steps that log nothing (see losses.dual_head_terms).
     """
     d = dist or Dist(device=x.device)
     fns = fns or LossFns(model, cfg.recon_sigma, backend=cfg.kernel_backend)
@@ -114,9 +116,9 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
     # Label step: maximize alpha * sum_ij I_ij log p(y_ij | z_j, u_i) over encoder + U, same eps.
     with amp:
         if label_parallel is None:
-            nll, correct, observed = fns.label(x, y, mask, eps)
+            nll, correct, observed = fns.label(x, y, mask, eps, metrics=metrics)
         else:
-            nll, correct, observed = label_parallel.label(x, eps, rows)
+            nll, correct, observed = label_parallel.label(x, eps, rows, metrics)
     g_e.zero_grad(set_to_none=True)
     backward(cfg.alpha * nll)
     label_params = [p for grp in g_e.param_groups for p in grp["params"]
@@ -125,7 +127,7 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
     step(g_e, "label (dual BCE)", s2[0])
     if scaler is not None:
         scaler.update()
-    obs = max(s2[2], 1.0)
+    obs = max(s2[2], 1.0) if metrics else float("nan")
     return {"recon": recon, "kl": kl, "neg_elbo": recon + kl, "label_bce": s2[0] / obs, "label_acc": s2[1] / obs,
             "skipped": skipped, "stop": s[2] > 0}
 
@@ -231,10 +233,11 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
             if len(x) == 0 and not d.enabled:  # a batch of corrupt files skipped
                 continue
             # Sample z_j, the VAE step with g, the label step with g_e.
+            logs = progress.step % cfg.log_every == 0 or progress.step + 1 == cfg.steps
             oom = None
             try:
                 stats = train_step(model, g, g_e, x, y, m, eps.to(d.device), cfg, dist=d, fns=fns, scaler=scaler,
-                                   stop=sigterm.raised, label_parallel=lp, rows=rows)
+                                   stop=sigterm.raised, label_parallel=lp, rows=rows, metrics=logs)
             except NonFiniteLossError as exc:
                 raise nonfinite_stop(exc, progress.step + 1, progress.last_ckpt) from None
             except RuntimeError as exc:
@@ -250,7 +253,7 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
             progress.skipped_nonfinite += stats["skipped"]
             progress.step += 1
             bar.update(1)
-            if (progress.step - 1) % cfg.log_every == 0 or progress.step == cfg.steps:
+            if logs:
                 row = {k: v for k, v in stats.items() if k not in ("skipped", "stop")}
                 progress.log.append({"step": progress.step - 1, "time_s": round(time.time() - t0, 2), **row})
                 bar.set_postfix(recon=f"{stats['recon']:.0f}", kl=f"{stats['kl']:.0f}",
