@@ -225,6 +225,14 @@ def main(argv=None) -> int:
         return 0
     if args.batch % args.world:
         raise SystemExit(f"label_parallel: --batch {args.batch} is not a multiple of --world {args.world}")
+    from dualvae import losses
+    from dualvae.kernels import resolve_backend
+
+    backend = resolve_backend("auto", device=torch.device("cpu"))
+    if not losses._kernel_takes_sparse(backend) and args.batch * args.n > 1 << 26:
+        raise SystemExit(f"label_parallel: dual_bce (backend {backend}) does not take SparseLabels / HashedMask "
+                         f"here, so the label step would form dense B x n labels and mask ({args.batch} x "
+                         f"{args.n}); run the full size where it does, or --quick")
     load0, t0 = os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         runs = {str(k): run_world(args, k, tmp) for k in (1, args.world)}

@@ -38,7 +38,8 @@ class TrainConfig:
     missing_ratio: float = option(0.0, "share s of the training labels hidden from the label step (the mask I), in "
                                   "[0, 1)")
     labels: str = option("attributes", "the labels of the dual head: CelebA's 40 attributes, or the attributes "
-                         "and one label per identity (sparse positives)", choices=LABEL_SETS)
+                         "and one label per identity (sparse positives)", choices=LABEL_SETS,
+                         metavar="attributes|attributes,identity")
     label_parallel: bool = option(False, "under torchrun, split the rows of U (and their gradient and optimizer "
                                   "state) over the processes; the encoder stays data parallel (docs/training.md)")
     recon_sigma: float = option(0.2, "sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units")
