@@ -188,7 +188,8 @@ def markdown(report: dict) -> str:
              f"{report['kernel_backend']}, sparse labels + HashedMask in the kernel: {report['sparse_in_kernel']}"
              f"{'' if report['sparse_in_kernel'] else ' (densified per call: memory and time not representative)'}.",
              "",
-             "| K | rank | U rows | U + grad + Adam (MiB) | RSS start (MiB) | RSS end (MiB) | peak RSS (MiB) | step (ms) |",
+             "| K | rank | U rows | U + grad + Adam (MiB) | RSS start (MiB) | RSS end (MiB) | peak RSS (MiB) "
+             "| step (ms) |",
              "|---|---|---|---|---|---|---|---|"]
     for k, ranks in report["runs"].items():
         for r in ranks:

@@ -62,6 +62,19 @@ def mask_columns(mask, lo: int, hi: int):
     return mask.columns(lo, hi) if isinstance(mask, HashedMask) else mask[:, lo:hi]
 
 
+def first_rows(y, mask, b: int):
+    """(labels, mask) of the first b rows of a batch (any of the forms above)."""
+    if isinstance(y, SparseLabels):
+        y = SparseLabels(y.indptr[:b + 1], y.indices[:int(y.indptr[b])], y.n, validate=False)
+    else:
+        y = y[:b]
+    if isinstance(mask, HashedMask):
+        mask = mask.select(torch.arange(b, device=mask.device))
+    elif mask is not None:
+        mask = mask[:b]
+    return y, mask
+
+
 def _dense_chunk(y, mask, lo: int, hi: int, dtype: torch.dtype):
     """(labels, mask) of columns [lo, hi) as (B, hi - lo) tensors of `dtype` (a chunk, never the whole matrix)."""
     yc = label_columns(y, lo, hi)
@@ -97,20 +110,21 @@ def observed_count(mask, rows: int, n: int, device=None) -> torch.Tensor:
 _KERNEL_TAKES_SPARSE: dict[str, bool] = {}
 
 
-def _kernel_takes_sparse(backend: str) -> bool:
+def _kernel_takes_sparse(backend: str, device=None) -> bool:
     if backend not in _KERNEL_TAKES_SPARSE:
-        z, U = torch.zeros(1, 1), torch.zeros(1, 1)
-        y = SparseLabels(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int64), 1)
+        z, U = torch.zeros(1, 1, device=device), torch.zeros(1, 1, device=device)
+        y = SparseLabels(torch.tensor([0, 0], device=device), torch.zeros(0, dtype=torch.int64, device=device), 1)
+        rows = torch.zeros(1, dtype=torch.int64, device=device)
         try:
-            kernels.dual_bce(z, U, y, HashedMask(0, 0.0, torch.zeros(1, dtype=torch.int64)), backend=backend)
+            kernels.dual_bce(z, U, y, HashedMask(0, 0.0, rows), backend=backend)
             _KERNEL_TAKES_SPARSE[backend] = True
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError):
             _KERNEL_TAKES_SPARSE[backend] = False
     return _KERNEL_TAKES_SPARSE[backend]
 
 
 def _dual_bce_sum(z, U, y, mask, backend: str) -> torch.Tensor:
-    if (isinstance(y, SparseLabels) or isinstance(mask, HashedMask)) and not _kernel_takes_sparse(backend):
+    if (isinstance(y, SparseLabels) or isinstance(mask, HashedMask)) and not _kernel_takes_sparse(backend, z.device):
         if isinstance(y, SparseLabels):
             y = y.to(z.device).dense(torch.float32)
         if isinstance(mask, HashedMask):
@@ -166,7 +180,8 @@ class LossFns:
                  fullgraph: bool = True):
         self.model, self.recon_sigma = model, recon_sigma
         self.backend = kernels.resolve_backend(backend, device=model.U.device)
-        _kernel_takes_sparse(self.backend)  # SHIM(kernels): probed here, eagerly, not inside a compiled graph
+        # SHIM(kernels): probed here, eagerly, not inside a compiled graph
+        _kernel_takes_sparse(self.backend, model.U.device)
         # The fused backends run as dualvae:: custom ops with fake implementations: one graph per loss. The
         # pure-PyTorch reference checks its labels with a data-dependent branch: one graph break, which
         # fullgraph would turn into an error.

@@ -216,5 +216,38 @@ def test_label_parallel_checkpoint_errors(runs, cache, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"label shard {shard1} does not belong to checkpoint")):
         DualVAE.load(str(main_file))
     os.remove(shard1)
-    with pytest.raises(ValueError, match=re.escape(f"its label shard {shard1} (rank 1 of 2, U rows [20, 40)) is missing")):
+    missing = f"its label shard {shard1} (rank 1 of 2, U rows [20, 40)) is missing"
+    with pytest.raises(ValueError, match=re.escape(missing)):
         DualVAE.load(str(run / "model.pt"))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_the_shards_label_terms_sum_to_the_whole(sparse):
+    """What each rank computes, its columns [lo, hi) of U, the labels and the mask on the whole batch, sums over
+    the shards to the single-process loss, counts and dz, and its dU is the whole dU's rows."""
+    from dualvae.kernels import SparseLabels
+
+    torch.manual_seed(0)
+    B, n, d = 6, 11, 4
+    z0, U0 = torch.randn(B, d), torch.randn(n, d)
+    y = (torch.rand(B, n) > 0.7).float()
+    labels = SparseLabels.from_dense(y) if sparse else y
+    mask = HashedMask(3, 0.4, torch.tensor([9, 2, 40, 7, 13, 0]))
+    z, U = z0.clone().requires_grad_(), U0.clone().requires_grad_()
+    whole = losses.dual_head_terms(z, U, labels, mask, "reference")
+    whole[0].backward()
+    parts, dz, dU = [], torch.zeros_like(z0), []
+    for lo, hi in (shard_range(n, 3, r) for r in range(3)):
+        zr, Ur = z0.clone().requires_grad_(), U0[lo:hi].clone().requires_grad_()
+        part = losses.dual_head_terms(zr, Ur, losses.label_columns(labels, lo, hi), losses.mask_columns(mask, lo, hi),
+                                      "reference")
+        part[0].backward()
+        parts.append(part)
+        dz += zr.grad
+        dU.append(Ur.grad)
+    for k in range(3):
+        torch.testing.assert_close(sum(p[k] for p in parts), whole[k])
+    assert whole[2].item() == mask.dense(n).sum().item() < B * n
+    torch.testing.assert_close(dz, z.grad)
+    torch.testing.assert_close(torch.cat(dU), U.grad)
+    assert [shard_range(n, 3, r) for r in range(3)] == [(0, 3), (3, 7), (7, 11)]
