@@ -5,7 +5,13 @@ is refused (UnsafeCheckpointError), naming what it carries.
 
 `MODEL_KINDS` is the one model registry (kind -> model class, config class: DualVAE, the baselines, the
 attribute classifier); `build(kind, **config)` builds any of them and `load_model(path, kind)` loads any of them:
-DualVAE.load, baselines.build/load and AttributeClassifier.load go through them."""
+DualVAE.load, baselines.build/load and AttributeClassifier.load go through them.
+
+A label-parallel DualVAE checkpoint (`dualvae train --label-parallel`) holds everything but U in its main file,
+plus "label_parallel": {"world_size": K, "num_labels": n, "shards": [{"file", "rank", "lo", "hi"}, ...]}; each
+shard file (kind LABEL_SHARD_KIND, named by label_shard_name, a path relative to the main file's folder) holds
+rows [lo, hi) of U and the step it belongs to. `read_label_shard` reads and checks one, `load_model` assembles
+the full U from all of them."""
 from __future__ import annotations
 
 import importlib
@@ -87,6 +93,54 @@ def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] |
     return ckpt
 
 
+# -- label-parallel shards --------------------------------------------------------------------------------------
+LABEL_SHARD_KIND = "dualvae-label-shard"
+
+
+def label_shard_name(main_name: str, rank: int, world: int) -> str:
+    """The file name of rank `rank`'s shard beside the main checkpoint `main_name`: step-N.shard-R-of-K.pt."""
+    stem = main_name[:-3] if main_name.endswith(".pt") else main_name
+    return f"{os.path.basename(stem)}.shard-{rank}-of-{world}.pt"
+
+
+def read_label_shard(path: str, ckpt: dict, rank: int, map_location="cpu") -> dict:
+    """Rank `rank`'s shard of the label-parallel checkpoint `ckpt` read from `path`, checked against it (kind,
+    step, rank, world size, range, U's shape); ValueError naming the shard file when it is missing or does not
+    belong to this checkpoint."""
+    lp = ckpt["label_parallel"]
+    entries = lp["shards"]
+    if not 0 <= rank < len(entries):
+        raise ValueError(f"checkpoint {path}: no label shard for rank {rank} (it lists {len(entries)})")
+    entry = entries[rank]
+    shard_path = os.path.join(os.path.dirname(os.path.abspath(path)), entry["file"])
+    if not os.path.isfile(shard_path):
+        raise ValueError(f"checkpoint {path}: its label shard {shard_path} (rank {rank} of {lp['world_size']}, "
+                         f"U rows [{entry['lo']}, {entry['hi']})) is missing")
+    shard = load_checkpoint(shard_path, map_location=map_location, kind=LABEL_SHARD_KIND)
+    expected = {"step": ckpt.get("step"), "rank": rank, "world_size": lp["world_size"], "lo": entry["lo"],
+                "hi": entry["hi"]}
+    found = {k: shard.get(k) for k in expected}
+    U = shard.get("U")
+    d = ckpt["config"]["latent_dim"]
+    if found != expected or not isinstance(U, torch.Tensor) or tuple(U.shape) != (entry["hi"] - entry["lo"], d):
+        got = {**found, "U": tuple(U.shape) if isinstance(U, torch.Tensor) else type(U).__name__}
+        raise ValueError(f"label shard {shard_path} does not belong to checkpoint {path}: it holds {got}, "
+                         f"expected {expected} and U of shape ({entry['hi'] - entry['lo']}, {d})")
+    return shard
+
+
+def assemble_label_shards(path: str, ckpt: dict, map_location="cpu") -> torch.Tensor:
+    """The full U (n, d) of a label-parallel checkpoint: its shards' rows, in order."""
+    lp = ckpt["label_parallel"]
+    entries = lp["shards"]
+    ranges = [(e["lo"], e["hi"]) for e in entries]
+    bounds = [0] + [hi for _, hi in ranges]
+    if len(entries) != lp["world_size"] or [lo for lo, _ in ranges] != bounds[:-1] or bounds[-1] != lp["num_labels"]:
+        raise ValueError(f"checkpoint {path}: its label shards {ranges} do not cover [0, {lp['num_labels']}) "
+                         f"in order over {lp['world_size']} ranks")
+    return torch.cat([read_label_shard(path, ckpt, r, map_location)["U"] for r in range(len(entries))])
+
+
 # The one model registry: every checkpoint kind -> (its model class, its config class; None where the config is
 # a plain dict), as "module:name", imported only when used: the model modules import this one.
 MODEL_KINDS = {
@@ -137,7 +191,8 @@ def load_model(path: str, kind: str | tuple[str, ...] | None = None, map_locatio
 
     kind: the kind (or kinds) the file must hold; None accepts any. The file is read with load_checkpoint
     (tensors and plain values only), the model built from its config dict (`build`), then given the
-    checkpoint's weights and attribute names. Each failure raises ValueError naming the file."""
+    checkpoint's weights and attribute names; a label-parallel checkpoint's U is assembled from its shard files.
+    Each failure raises ValueError naming the file."""
     kinds = tuple(MODEL_KINDS) if kind is None else (kind,) if isinstance(kind, str) else tuple(kind)
     for k in kinds:
         _check_kind(k)  # an unknown kind asked for is the caller's error, not the file's
@@ -149,8 +204,11 @@ def load_model(path: str, kind: str | tuple[str, ...] | None = None, map_locatio
         model = build(ckpt["kind"], **config)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {path}: its config {config} does not build the model: {exc}") from None
+    state = ckpt["model"]
+    if ckpt.get("label_parallel"):
+        state = {**state, "U": assemble_label_shards(path, ckpt, map_location)}
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state)
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"checkpoint {path}: its weights do not fit {type(model).__name__}: {exc}") from None
     model.attr_names = ckpt.get("attr_names")

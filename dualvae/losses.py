@@ -6,6 +6,13 @@
     negative ELBO (Eq. 1)     neg_elbo             (sum_j -log p(x_j | z_j), sum_j KL_j)
     label term                label_nll            sum_ij I_ij BCE(sigmoid(z_j . u_i), y_ij), one fused op
                                                    (kernels.dual_bce), and the accuracy on the observed labels
+    the same, for given z     dual_head_terms      (what label_nll and the label-parallel step share)
+
+Labels are a dense (B, n) 0/1 tensor or a kernels.SparseLabels (the positives); the mask I is a
+kernels.HashedMask (the loaders' mask: a hash of the batch's global image indices, evaluated inside the kernel),
+a (B, n) tensor (1 = observed), or None (all observed). Training never forms a (B, n) mask or label matrix: the
+loss and its gradients come from the kernel, the observed count from the mask's definition and the accuracy
+from column chunks (see dual_head_terms).
 
 `backend` is a dualvae.kernels backend ("auto" | "triton" | "reference" | "cpu"). LossFns resolves it once, for
 the model's device, and passes the resolved name to every call: all steps of a run take the same path.
@@ -15,6 +22,10 @@ from __future__ import annotations
 import torch
 
 from dualvae import kernels
+from dualvae.kernels import HashedMask, SparseLabels
+
+# Entries (rows x columns) of one chunk of the accuracy's logits: bounded memory at any number of labels.
+ACCURACY_CHUNK_ENTRIES = 1 << 20
 
 
 def gaussian_recon_nll(x_hat: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -38,21 +49,129 @@ def neg_elbo(model, x: torch.Tensor, eps: torch.Tensor, recon_sigma: float, back
     return recon.sum(), kl.float().sum()
 
 
-def label_nll(model, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, eps: torch.Tensor,
-              backend: str = "auto"):
-    """(sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct observed predictions, observed count), in float32; the
-    counts carry no gradient."""
-    z, _, _, _ = sample_latent(model, x, eps, backend)
-    nll = kernels.dual_bce(z, model.U, y, mask, reduction="sum", backend=backend).float()
+# -- labels and masks, by column range --------------------------------------------------------------------------
+def label_columns(y, lo: int, hi: int):
+    """Columns [lo, hi) of labels y (a (B, n) tensor or SparseLabels), re-indexed from 0."""
+    return y.columns(lo, hi) if isinstance(y, SparseLabels) else y[:, lo:hi]
+
+
+def mask_columns(mask, lo: int, hi: int):
+    """Columns [lo, hi) of a mask (HashedMask, (B, n) tensor or None), re-indexed from 0."""
+    if mask is None:
+        return None
+    return mask.columns(lo, hi) if isinstance(mask, HashedMask) else mask[:, lo:hi]
+
+
+def first_rows(y, mask, b: int):
+    """(labels, mask) of the first b rows of a batch (any of the forms above)."""
+    if isinstance(y, SparseLabels):
+        y = SparseLabels(y.indptr[:b + 1], y.indices[:int(y.indptr[b])], y.n, validate=False)
+    else:
+        y = y[:b]
+    if isinstance(mask, HashedMask):
+        mask = mask.select(torch.arange(b, device=mask.device))
+    elif mask is not None:
+        mask = mask[:b]
+    return y, mask
+
+
+def _dense_chunk(y, mask, lo: int, hi: int, dtype: torch.dtype):
+    """(labels, mask) of columns [lo, hi) as (B, hi - lo) tensors of `dtype` (a chunk, never the whole matrix)."""
+    yc = label_columns(y, lo, hi)
+    yc = yc.dense(dtype) if isinstance(yc, SparseLabels) else yc.to(dtype)
+    mc = mask_columns(mask, lo, hi)
+    if mc is None:
+        mc = torch.ones_like(yc)
+    elif isinstance(mc, HashedMask):
+        mc = mc.dense(hi - lo, dtype)
+    return yc, mc.to(dtype)
+
+
+def _chunk_width(rows: int) -> int:
+    return max(1, ACCURACY_CHUNK_ENTRIES // max(rows, 1))
+
+
+def observed_count(mask, rows: int, n: int, device=None) -> torch.Tensor:
+    """sum_ij I_ij over a (rows, n) block, float32: rows * n without a mask or with a HashedMask of ratio 0, the
+    tensor's sum, or a HashedMask's hash evaluated in column chunks (no (rows, n) tensor)."""
+    if mask is None or (isinstance(mask, HashedMask) and mask.threshold == 0):
+        return torch.tensor(float(rows * n), device=device)
+    if not isinstance(mask, HashedMask):
+        return mask.sum().float()
+    total = torch.zeros((), dtype=torch.int64, device=mask.device)
+    for lo in range(0, n, _chunk_width(rows)):
+        hi = min(n, lo + _chunk_width(rows))
+        total += mask.columns(lo, hi).dense(hi - lo).sum()
+    return total.to(device=device, dtype=torch.float32)
+
+
+# SHIM(kernels): until dual_bce takes SparseLabels and HashedMask on every backend (the kernels' side of this
+# change), a backend that refuses them gets the dense (B, n) tensors formed here. Remove with the merge.
+_KERNEL_TAKES_SPARSE: dict[str, bool] = {}
+
+
+def _kernel_takes_sparse(backend: str, device=None) -> bool:
+    if backend not in _KERNEL_TAKES_SPARSE:
+        z, U = torch.zeros(1, 1, device=device), torch.zeros(1, 1, device=device)
+        y = SparseLabels(torch.tensor([0, 0], device=device), torch.zeros(0, dtype=torch.int64, device=device), 1)
+        rows = torch.zeros(1, dtype=torch.int64, device=device)
+        try:
+            kernels.dual_bce(z, U, y, HashedMask(0, 0.0, rows), backend=backend)
+            _KERNEL_TAKES_SPARSE[backend] = True
+        except (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError):
+            _KERNEL_TAKES_SPARSE[backend] = False
+    return _KERNEL_TAKES_SPARSE[backend]
+
+
+def _dual_bce_sum(z, U, y, mask, backend: str) -> torch.Tensor:
+    if (isinstance(y, SparseLabels) or isinstance(mask, HashedMask)) and not _kernel_takes_sparse(backend, z.device):
+        if isinstance(y, SparseLabels):
+            y = y.to(z.device).dense(torch.float32)
+        if isinstance(mask, HashedMask):
+            mask = mask.to(z.device).dense(U.shape[0], torch.float32)
+    return kernels.dual_bce(z, U, y, mask, reduction="sum", backend=backend)
+# END SHIM(kernels)
+
+
+def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "auto", metrics: bool = True):
+    """(sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct observed predictions, observed count) of the dual head U
+    on latents z, in float32; only the loss carries a gradient.
+
+    y: (B, n) 0/1 tensor or SparseLabels; mask: HashedMask, (B, n) tensor (1 = observed) or None. The loss is
+    one dual_bce call (reduction "sum"). The accuracy counts every observed entry, sign(z_j . u_i) against
+    y_ij, over column chunks of ACCURACY_CHUNK_ENTRIES // B labels at a time (an extra z U^T product without
+    its gradient, never more than one chunk of it in memory); the count comes from the mask's definition
+    (observed_count). metrics=False skips both (they are then NaN): the steps that log nothing need the loss
+    only, and at many labels the two cost about as much as the loss."""
+    B, n = z.shape[0], U.shape[0]
+    nll = _dual_bce_sum(z, U, y, mask, backend).float()
+    if not metrics:
+        nan = torch.tensor(float("nan"), device=z.device)
+        return nll, nan, nan
     with torch.no_grad():
-        pred = (model.label_logits(z.detach().float()) > 0).to(y.dtype)
-        correct = ((pred == y).to(mask.dtype) * mask).sum()
-    return nll, correct.float(), mask.sum().float()
+        zf, Uf = z.detach().float(), U.detach().float()
+        correct = torch.zeros((), dtype=torch.float64, device=z.device)
+        width = _chunk_width(B)
+        for lo in range(0, n, width):
+            hi = min(n, lo + width)
+            yc, mc = _dense_chunk(y, mask, lo, hi, torch.float32)
+            pred = (zf @ Uf[lo:hi].t() > 0).to(torch.float32)
+            correct += ((pred == yc.to(z.device)).to(torch.float32) * mc.to(z.device)).sum().double()
+        observed = observed_count(mask, B, n, z.device)
+    return nll, correct.float(), observed
+
+
+def label_nll(model, x: torch.Tensor, y, mask, eps: torch.Tensor, backend: str = "auto", metrics: bool = True):
+    """dual_head_terms of the model's U on z ~ q(z | x): (sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct
+    observed predictions, observed count), in float32; the counts carry no gradient (NaN with metrics=False)."""
+    z, _, _, _ = sample_latent(model, x, eps, backend)
+    return dual_head_terms(z, model.U, y, mask, backend, metrics)
 
 
 class LossFns:
     """The two losses of Algorithm 1 on one model, as sums over the batch's rows (a rank's share of the global
-    loss): `vae(x, eps)` is neg_elbo, `label(x, y, mask, eps)` is label_nll, eager or through torch.compile.
+    loss): `vae(x, eps)` is neg_elbo, `label(x, y, mask, eps, metrics=True)` is label_nll, eager or through
+    torch.compile.
 
     The backend is resolved here, once, for the device of the model's parameters (`backend`: the name resolved).
     """
@@ -61,6 +180,8 @@ class LossFns:
                  fullgraph: bool = True):
         self.model, self.recon_sigma = model, recon_sigma
         self.backend = kernels.resolve_backend(backend, device=model.U.device)
+        # SHIM(kernels): probed here, eagerly, not inside a compiled graph
+        _kernel_takes_sparse(self.backend, model.U.device)
         # The fused backends run as dualvae:: custom ops with fake implementations: one graph per loss. The
         # pure-PyTorch reference checks its labels with a data-dependent branch: one graph break, which
         # fullgraph would turn into an error.
@@ -76,5 +197,5 @@ class LossFns:
     def _vae(self, x, eps):
         return neg_elbo(self.model, x, eps, self.recon_sigma, self.backend)
 
-    def _label(self, x, y, mask, eps):
-        return label_nll(self.model, x, y, mask, eps, self.backend)
+    def _label(self, x, y, mask, eps, metrics=True):
+        return label_nll(self.model, x, y, mask, eps, self.backend, metrics)

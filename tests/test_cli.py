@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from dualvae.cli import main
+from dualvae.kernels import HashedMask
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,10 @@ def test_cli_pipeline(synth_root, tmp_path, capsys):
                  "--latent-dim", "16", "--missing-ratio", "0.5", "--workers", "1"]) == 0
     assert (run / "model.pt").exists() and (run / "log.csv").exists() and (run / "loss.png").exists()
     ckpt = torch.load(run / "model.pt", weights_only=True)
-    assert ckpt["step"] == 3 and ckpt["label_mask"].shape == (len(ckpt["label_mask"]), 40)
-    assert 0.3 < ckpt["label_mask"].float().mean() < 0.7  # missing ratio 0.5, saved with the run
+    mask = ckpt["label_mask"]  # saved with the run as its definition, not as a dense (N, 40) tensor
+    assert ckpt["step"] == 3 and set(mask) == {"seed", "missing_ratio", "rows"} and mask["missing_ratio"] == 0.5
+    dense = HashedMask(**mask).dense(40)
+    assert dense.shape == (len(mask["rows"]), 40) and 0.3 < dense.float().mean() < 0.7
 
     clf = tmp_path / "clf.pt"
     assert main(["train-classifier", "--data", synth_root, "--out", str(clf), "--steps", "2", "--batch-size", "8",

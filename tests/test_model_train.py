@@ -299,3 +299,44 @@ def test_train_config_fields_carry_their_help():
     assert set(fields["precision"].metadata["choices"]) == set(PRECISIONS)
     assert fields["label_optimizer"].metadata["choices"] == ("adam", "sgd")
     assert fields["data_backend"].metadata["choices"] == ("dali", "pil", "hdf5")
+
+
+def test_label_nll_takes_sparse_labels_and_the_hashed_mask(monkeypatch):
+    """label_nll with SparseLabels and a HashedMask (what the loaders give) equals it with their dense tensors,
+    the accuracy counted over column chunks equals the whole-matrix count, and the observed count is the mask's."""
+    from dualvae import losses
+    from dualvae.kernels import HashedMask, SparseLabels
+
+    m = tiny_model().eval()
+    x, y, _, eps = batch()
+    hm = HashedMask(7, 0.4, torch.tensor([3, 90, 5, 41, 0, 12]))
+    dense_mask = hm.dense(5, torch.float32)
+    assert 0 < dense_mask.sum() < dense_mask.numel()
+    want = losses.label_nll(m, x, y, dense_mask, eps, "reference")
+    monkeypatch.setattr(losses, "ACCURACY_CHUNK_ENTRIES", 12)  # 2 labels a chunk at B = 6
+    for labels in (y, SparseLabels.from_dense(y)):
+        got = losses.label_nll(m, x, labels, hm, eps, "reference")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+    assert losses.observed_count(hm, 6, 5).item() == dense_mask.sum().item()
+    assert losses.observed_count(HashedMask(7, 0.0, hm.rows), 6, 5).item() == 30
+    nll, _, observed = losses.label_nll(m, x, y, None, eps, "reference")
+    torch.testing.assert_close(nll, losses.label_nll(m, x, y, torch.ones_like(y), eps, "reference")[0])
+    assert observed.item() == 30
+
+
+def test_a_step_without_metrics_takes_the_same_step():
+    """metrics=False (the steps that log nothing) leaves out the accuracy and the bce (NaN), not the update."""
+    import math
+
+    states, stats = [], []
+    for metrics in (True, False):
+        m = tiny_model().train()
+        cfg = TrainConfig(data="", out="", latent_dim=8)
+        g, g_e = make_optimizers(m, cfg)
+        stats.append(train_step(m, g, g_e, *batch(), cfg, metrics=metrics))
+        states.append(_snapshot(m))
+    assert math.isfinite(stats[0]["label_acc"]) and math.isnan(stats[1]["label_acc"])
+    assert math.isnan(stats[1]["label_bce"]) and stats[1]["recon"] == stats[0]["recon"]
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k

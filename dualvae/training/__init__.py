@@ -6,6 +6,7 @@
     faults.py       NaN/inf losses, SIGTERM, out of memory, and the errors they raise
     log.py          events.log, log.csv, loss.png
     distributed.py  torchrun data parallelism
+    label_parallel.py  --label-parallel: U's rows split over the torchrun ranks, and their checkpoint shards
 """
 from dualvae.training.config import RESUME_FIELDS, TrainConfig
 from dualvae.training.faults import NonFiniteLossError, TrainingError, TrainingOOMError

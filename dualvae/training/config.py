@@ -13,7 +13,9 @@ from dualvae.options import option
 from dualvae.precision import PRECISIONS
 
 # Fields a resumed run must share with the checkpoint it resumes (the data stream and the model depend on them).
-RESUME_FIELDS = ("image_size", "latent_dim", "width", "batch_size", "seed", "missing_ratio", "limit")
+RESUME_FIELDS = ("image_size", "latent_dim", "width", "batch_size", "seed", "missing_ratio", "limit", "labels")
+# The label sets make_loader reads: the values of TrainConfig.labels.
+LABEL_SETS = ("attributes", "attributes,identity")
 
 
 @dataclass
@@ -35,6 +37,11 @@ class TrainConfig:
                           "(Adam's update does not depend on the loss's scale)")
     missing_ratio: float = option(0.0, "share s of the training labels hidden from the label step (the mask I), in "
                                   "[0, 1)")
+    labels: str = option("attributes", "the labels of the dual head: CelebA's 40 attributes, or the attributes "
+                         "and one label per identity (sparse positives)", choices=LABEL_SETS,
+                         metavar="attributes|attributes,identity")
+    label_parallel: bool = option(False, "under torchrun, split the rows of U (and their gradient and optimizer "
+                                  "state) over the processes; the encoder stays data parallel (docs/training.md)")
     recon_sigma: float = option(0.2, "sigma of the Gaussian decoder p(x|z), in [-1, 1] pixel units")
     latent_dim: int = option(128, "size of the latent z (and of each dual vector u_i)")
     width: int = option(32, "channels of the first conv of the encoder (doubled at every stride-2 stage)")

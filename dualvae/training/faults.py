@@ -16,6 +16,7 @@ import threading
 import numpy as np
 import torch
 
+from dualvae.losses import first_rows
 from dualvae.precision import autocast
 from dualvae.training.distributed import Dist
 
@@ -135,7 +136,7 @@ def largest_fitting_batch(model, fns, cfg, x, y, m, eps) -> int | None:
     while b >= 1:
         release(model, x.device)
         try:
-            fits(model, fns, cfg, x[:b], y[:b], m[:b], eps[:b])
+            fits(model, fns, cfg, x[:b], *first_rows(y, m, b), eps[:b])
             return b
         except RuntimeError as exc:
             if not is_oom(exc):

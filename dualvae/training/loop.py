@@ -15,12 +15,14 @@ invariant to the scale of the loss (alpha = 1 and alpha = 100 give identical run
 learning rate, `label_lr`. With SGD as g_e (`label_optimizer="sgd"`) the step is label_lr * alpha * grad, so
 alpha and label_lr act together.
 
-The missing-label indicator I (1 = observed) is drawn once per run from `missing_ratio` and `seed`, over the
-whole training label matrix, and saved in the checkpoint.
+The missing-label indicator I (1 = observed) is a pure function of (seed, missing_ratio, image, label): the
+loader gives each batch's as a kernels.HashedMask over the batch's global image indices, which the dual-head
+kernel evaluates in place (no (B, n) mask is formed), and the checkpoint stores its definition.
 
 Beside this file (docs/training.md tells users): the settings (config.py), the losses (dualvae/losses.py),
 torchrun data parallelism (distributed.py: every process runs `train` on its shard of the global batch,
-gradients and metrics summed before each of the two steps), checkpoints, resume and RNG states (state.py),
+gradients and metrics summed before each of the two steps), label parallelism (label_parallel.py: U's rows split
+over the processes), checkpoints, resume and RNG states (state.py),
 NaN/inf losses, SIGTERM and out of memory (faults.py), events, log.csv and loss.png (log.py).
 """
 from __future__ import annotations
@@ -33,7 +35,6 @@ import torch
 from tqdm import tqdm
 
 from dualvae.atomic import write_json_atomic
-from dualvae.data import make_loader
 from dualvae.losses import LossFns
 from dualvae.model import DualVAE
 from dualvae.precision import autocast, check_precision
@@ -42,8 +43,11 @@ from dualvae.training.distributed import (Dist, barrier, convert_batchnorm, gath
                                           reduce_grads_and_stats, shutdown)
 from dualvae.training.faults import (NonFiniteLossError, SigtermFlag, is_oom, nonfinite_stop, oom_error,
                                      oom_summary, step_is_finite)
+from dualvae.training.label_parallel import LabelParallel, shard_model
+from dualvae.training.loader_shim import open_loader
 from dualvae.training.log import Say, plot_log, write_log
-from dualvae.training.state import Progress, checkpoint_state, resume, rng_state, write_checkpoint
+from dualvae.training.state import (Progress, checkpoint_state, resume, rng_state, write_checkpoint,
+                                    write_parallel_checkpoint)
 
 
 def make_optimizers(model: DualVAE, cfg: TrainConfig):
@@ -60,14 +64,21 @@ def make_optimizers(model: DualVAE, cfg: TrainConfig):
 
 
 def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dist: Dist | None = None,
-               fns: LossFns | None = None, scaler=None, stop: bool = False) -> dict | None:
+               fns: LossFns | None = None, scaler=None, stop: bool = False,
+               label_parallel: LabelParallel | None = None, rows: torch.Tensor | None = None,
+               metrics: bool = True) -> dict | None:
     """One iteration of Algorithm 1 on a batch: the VAE step with g, then the label step with g_e.
 
     Under several processes x, y, mask, eps are this rank's rows of the global batch; gradients and metrics are
     summed over ranks before each step, so the update is the single-process update on the global batch. Returns
     the metrics (over the global batch), "skipped" (steps left out for a non-finite loss with skip_nonfinite) and
     "stop" (some rank asked to stop: SIGTERM); None when the global batch is empty (all its files skipped).
-    `fns`: the losses (default: LossFns on cfg's recon_sigma and kernel_backend).
+    `fns`: the losses (default: LossFns on cfg's recon_sigma and kernel_backend). y: a (B, n) tensor or
+    SparseLabels; mask: a HashedMask (the loaders'), a (B, n) tensor or None.
+    `label_parallel`: this rank's shard of U (label_parallel.py); the label step then takes its labels and mask
+    from the loader by the batch's `rows` (this rank's split rows; y and mask are unused) and U's gradient is
+    not summed over the ranks. metrics=False: the label step's bce and accuracy are not computed (NaN; the
+    loss is), for steps that log nothing (see losses.dual_head_terms).
     """
     d = dist or Dist(device=x.device)
     fns = fns or LossFns(model, cfg.recon_sigma, backend=cfg.kernel_backend)
@@ -104,15 +115,19 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
 
     # Label step: maximize alpha * sum_ij I_ij log p(y_ij | z_j, u_i) over encoder + U, same eps.
     with amp:
-        nll, correct, observed = fns.label(x, y, mask, eps)
+        if label_parallel is None:
+            nll, correct, observed = fns.label(x, y, mask, eps, metrics=metrics)
+        else:
+            nll, correct, observed = label_parallel.label(x, eps, rows, metrics)
     g_e.zero_grad(set_to_none=True)
     backward(cfg.alpha * nll)
-    label_params = [p for grp in g_e.param_groups for p in grp["params"]]
+    label_params = [p for grp in g_e.param_groups for p in grp["params"]
+                    if label_parallel is None or p is not model.U]  # a U shard's gradient is its own
     s2 = reduce_grads_and_stats(label_params, torch.stack([nll.detach(), correct, observed]), d).tolist()
     step(g_e, "label (dual BCE)", s2[0])
     if scaler is not None:
         scaler.update()
-    obs = max(s2[2], 1.0)
+    obs = max(s2[2], 1.0) if metrics else float("nan")
     return {"recon": recon, "kl": kl, "neg_elbo": recon + kl, "label_bce": s2[0] / obs, "label_acc": s2[1] / obs,
             "skipped": skipped, "stop": s[2] > 0}
 
@@ -141,6 +156,12 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
     if cfg.batch_size % d.world:
         raise ValueError(f"train: batch size {cfg.batch_size} (the global batch) is not a multiple of the "
                          f"{d.world} processes")
+    if cfg.label_parallel and cfg.precision == "fp16":
+        raise ValueError("train: --label-parallel does not run with --precision fp16 (the GradScaler's inf check "
+                         "would differ between U's shards and the ranks would skip different steps); use bf16")
+    if cfg.label_parallel and cfg.compile:
+        raise ValueError("train: --label-parallel does not run with --compile (the label step's collectives "
+                         "break the graph); leave --compile off")
     torch.manual_seed(cfg.seed)
     ckpt_dir = os.path.join(cfg.out, "ckpt")
     log_path, model_path = os.path.join(cfg.out, "log.csv"), os.path.join(cfg.out, "model.pt")
@@ -149,10 +170,11 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
     # Batches come from make_loader: epoch e visits the split in an order that is a pure function of (seed, e);
     # rank r of K takes every K-th image of it, so the K ranks' i-th batches are together the single-process
     # i-th batch of the global batch size. The missing-label mask I is a pure function of (seed, missing_ratio).
-    loader = make_loader(cfg.data, "train", image_size=cfg.image_size, batch_size=cfg.batch_size // d.world,
-                         device=d.device, backend=cfg.data_backend, shuffle=True, seed=cfg.seed, shard_id=d.rank,
-                         num_shards=d.world, missing_ratio=cfg.missing_ratio, drop_last=True,
-                         skip_corrupt=cfg.skip_corrupt, threads=cfg.workers, limit=cfg.limit)
+    loader = open_loader(cfg.data, "train", labels=cfg.labels, image_size=cfg.image_size,
+                         batch_size=cfg.batch_size // d.world, device=d.device, backend=cfg.data_backend,
+                         shuffle=True, seed=cfg.seed, shard_id=d.rank, num_shards=d.world,
+                         missing_ratio=cfg.missing_ratio, drop_last=True, skip_corrupt=cfg.skip_corrupt,
+                         threads=cfg.workers, limit=cfg.limit)
     n_train, label_mask = loader.num_images, loader.label_mask
     steps_per_epoch = n_train // cfg.batch_size  # the same on every rank (shards may hold one batch more)
     if steps_per_epoch == 0:
@@ -160,6 +182,8 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
 
     model = DualVAE(cfg.image_size, 3, cfg.latent_dim, len(loader.attr_names), cfg.width)
     model.attr_names = list(loader.attr_names)
+    if cfg.label_parallel:
+        shard_model(model, d)  # before the optimizers: g_e holds (and steps) this rank's rows of U only
     model = convert_batchnorm(model, d).to(d.device)
     g, g_e = make_optimizers(model, cfg)
     scaler = torch.amp.GradScaler(d.device.type) if cfg.precision == "fp16" else None
@@ -170,13 +194,20 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
     # The collectives of BatchNorm over several processes break graphs: one graph per loss with one process only.
     fns = LossFns(model, cfg.recon_sigma, backend=cfg.kernel_backend, compile=cfg.compile,
                   fullgraph=not d.enabled)
+    lp = LabelParallel(model, loader, d, cfg.batch_size // d.world, fns.backend) if cfg.label_parallel else None
 
     def save():
         rng = gather_objects(rng_state(gen, d), d)  # every rank's RNG states, to rank 0
+        ck = None
         if d.is_main:
             ck = checkpoint_state(model, g, g_e, scaler, progress, cfg, steps_per_epoch=steps_per_epoch, rng=rng,
                                   world_size=d.world, label_mask=label_mask)
-            progress.last_ckpt = write_checkpoint(ck, ckpt_dir, progress.step, model_path, cfg.keep_ckpts)
+        if lp is not None:
+            path = write_parallel_checkpoint(ck, model, g_e, d, ckpt_dir, progress.step, model_path, cfg.keep_ckpts)
+        elif d.is_main:
+            path = write_checkpoint(ck, ckpt_dir, progress.step, model_path, cfg.keep_ckpts)
+        if d.is_main:
+            progress.last_ckpt = path
             write_log(log_path, progress.log)
 
     sigterm = SigtermFlag()
@@ -197,14 +228,16 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
                 continue
             progress.position += 1
             x, y, m = batch
+            rows = loader.last_indices
             eps = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)[d.rank::d.world][:len(x)]
             if len(x) == 0 and not d.enabled:  # a batch of corrupt files skipped
                 continue
             # Sample z_j, the VAE step with g, the label step with g_e.
+            logs = progress.step % cfg.log_every == 0 or progress.step + 1 == cfg.steps
             oom = None
             try:
                 stats = train_step(model, g, g_e, x, y, m, eps.to(d.device), cfg, dist=d, fns=fns, scaler=scaler,
-                                   stop=sigterm.raised)
+                                   stop=sigterm.raised, label_parallel=lp, rows=rows, metrics=logs)
             except NonFiniteLossError as exc:
                 raise nonfinite_stop(exc, progress.step + 1, progress.last_ckpt) from None
             except RuntimeError as exc:
@@ -220,7 +253,7 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
             progress.skipped_nonfinite += stats["skipped"]
             progress.step += 1
             bar.update(1)
-            if (progress.step - 1) % cfg.log_every == 0 or progress.step == cfg.steps:
+            if logs:
                 row = {k: v for k, v in stats.items() if k not in ("skipped", "stop")}
                 progress.log.append({"step": progress.step - 1, "time_s": round(time.time() - t0, 2), **row})
                 bar.set_postfix(recon=f"{stats['recon']:.0f}", kl=f"{stats['kl']:.0f}",

@@ -3,6 +3,11 @@
 A checkpoint holds everything a resume needs: the model, both optimizers, the GradScaler, the step, the epoch and
 the position in it, every rank's RNG states, the missing-label mask, the loss log and the config. It holds
 tensors and plain values only, so that it loads with torch.load(weights_only=True) (dualvae.checkpoint).
+
+The missing-label mask is stored as its definition, ck["label_mask"] = {"seed", "missing_ratio", "rows"} (rows:
+the split positions of the training images, int64), never as a dense (N, n) tensor: `mask_from_state` gives the
+kernels.HashedMask back, and .dense(n) the (N, n) indicator. A label-parallel run's checkpoint keeps U in one
+shard file per rank beside the main file (training/label_parallel.py).
 """
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ import torch
 
 from dualvae.atomic import copy_atomic
 from dualvae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
+from dualvae.kernels import HashedMask
+from dualvae.training import label_parallel
 from dualvae.training.config import RESUME_FIELDS, TrainConfig
-from dualvae.training.distributed import Dist, broadcast_object
+from dualvae.training.distributed import Dist, barrier, broadcast_object
 
 CKPT_NAME = re.compile(r"step-(\d+)\.pt$")
 # What a checkpoint must hold to be resumed (a model-only one, DualVAE.checkpoint_state(), lacks most).
@@ -37,8 +44,18 @@ class Progress:
     last_ckpt: str | None = None  # the newest checkpoint this process wrote or resumed from
 
 
+def mask_state(mask: HashedMask) -> dict:
+    """A HashedMask as checkpoint values: its definition (seed, missing ratio, the rows' global indices)."""
+    return {"seed": mask.seed, "missing_ratio": mask.missing_ratio, "rows": mask.rows.cpu()}
+
+
+def mask_from_state(state: dict) -> HashedMask:
+    """The HashedMask of a checkpoint's "label_mask" (mask_state)."""
+    return HashedMask(state["seed"], state["missing_ratio"], state["rows"])
+
+
 def checkpoint_state(model, g, g_e, scaler, progress: Progress, cfg: TrainConfig, *, steps_per_epoch: int,
-                     rng: list[dict], world_size: int, label_mask: torch.Tensor) -> dict:
+                     rng: list[dict], world_size: int, label_mask: HashedMask) -> dict:
     """The checkpoint of a run at progress.step; `rng` holds every rank's rng_state."""
     return {
         **model.checkpoint_state(),  # kind, config, model (the weights), attr_names: what DualVAE.load reads
@@ -51,7 +68,7 @@ def checkpoint_state(model, g, g_e, scaler, progress: Progress, cfg: TrainConfig
         "steps_per_epoch": steps_per_epoch,
         "rng": rng,
         "world_size": world_size,
-        "label_mask": label_mask,
+        "label_mask": mask_state(label_mask),
         "skipped_nonfinite": progress.skipped_nonfinite,
         "log": progress.log,
         "train_config": asdict(cfg),
@@ -75,9 +92,34 @@ def write_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep: 
     removed: a crash at any point leaves every file complete."""
     path = save_atomic(ck, checkpoint_path(ckpt_dir, step))
     copy_atomic(path, model_path)
+    _rotate(ckpt_dir, keep)
+    return path
+
+
+def _rotate(ckpt_dir: str, keep: int) -> None:
+    """Remove the step checkpoints beyond the newest `keep`, with their label-parallel shard files."""
     for old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)
-    return path
+        for shard in glob.glob(glob.escape(old[:-3]) + ".shard-*-of-*.pt"):
+            os.remove(shard)
+
+
+def write_parallel_checkpoint(ck: dict | None, model, g_e, d: Dist, ckpt_dir: str, step: int, model_path: str,
+                              keep: int) -> str | None:
+    """The checkpoint of a label-parallel run: every rank writes its shard of U (atomic), then, once all have
+    (barrier), rank 0 writes out/ckpt/step-N.pt and out/model.pt (each atomic, listing the shards: model.pt names
+    them in ckpt/) and rotates. `ck`: rank 0's checkpoint_state (None elsewhere). Returns the step file's path
+    (on every rank)."""
+    path = checkpoint_path(ckpt_dir, step)
+    label_parallel.write_shard(model, g_e, path, step, d)
+    barrier(d)
+    if d.is_main:
+        name = os.path.basename(path)
+        save_atomic(label_parallel.main_part(ck, model, g_e, d, "", name), path)
+        rel = os.path.relpath(ckpt_dir, os.path.dirname(os.path.abspath(model_path)))
+        save_atomic(label_parallel.main_part(ck, model, g_e, d, rel, name), model_path)
+        _rotate(ckpt_dir, keep)
+    return os.path.abspath(path)
 
 
 # -- resume -----------------------------------------------------------------------------------------------------
@@ -88,7 +130,7 @@ def resume(cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generato
     ck, path = find_resume(cfg, d, say)
     if ck is None:
         return Progress()
-    progress = restore(ck, cfg, d, model, g, g_e, scaler, gen, say)
+    progress = restore(ck, cfg, d, model, g, g_e, scaler, gen, say, path)
     progress.last_ckpt = path
     say(f"resumed from {path}: step {progress.step}, epoch {progress.epoch}, batch {progress.position} of "
         f"{steps_per_epoch}")
@@ -131,16 +173,26 @@ def load_resumable(path: str) -> dict:
     return ck
 
 
-def restore(ck: dict, cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generator, say) -> Progress:
-    """Load checkpoint `ck` into the run (refused when a RESUME_FIELDS setting differs); returns its progress."""
+def restore(ck: dict, cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generator, say,
+            path: str = "checkpoint") -> Progress:
+    """Load checkpoint `ck` (read from `path`) into the run (refused when a RESUME_FIELDS setting differs, or
+    when it is label-parallel and the run is not, or over another number of processes); returns its progress."""
     saved = ck["train_config"]
-    diff = [f"{k} {saved.get(k)!r} (checkpoint) vs {getattr(cfg, k)!r}" for k in RESUME_FIELDS
-            if saved.get(k) != getattr(cfg, k)]
+    defaults = TrainConfig(data="", out="")
+    diff = [f"{k} {saved.get(k, getattr(defaults, k))!r} (checkpoint) vs {getattr(cfg, k)!r}"
+            for k in RESUME_FIELDS if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)]
     if diff:
         raise ValueError(f"resume: this run's settings differ from the checkpoint's: {'; '.join(diff)}")
-    model.load_state_dict(ck["model"])
+    if cfg.label_parallel:
+        model_state, g_e_state = label_parallel.restore_shard(ck, path, model, g_e, d)
+    elif ck.get("label_parallel"):
+        raise ValueError(f"resume: checkpoint {path} holds U in {ck['label_parallel']['world_size']} "
+                         f"label-parallel shards; resume it with --label-parallel on as many processes")
+    else:
+        model_state, g_e_state = ck["model"], ck["g_e"]
+    model.load_state_dict(model_state)
     g.load_state_dict(ck["g"])
-    g_e.load_state_dict(ck["g_e"])
+    g_e.load_state_dict(g_e_state)
     if scaler is not None and ck.get("scaler"):
         scaler.load_state_dict(ck["scaler"])
     rngs = ck["rng"]
