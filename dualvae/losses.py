@@ -105,34 +105,6 @@ def observed_count(mask, rows: int, n: int, device=None) -> torch.Tensor:
     return total.to(device=device, dtype=torch.float32)
 
 
-# SHIM(kernels): until dual_bce takes SparseLabels and HashedMask on every backend (the kernels' side of this
-# change), a backend that refuses them gets the dense (B, n) tensors formed here. Remove with the merge.
-_KERNEL_TAKES_SPARSE: dict[str, bool] = {}
-
-
-def _kernel_takes_sparse(backend: str, device=None) -> bool:
-    if backend not in _KERNEL_TAKES_SPARSE:
-        z, U = torch.zeros(1, 1, device=device), torch.zeros(1, 1, device=device)
-        y = SparseLabels(torch.tensor([0, 0], device=device), torch.zeros(0, dtype=torch.int64, device=device), 1)
-        rows = torch.zeros(1, dtype=torch.int64, device=device)
-        try:
-            kernels.dual_bce(z, U, y, HashedMask(0, 0.0, rows), backend=backend)
-            _KERNEL_TAKES_SPARSE[backend] = True
-        except (ValueError, TypeError, AttributeError, RuntimeError, NotImplementedError):
-            _KERNEL_TAKES_SPARSE[backend] = False
-    return _KERNEL_TAKES_SPARSE[backend]
-
-
-def _dual_bce_sum(z, U, y, mask, backend: str) -> torch.Tensor:
-    if (isinstance(y, SparseLabels) or isinstance(mask, HashedMask)) and not _kernel_takes_sparse(backend, z.device):
-        if isinstance(y, SparseLabels):
-            y = y.to(z.device).dense(torch.float32)
-        if isinstance(mask, HashedMask):
-            mask = mask.to(z.device).dense(U.shape[0], torch.float32)
-    return kernels.dual_bce(z, U, y, mask, reduction="sum", backend=backend)
-# END SHIM(kernels)
-
-
 def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "auto", metrics: bool = True):
     """(sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct observed predictions, observed count) of the dual head U
     on latents z, in float32; only the loss carries a gradient.
@@ -144,7 +116,7 @@ def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "a
     (observed_count). metrics=False skips both (they are then NaN): the steps that log nothing need the loss
     only, and at many labels the two cost about as much as the loss."""
     B, n = z.shape[0], U.shape[0]
-    nll = _dual_bce_sum(z, U, y, mask, backend).float()
+    nll = kernels.dual_bce(z, U, y, mask, reduction="sum", backend=backend).float()
     if not metrics:
         nan = torch.tensor(float("nan"), device=z.device)
         return nll, nan, nan
@@ -180,8 +152,6 @@ class LossFns:
                  fullgraph: bool = True):
         self.model, self.recon_sigma = model, recon_sigma
         self.backend = kernels.resolve_backend(backend, device=model.U.device)
-        # SHIM(kernels): probed here, eagerly, not inside a compiled graph
-        _kernel_takes_sparse(self.backend, model.U.device)
         # The fused backends run as dualvae:: custom ops with fake implementations: one graph per loss. The
         # pure-PyTorch reference checks its labels with a data-dependent branch: one graph break, which
         # fullgraph would turn into an error.

@@ -21,7 +21,6 @@ from dualvae.kernels import HashedMask
 from dualvae.model import DualVAE
 from dualvae.training import TrainConfig, list_checkpoints, train
 from dualvae.training.label_parallel import shard_range
-from dualvae.training.loader_shim import takes_labels
 from test_train_dist import TINY, TINY_ARGS, _free_port, _wait_for
 
 STEPS = 8  # 5 steps an epoch (40 images, global batch 8): crosses an epoch boundary
@@ -121,8 +120,7 @@ def test_training_uses_the_hashed_mask_and_saves_its_definition(runs):
     dense = HashedMask(**saved).dense(40)
     assert torch.equal(dense, HashedMask(0, 0.3, torch.arange(40)).dense(40))
     assert 0.6 < dense.float().mean() < 0.8
-    if takes_labels():  # the loaders' draw_label_mask is the same hash (before that, the loader is shimmed)
-        assert torch.equal(dense, draw_label_mask((40, 40), 0.3, 0))
+    assert torch.equal(dense, draw_label_mask((40, 40), 0.3, 0))  # the loaders' mask is the same hash
 
 
 def test_label_parallel_is_as_close_to_one_process_as_data_parallel(runs, cache):

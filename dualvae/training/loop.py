@@ -44,7 +44,6 @@ from dualvae.training.distributed import (Dist, barrier, convert_batchnorm, gath
 from dualvae.training.faults import (NonFiniteLossError, SigtermFlag, is_oom, nonfinite_stop, oom_error,
                                      oom_summary, step_is_finite)
 from dualvae.training.label_parallel import LabelParallel, shard_model
-from dualvae.training.loader_shim import open_loader
 from dualvae.training.log import Say, plot_log, write_log
 from dualvae.training.state import (Progress, checkpoint_state, resume, rng_state, write_checkpoint,
                                     write_parallel_checkpoint)
@@ -170,7 +169,7 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
     # Batches come from make_loader: epoch e visits the split in an order that is a pure function of (seed, e);
     # rank r of K takes every K-th image of it, so the K ranks' i-th batches are together the single-process
     # i-th batch of the global batch size. The missing-label mask I is a pure function of (seed, missing_ratio).
-    loader = open_loader(cfg.data, "train", labels=cfg.labels, image_size=cfg.image_size,
+    loader = make_loader(cfg.data, "train", labels=cfg.labels, image_size=cfg.image_size,
                          batch_size=cfg.batch_size // d.world, device=d.device, backend=cfg.data_backend,
                          shuffle=True, seed=cfg.seed, shard_id=d.rank, num_shards=d.world,
                          missing_ratio=cfg.missing_ratio, drop_last=True, skip_corrupt=cfg.skip_corrupt,
