@@ -83,15 +83,17 @@ def label_bytes(variant: str, B: int, n: int, nnz: int) -> int:
 def estimate_bytes(variant: str, B: int, d: int, n: int, nnz: int) -> int:
     """Label inputs plus an estimate of the step's working set: the C++ kernels keep dU made in the forward and
     its scaled copy (2 n d fp32) plus 16 MiB of partials; eager keeps about six (B, n) fp32 tensors alive
-    (logits, loss terms, the mask product, and their gradients), torch.compile about three."""
+    (logits, loss terms, the mask product, and their gradients), torch.compile about three. The variants that
+    take the mask as a tensor also hold its bool form (B n bytes), formed once per n."""
     grads = (B + n) * d * 4
     work = {"eager": 6 * B * n * 4, "compile": 3 * B * n * 4}.get(variant, 2 * n * d * 4 + (16 << 20))
-    return label_bytes(variant, B, n, nnz) + grads + work
+    mask = 0 if variant == "sparse-hashed" else B * n
+    return label_bytes(variant, B, n, nnz) + grads + work + mask
 
 
 def make_labels(B: int, n: int, density: float, seed: int):
     """(SparseLabels with int32 indices, HashedMask): each label positive with probability `density` (drawn
-    BUILD_ROWS rows at a time), the mask of rows seed*B .. seed*B + B - 1."""
+    BUILD_ROWS rows at a time); the mask of rows 0 .. B - 1, the same at every density."""
     K = kernels()
     g = torch.Generator().manual_seed(seed)
     counts, parts = [], []
@@ -102,37 +104,48 @@ def make_labels(B: int, n: int, density: float, seed: int):
     indptr = torch.zeros(B + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.cat(counts), 0)
     sp = K.SparseLabels(indptr, torch.cat(parts), n)
-    hm = K.HashedMask(MASK_SEED, MISSING_RATIO, torch.arange(B, dtype=torch.int64) + seed * B)
+    hm = K.HashedMask(MASK_SEED, MISSING_RATIO, torch.arange(B, dtype=torch.int64))
     return sp, hm
 
 
-def dense_rows(sp, hm, r0: int, r1: int):
-    """(y, mask) of rows [r0, r1) as float32 (r1 - r0, n) tensors."""
-    n = sp.n
-    lo, hi = int(sp.indptr[r0]), int(sp.indptr[r1])
-    y = torch.zeros(r1 - r0, n)
-    rows = torch.repeat_interleave(torch.arange(r1 - r0), sp.indptr[r0 + 1:r1 + 1] - sp.indptr[r0:r1])
-    y[rows, sp.indices[lo:hi].to(torch.int64)] = 1.0
-    mask = hm.select(torch.arange(r0, r1)).dense(n, torch.float32)
-    return y, mask
-
-
-def dense_labels(sp, hm):
-    B, n = sp.shape
-    y, mask = torch.empty(B, n), torch.empty(B, n)
+def dense_mask(hm, n: int):
+    """HashedMask.dense(n) as bool, BUILD_ROWS rows at a time (the reference hash's int64 temporaries are 8 bytes
+    an entry, several at once). Slow at n = 2**20 (minutes: the reference hash is plain tensor arithmetic), so
+    main() forms it once per n."""
+    B = len(hm.rows)
+    mask = torch.empty(B, n, dtype=torch.bool)
     for r0 in range(0, B, BUILD_ROWS):
         r1 = min(B, r0 + BUILD_ROWS)
-        y[r0:r1], mask[r0:r1] = dense_rows(sp, hm, r0, r1)
-    return y, mask
+        mask[r0:r1] = hm.select(torch.arange(r0, r1)).dense(n)
+    return mask
 
 
-def packed_labels(sp, hm):
+def dense_y_rows(sp, r0: int, r1: int) -> torch.Tensor:
+    """Rows [r0, r1) of the labels as a float32 (r1 - r0, n) tensor."""
+    lo, hi = int(sp.indptr[r0]), int(sp.indptr[r1])
+    y = torch.zeros(r1 - r0, sp.n)
+    rows = torch.repeat_interleave(torch.arange(r1 - r0), sp.indptr[r0 + 1:r1 + 1] - sp.indptr[r0:r1])
+    y[rows, sp.indices[lo:hi].to(torch.int64)] = 1.0
+    return y
+
+
+def dense_labels(sp, mask_bool):
+    """(y, mask) as (B, n) float32 tensors."""
+    B, n = sp.shape
+    y = torch.empty(B, n)
+    for r0 in range(0, B, BUILD_ROWS):
+        r1 = min(B, r0 + BUILD_ROWS)
+        y[r0:r1] = dense_y_rows(sp, r0, r1)
+    return y, mask_bool.to(torch.float32)
+
+
+def packed_labels(sp, mask_bool):
     K = kernels()
     B, n = sp.shape
     words = torch.empty(B, -(-n // 16), dtype=torch.int32)
     for r0 in range(0, B, BUILD_ROWS):
         r1 = min(B, r0 + BUILD_ROWS)
-        words[r0:r1] = K.pack_labels(*dense_rows(sp, hm, r0, r1)).words
+        words[r0:r1] = K.pack_labels(dense_y_rows(sp, r0, r1), mask_bool[r0:r1]).words
     return K.PackedLabels(words, n)
 
 
@@ -143,7 +156,7 @@ class Variant:
         self.name, self.fwd, self.label_bytes = name, fwd, nbytes
 
 
-def build_variants(names, z, U, sp, hm, dense):
+def build_variants(names, z, U, sp, hm, mask_bool, dense):
     K = kernels()
     out = []
     for name in names:
@@ -152,7 +165,7 @@ def build_variants(names, z, U, sp, hm, dense):
             out.append(Variant(name, lambda y=y, m=mask: K.dual_bce(z, U, y, m, backend="cpu", reduction="sum"),
                                y.nbytes + mask.nbytes))
         elif name == "packed":
-            p = packed_labels(sp, hm)
+            p = packed_labels(sp, mask_bool)
             out.append(Variant(name, lambda p=p: K.dual_bce(z, U, p, None, backend="cpu", reduction="sum"),
                                p.words.nbytes))
         elif name == "sparse-hashed":
@@ -188,7 +201,7 @@ def step(v: Variant, leaves, hwm: bool):
     return dt, peak, value
 
 
-def measure_size(n, density, names, settings, skipped, log):
+def measure_size(n, density, names, settings, skipped, log, masks):
     """Rows of every variant at (B, d, n, density) that fits the memory budget, timed interleaved."""
     Bq, d = settings["B"], settings["d"]
     seed = int(round(-math.log10(density))) * 10 + int(math.log2(n))
@@ -206,8 +219,15 @@ def measure_size(n, density, names, settings, skipped, log):
     g = torch.Generator().manual_seed(seed)
     z = (torch.randn(Bq, d, generator=g) * 0.5).requires_grad_()
     U = (torch.randn(n, d, generator=g) / math.sqrt(d)).requires_grad_()
-    dense = dense_labels(sp, hm) if set(run) & {"dense", "eager", "compile"} else None
-    variants = build_variants(run, z, U, sp, hm, dense)
+    mask_bool = None
+    if set(run) - {"sparse-hashed"}:  # the variants that take the mask as a tensor
+        if n not in masks:
+            t = time.perf_counter()
+            masks[n] = dense_mask(hm, n)
+            log(f"  n={n}: formed the dense mask in {time.perf_counter() - t:.1f} s")
+        mask_bool = masks[n]
+    dense = dense_labels(sp, mask_bool) if set(run) & {"dense", "eager", "compile"} else None
+    variants = build_variants(run, z, U, sp, hm, mask_bool, dense)
     hwm = settings["hwm"]
     rows = {v.name: dict(B=Bq, d=d, n=n, density=density, variant=v.name, nnz=sp.nnz, label_bytes=v.label_bytes,
                          est_gib=round(estimate_bytes(v.name, Bq, d, n, sp.nnz) / GiB, 3), times_ms=[], peaks=[])
@@ -400,9 +420,12 @@ def main(argv=None) -> int:
     print(f"bench_sparse: B={settings['B']} d={settings['d']} n in {list(sizes)} density in {list(densities)}, "
           f"variants {', '.join(names)}, {threads} threads" + (" (quick)" if quick else ""), flush=True)
     for n in sizes:
+        masks = {}  # the dense mask of this n, formed once for every density
         for density in densities:
-            rows += measure_size(n, density, names, settings, skipped, lambda s: print(s, flush=True))
+            rows += measure_size(n, density, names, settings, skipped, lambda s: print(s, flush=True), masks)
             write(partial=True)
+        del masks
+        gc.collect()
     md = write(partial=False)
     print()
     print(md)
