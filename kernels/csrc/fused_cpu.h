@@ -10,15 +10,41 @@
 
 namespace dualvae::cpu {
 
-// Labels of one dual_bce call as raw views: unpacked (y and an optional mask, any real dtype; the mask is a
-// weight, 1 = observed) or packed (2 bits an entry, see kernels/ops.py PackedLabels).
+// The hashed missing-label mask (kernels/reference.py, hashed_observed): entry (r, j) is observed iff
+// h(r, j) = fmix32(row_key(r) ^ (j * kMaskColMul)) >= threshold, in uint32 arithmetic.
+constexpr uint32_t kMaskRowMul = 0x9E3779B1u, kMaskColMul = 0x85EBCA77u;
+
+// MurmurHash3's 32-bit finalizer.
+inline uint32_t fmix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x85EBCA6Bu;
+  x ^= x >> 13;
+  x *= 0xC2B2AE35u;
+  return x ^ (x >> 16);
+}
+
+// fmix32(key + r * kMaskRowMul) of a global row index r (its low 32 bits, as the reference takes them).
+inline uint32_t mask_row_key(uint32_t key, int64_t r) {
+  return fmix32(key + static_cast<uint32_t>(r) * kMaskRowMul);
+}
+
+// Labels of one dual_bce call as raw views. y: unpacked (B, n) (any real dtype), packed (2 bits an entry with
+// the mask, see kernels/labels.py PackedLabels) or sparse (CSR positives: row b's positives are
+// indices[indptr[b] .. indptr[b + 1]), strictly increasing, all in [0, n); checked by the op). The mask: a
+// (B, n) weight of any real dtype (1 = observed), the hash above (mask_row_keys), or none.
 struct Labels {
   const void* y = nullptr;
   at::ScalarType y_type = at::kFloat;
-  const void* mask = nullptr;  // null: every label observed
+  const void* mask = nullptr;  // null: every label observed (unless hashed)
   at::ScalarType mask_type = at::kFloat;
   const int32_t* words = nullptr;  // packed: (B, n_words)
   int64_t n_words = 0;
+  const int64_t* indptr = nullptr;  // sparse: (B + 1,)
+  const void* indices = nullptr;    // sparse: (nnz,) int32 or int64
+  bool indices_64 = false;
+  const uint32_t* mask_row_keys = nullptr;  // hashed mask: (B,) mask_row_key of each row; null: not hashed
+  uint64_t mask_threshold = 0;              // in [0, 2**32]
+  uint32_t mask_col_offset = 0;             // the global label index of column 0
 };
 
 // One dual_bce problem in float32: logits L = z U^T + b are made tile by tile and never stored whole.

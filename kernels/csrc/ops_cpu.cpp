@@ -3,13 +3,16 @@
 #include "fused_cpu.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <vector>
 
 namespace dualvae::cpu {
 namespace {
@@ -194,16 +197,90 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> reparameterize_kl_backward_cpu(
   return {dmu, dlv, need_deps ? deps : m.new_empty({0})};
 }
 
+// Row b of sparse labels: ValueError unless its indices are strictly increasing and in [0, n).
+template <typename I>
+int64_t first_bad_sparse_row(const int64_t* indptr, const I* idx, int64_t B, int64_t n) {
+  // Rows in parallel chunks, each stopping at its first bad row; the smallest one is reported, so the message
+  // does not depend on the thread count.
+  std::atomic<int64_t> first{B};
+  at::parallel_for(0, B, 256, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1 && b < first.load(std::memory_order_relaxed); ++b) {
+      int64_t prev = -1;
+      for (int64_t k = indptr[b]; k < indptr[b + 1]; ++k) {
+        const int64_t c = static_cast<int64_t>(idx[k]);
+        if (c <= prev || c >= n) {
+          int64_t cur = first.load();
+          while (b < cur && !first.compare_exchange_weak(cur, b)) {
+          }
+          return;
+        }
+        prev = c;
+      }
+    }
+  });
+  return first.load();
+}
+
+template <typename I>
+void check_sparse_row(const char* op, const int64_t* indptr, const I* idx, int64_t b, int64_t n) {
+  int64_t prev = -1;
+  for (int64_t k = indptr[b]; k < indptr[b + 1]; ++k) {
+    const int64_t c = static_cast<int64_t>(idx[k]);
+    TORCH_CHECK_VALUE(c >= 0 && c < n, op, ": sparse labels: row ", b, " has label index ", c, " outside [0, ", n,
+                      ")");
+    TORCH_CHECK_VALUE(c > prev, op, ": sparse labels: row ", b, " has ", c == prev ? "a duplicate" : "unsorted indices",
+                      ": ", prev, " then ", c, " (each row's indices must be strictly increasing)");
+    prev = c;
+  }
+}
+
+// indptr (B + 1,) int64 from 0 to nnz, non-decreasing, and indices (nnz,) int32/int64, each row strictly
+// increasing in [0, n): ValueError naming the first bad row. One pass over indptr and the indices (the kernel's
+// binary searches and writes rely on it).
+void check_sparse(const char* op, const at::Tensor& indptr, const at::Tensor& indices, int64_t B, int64_t n) {
+  TORCH_CHECK_VALUE(indptr.scalar_type() == at::kLong && indptr.dim() == 1 && indptr.size(0) == B + 1, op,
+                    ": sparse labels: indptr must be int64 (B + 1,) = (", B + 1, ",), got ", indptr.scalar_type(), " ",
+                    indptr.sizes());
+  TORCH_CHECK_VALUE((indices.scalar_type() == at::kInt || indices.scalar_type() == at::kLong) && indices.dim() == 1,
+                    op, ": sparse labels: indices must be a 1-D int32 or int64 tensor, got ", indices.scalar_type(),
+                    " ", indices.sizes());
+  const int64_t* p = indptr.const_data_ptr<int64_t>();
+  const int64_t nnz = indices.size(0);
+  TORCH_CHECK_VALUE(p[0] == 0, op, ": sparse labels: indptr[0] must be 0, got ", p[0]);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(p[b] <= p[b + 1], op, ": sparse labels: indptr is not monotone at row ", b, ": indptr[", b,
+                      "] = ", p[b], " > indptr[", b + 1, "] = ", p[b + 1]);
+  }
+  TORCH_CHECK_VALUE(p[B] == nnz, op, ": sparse labels: indptr[-1] = ", p[B], " but indices holds ", nnz,
+                    " entries");
+  if (indices.scalar_type() == at::kLong) {
+    const int64_t* idx = indices.const_data_ptr<int64_t>();
+    const int64_t b = first_bad_sparse_row(p, idx, B, n);
+    if (b < B) check_sparse_row(op, p, idx, b, n);
+  } else {
+    const int32_t* idx = indices.const_data_ptr<int32_t>();
+    const int64_t b = first_bad_sparse_row(p, idx, B, n);
+    if (b < B) check_sparse_row(op, p, idx, b, n);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_bce_cpu(
     const at::Tensor& z, const at::Tensor& U, const at::Tensor& labels, const std::optional<at::Tensor>& mask,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gscale, int64_t n, bool packed,
-    bool need_loss, bool need_dz, bool need_dU, bool need_db) {
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gscale, int64_t n,
+    c10::string_view label_kind, const std::optional<at::Tensor>& indptr, const std::optional<at::Tensor>& mask_rows,
+    int64_t mask_key, int64_t mask_threshold, int64_t mask_col_offset, bool need_loss, bool need_dz, bool need_dU,
+    bool need_db) {
   const char* op = "dual_bce_cpu";
   check_cpu(op, "z", z);
   check_cpu(op, "U", U);
   check_cpu(op, "labels", labels);
   TORCH_CHECK_VALUE(z.dim() == 2 && U.dim() == 2 && U.size(1) == z.size(1) && U.size(0) == n, op,
                     ": z (B, d) and U (n, d) expected, got ", z.sizes(), " and ", U.sizes(), " with n = ", n);
+  const bool packed = label_kind == "packed", sparse = label_kind == "sparse";
+  TORCH_CHECK_VALUE(packed || sparse || label_kind == "dense", op, ": label_kind must be 'dense', 'packed' or "
+                    "'sparse', got '", std::string(label_kind), "'");
+  TORCH_CHECK_VALUE(sparse == indptr.has_value(), op, ": indptr ", sparse ? "is required" : "must be None",
+                    " with label_kind '", std::string(label_kind), "'");
   const int64_t B = z.size(0), d_in = z.size(1);
   // d = 0: every logit is the bias alone; one zero column keeps the BLAS leading dimensions valid.
   const int64_t d = std::max<int64_t>(d_in, 1);
@@ -214,7 +291,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.z = zf.const_data_ptr<float>();
   p.U = Uf.const_data_ptr<float>();
   std::tie(p.tile_b, p.tile_n) = tile_shape();
-  at::Tensor lab = labels.contiguous(), msk, bf, gs;
+  at::Tensor lab = labels.contiguous(), msk, bf, gs, ptr;
+  std::vector<uint32_t> row_keys;
+  if (mask_rows.has_value()) {
+    check_cpu(op, "mask_rows", *mask_rows);
+    TORCH_CHECK_VALUE(!packed, op, ": a hashed mask (mask_rows) cannot go with packed labels (they carry their mask)");
+    TORCH_CHECK_VALUE(!mask.has_value(), op, ": give either a dense mask or a hashed one (mask_rows), not both");
+    TORCH_CHECK_VALUE(mask_rows->scalar_type() == at::kLong && mask_rows->dim() == 1 && mask_rows->size(0) == B, op,
+                      ": mask_rows must be int64 (", B, ",), got ", mask_rows->scalar_type(), " ", mask_rows->sizes());
+    TORCH_CHECK_VALUE(mask_key >= 0 && mask_key <= 0xFFFFFFFFll, op, ": mask_key must be a uint32 value in [0, 2**32), "
+                      "got ", mask_key);
+    TORCH_CHECK_VALUE(mask_threshold >= 0 && mask_threshold <= (int64_t{1} << 32), op,
+                      ": mask_threshold must be in [0, 2**32], got ", mask_threshold);
+    TORCH_CHECK_VALUE(mask_col_offset >= 0 && mask_col_offset <= 0x7FFFFFFFll, op,
+                      ": mask_col_offset must be in [0, 2**31), got ", mask_col_offset);
+    const auto r = mask_rows->contiguous();
+    const int64_t* rp = r.const_data_ptr<int64_t>();
+    row_keys.resize(B);
+    for (int64_t b = 0; b < B; ++b) row_keys[b] = mask_row_key(static_cast<uint32_t>(mask_key), rp[b]);
+    p.labels.mask_row_keys = row_keys.data();
+    p.labels.mask_threshold = static_cast<uint64_t>(mask_threshold);
+    p.labels.mask_col_offset = static_cast<uint32_t>(mask_col_offset);
+  }
   if (packed) {
     TORCH_CHECK_VALUE(lab.scalar_type() == at::kInt && lab.dim() == 2 && lab.size(0) == B &&
                       lab.size(1) == (n + 15) / 16, op, ": packed labels must be int32 (", B, ", ", (n + 15) / 16,
@@ -223,14 +321,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     p.labels.words = lab.const_data_ptr<int32_t>();
     p.labels.n_words = lab.size(1);
   } else {
-    TORCH_CHECK_VALUE(lab.dim() == 2 && lab.size(0) == B && lab.size(1) == n, op, ": labels must be (", B, ", ",
-                      n, "), got ", lab.sizes());
-    p.labels.y = lab.const_data_ptr();
-    p.labels.y_type = lab.scalar_type();
+    if (sparse) {
+      check_cpu(op, "indptr", *indptr);
+      ptr = indptr->contiguous();
+      check_sparse(op, ptr, lab, B, n);
+      p.labels.indptr = ptr.const_data_ptr<int64_t>();
+      p.labels.indices = lab.const_data_ptr();
+      p.labels.indices_64 = lab.scalar_type() == at::kLong;
+    } else {
+      TORCH_CHECK_VALUE(lab.dim() == 2 && lab.size(0) == B && lab.size(1) == n, op, ": labels must be (", B, ", ",
+                        n, "), got ", lab.sizes());
+      p.labels.y = lab.const_data_ptr();
+      p.labels.y_type = lab.scalar_type();
+    }
     if (mask.has_value()) {
       check_cpu(op, "mask", *mask);
       msk = mask->contiguous();
-      TORCH_CHECK_VALUE(msk.sizes() == lab.sizes(), op, ": mask must be (", B, ", ", n, "), got ", msk.sizes());
+      TORCH_CHECK_VALUE(msk.dim() == 2 && msk.size(0) == B && msk.size(1) == n, op, ": mask must be (", B, ", ", n,
+                        "), got ", msk.sizes());
       p.labels.mask = msk.const_data_ptr();
       p.labels.mask_type = msk.scalar_type();
     }

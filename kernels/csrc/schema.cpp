@@ -12,13 +12,18 @@ TORCH_LIBRARY(dualvae, m) {
   // (dmu, dlogvar, deps or an empty tensor); eps None: the forward's eps, regenerated from (seed, offset).
   m.def("reparameterize_kl_backward_cpu(Tensor dz, Tensor dkl, Tensor mu, Tensor logvar, Tensor? eps, int seed, "
         "int offset, bool need_deps) -> (Tensor, Tensor, Tensor)");
-  // Masked dual-head BCE over tiles of L = z U^T + b, never stored whole. labels: (B, n) y (any real dtype)
-  // with an optional (B, n) mask weight, or packed int32 words (B, ceil(n/16)). G = gscale_row * mask *
-  // (sigmoid(L) - y). Returns (rows (B,) f32 per-row loss or empty, count () f32, bad () int64 = labels
-  // outside {0, 1}, dz = G U (B, d), dU = G^T z (n, d), db = column sums of G (n,)), each f32 or empty when
-  // not asked for.
+  // Masked dual-head BCE over tiles of L = z U^T + b, never stored whole. label_kind "dense": labels = (B, n) y
+  // (any real dtype) with an optional (B, n) mask weight; "packed": int32 words (B, ceil(n/16)) carrying the
+  // mask; "sparse": labels = CSR positives, int32 or int64 indices (nnz,) with int64 indptr (B + 1,), each row
+  // strictly increasing in [0, n), with an optional dense mask. mask_rows (int64 (B,)) given: the hashed mask,
+  // entry (b, j) observed iff h(mask_rows[b], mask_col_offset + j) >= mask_threshold (in [0, 2**32]) under the
+  // uint32 mask_key (kernels/reference.py hashed_observed); not with a dense mask or packed labels.
+  // G = gscale_row * mask * (sigmoid(L) - y). Returns (rows (B,) f32 per-row loss or empty, count () f32,
+  // bad () int64 = dense labels outside {0, 1}, dz = G U (B, d), dU = G^T z (n, d), db = column sums of G (n,)),
+  // each f32 or empty when not asked for.
   m.def("dual_bce_cpu(Tensor z, Tensor U, Tensor labels, Tensor? mask, Tensor? bias, Tensor? gscale, int n, "
-        "bool packed, bool need_loss, bool need_dz, bool need_dU, bool need_db) "
+        "str label_kind, Tensor? indptr, Tensor? mask_rows, int mask_key, int mask_threshold, int mask_col_offset, "
+        "bool need_loss, bool need_dz, bool need_dU, bool need_db) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The build of the fused CPU kernels that runs in this process: "default", "avx2" or "avx512".
   m.def("cpu_isa() -> str");

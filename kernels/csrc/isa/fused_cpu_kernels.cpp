@@ -81,6 +81,30 @@ void convert_row(const T* src, int64_t nj, float* dst) {
   for (int64_t j = 0; j < nj; ++j) dst[j] = static_cast<float>(src[j]);
 }
 
+// Row b of sparse labels, columns [j0, j0 + nj): zeros with a 1 at each positive, found from the first index
+// >= j0 (binary search in the row's sorted indices).
+template <typename I>
+void load_sparse_row(const I* idx, int64_t lo, int64_t hi, int64_t j0, int64_t nj, float* ys) {
+  std::fill(ys, ys + nj, 0.0f);
+  const I* end = idx + hi;
+  const I* p = std::lower_bound(idx + lo, end, static_cast<I>(j0));
+  for (; p != end && static_cast<int64_t>(*p) < j0 + nj; ++p) ys[static_cast<int64_t>(*p) - j0] = 1.0f;
+}
+
+// The hashed mask of one row, columns c0 .. c0 + nj - 1 (global label indices): a plain uint32 loop the compiler
+// vectorizes (three multiplies an entry).
+void load_hashed_mask_row(uint32_t row_key, uint32_t c0, uint64_t threshold, int64_t nj, float* ws) {
+  if (threshold > 0xFFFFFFFFull) {  // ratio 1: nothing observed
+    std::fill(ws, ws + nj, 0.0f);
+    return;
+  }
+  const uint32_t t = static_cast<uint32_t>(threshold);
+  for (int64_t j = 0; j < nj; ++j) {
+    const uint32_t h = fmix32(row_key ^ ((c0 + static_cast<uint32_t>(j)) * kMaskColMul));
+    ws[j] = h >= t ? 1.0f : 0.0f;
+  }
+}
+
 LabelRow load_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64_t nj, float* ys, float* ws) {
   if (L.words != nullptr) {
     const int32_t* row = L.words + b * L.n_words;
@@ -94,14 +118,26 @@ LabelRow load_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64
   }
   LabelRow out{ys, nullptr};
   const int64_t at = b * n + j0;
-  if (L.y_type == at::kFloat) {
+  if (L.indptr != nullptr) {
+    if (L.indices_64) {
+      load_sparse_row(static_cast<const int64_t*>(L.indices), L.indptr[b], L.indptr[b + 1], j0, nj, ys);
+    } else {
+      load_sparse_row(static_cast<const int32_t*>(L.indices), L.indptr[b], L.indptr[b + 1], j0, nj, ys);
+    }
+  } else if (L.y_type == at::kFloat) {
     out.y = static_cast<const float*>(L.y) + at;
   } else {
     AT_DISPATCH_ALL_TYPES_AND3(at::kBool, at::kHalf, at::kBFloat16, L.y_type, "dual_bce_cpu_labels", [&] {
       convert_row(static_cast<const scalar_t*>(L.y) + at, nj, ys);
     });
   }
-  if (L.mask != nullptr) {
+  if (L.mask_row_keys != nullptr) {
+    if (L.mask_threshold > 0) {  // threshold 0: every entry observed, the same as no mask
+      load_hashed_mask_row(L.mask_row_keys[b], L.mask_col_offset + static_cast<uint32_t>(j0), L.mask_threshold,
+                           nj, ws);
+      out.w = ws;
+    }
+  } else if (L.mask != nullptr) {
     if (L.mask_type == at::kFloat) {
       out.w = static_cast<const float*>(L.mask) + at;
     } else {
@@ -128,8 +164,12 @@ void prefetch_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64
     prefetch_bytes(L.words + b * L.n_words + (j0 >> 4), ((nj + 15) >> 4) * 4);
     return;
   }
-  const int64_t y_size = c10::elementSize(L.y_type);
-  prefetch_bytes(static_cast<const char*>(L.y) + (b * n + j0) * y_size, nj * y_size);
+  if (L.indptr != nullptr) {  // the row's bounds; its indices are found by the search
+    __builtin_prefetch(L.indptr + b, 0, 3);
+  } else {
+    const int64_t y_size = c10::elementSize(L.y_type);
+    prefetch_bytes(static_cast<const char*>(L.y) + (b * n + j0) * y_size, nj * y_size);
+  }
   if (L.mask != nullptr) {
     const int64_t m_size = c10::elementSize(L.mask_type);
     prefetch_bytes(static_cast<const char*>(L.mask) + (b * n + j0) * m_size, nj * m_size);
