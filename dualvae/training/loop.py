@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from dualvae.atomic import write_json_atomic
+from dualvae.data import make_loader
 from dualvae.losses import LossFns
 from dualvae.model import DualVAE
 from dualvae.precision import autocast, check_precision
