@@ -95,6 +95,135 @@ class StandInLoader:
 
 def worker(args) -> None:
     """One rank (RANK / WORLD_SIZE in the environment): --steps label steps, its measurements to --result."""
+    from dualvae.kernels import resolve_backend
+    from dualvae.training.distributed import init_from_env, reduce_grads_and_stats, shutdown
+    from dualvae.training.label_parallel import LabelParallel, shard_range
+
+    harness._pin_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = init_from_env("cpu")
+    rss_start = harness._status_kib("VmRSS")
+    lo, hi = shard_range(args.n, d.world, d.rank)
+    model = StandInModel(args.n, args.d, lo, hi, seed=0)
+    loader = StandInLoader(args.n, args.density)
+    backend = resolve_backend("auto", device=torch.device("cpu"))
+    lp = LabelParallel(model, loader, d, args.batch // d.world, backend)
+    opt = torch.optim.Adam([*model.encoder.parameters(), model.U], lr=1e-3)
+    gen = torch.Generator().manual_seed(5)
+    times = []
+    for step in range(args.warmup + args.steps):
+        rows = (torch.arange(args.batch, dtype=torch.int64) + step * args.batch)[d.rank::d.world]
+        x = torch.randn(args.batch, FEATURES, generator=gen)[d.rank::d.world]
+        eps = torch.randn(args.batch, args.d, generator=gen)[d.rank::d.world]
+        if step == args.warmup:
+            harness._reset_hwm()  # the timed steps' peak, not the first step's one-off allocations
+        t0 = time.perf_counter()
+        nll, _, _ = lp.label(x, eps, rows, metrics=False)  # a step that logs nothing, as most are
+        opt.zero_grad(set_to_none=True)
+        nll.backward()
+        s = reduce_grads_and_stats(list(model.encoder.parameters()), nll.detach()[None], d)
+        opt.step()
+        dt = time.perf_counter() - t0
+        if step >= args.warmup:
+            times.append(dt)
+    st = opt.state[model.U]
+    u_state = {"U": model.U.nbytes, "grad": model.U.grad.nbytes, "exp_avg": st["exp_avg"].nbytes,
+               "exp_avg_sq": st["exp_avg_sq"].nbytes}
+    result = {
+        "rank": d.rank, "world": d.world, "lo": lo, "hi": hi, "kernel_backend": backend,
+        "u_state_mib": round(sum(u_state.values()) / MiB, 2),
+        "u_state_bytes": u_state,
+        "rss_start_mib": round((rss_start or 0) / 1024, 1),
+        "rss_end_mib": round((harness._status_kib("VmRSS") or 0) / 1024, 1),
+        "hwm_mib": round((harness._status_kib("VmHWM") or 0) / 1024, 1),
+        "maxrss_mib": round(harness._maxrss_kib() / 1024, 1),
+        "step_ms": [round(t * 1e3, 2) for t in times],
+        "step_ms_median": round(statistics.median(times) * 1e3, 2),
+        "last_loss": float(s[0]),
+    }
+    with open(args.result, "w") as f:
+        json.dump(result, f)
+    shutdown(d)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_world(args, world: int, tmp: str) -> list[dict]:
+    """K = `world` fresh processes side by side; their results, rank order."""
+    port = _free_port()
+    procs, files = [], []
+    for rank in range(world):
+        res = os.path.join(tmp, f"w{world}-r{rank}.json")
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--result", res, "--n", str(args.n), "--d",
+               str(args.d), "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--density", str(args.density), "--threads", str(args.threads)]
+        procs.append(subprocess.Popen(cmd, env=env))
+        files.append(res)
+    codes = [p.wait(timeout=args.timeout) for p in procs]
+    if any(codes):
+        raise SystemExit(f"label_parallel: a rank of the K = {world} run failed (exit codes {codes})")
+    out = []
+    for res in files:
+        with open(res) as f:
+            out.append(json.load(f))
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Label parallelism on CPU: n = {report['n']:,}, d = {report['d']}, B = {report['batch']}",
+             "",
+             f"{report['device_name']}; torch {report['torch']}; ISA {report['cpu'].get('cpu_isa_level')};"
+             f" load average {report['loadavg_start']} -> {report['loadavg_end']}; kernel backend "
+             f"{report['kernel_backend']}, sparse labels + HashedMask in the kernel: {report['sparse_in_kernel']}"
+             f"{'' if report['sparse_in_kernel'] else ' (densified per call: memory and time not representative)'}.",
+             "",
+             "| K | rank | U rows | U + grad + Adam (MiB) | RSS start (MiB) | RSS end (MiB) | peak RSS (MiB) "
+             "| step (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for k, ranks in report["runs"].items():
+        for r in ranks:
+            lines.append(f"| {k} | {r['rank']} | [{r['lo']:,}, {r['hi']:,}) | {r['u_state_mib']:.1f} | "
+                         f"{r['rss_start_mib']:.0f} | {r['rss_end_mib']:.0f} | {r['hwm_mib']:.0f} | "
+                         f"{r['step_ms_median']:.1f} |")
+    t = report["targets"]
+    lines += ["", f"U's state per rank: {t['u_state_ratio']:.3f} of one process's (target ~ 1/K = "
+                  f"{1 / t['world']:.3f}): {'met' if t['u_state_met'] else 'NOT met'}. Peak RSS per rank: "
+                  f"{t['hwm_ratio']:.3f} of one process's. Step time: {t['step_ratio']:.2f}x one process's.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=1 << 20)
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--batch", type=int, default=1024, help="the global batch B")
+    p.add_argument("--density", type=float, default=1e-4, help="positive labels per entry")
+    p.add_argument("--world", type=int, default=2, help="K, the label-parallel processes (against K = 1)")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (0: torch's default)")
+    p.add_argument("--timeout", type=float, default=3000)
+    p.add_argument("--quick", action="store_true", help="n = 16384, B = 64, 2 steps: a check that it runs")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.batch, args.steps, args.warmup = 16384, 64, 2, 1
+    if args.worker:
+        worker(args)
+        return 0
+    if args.batch % args.world:
+        raise SystemExit(f"label_parallel: --batch {args.batch} is not a multiple of --world {args.world}")
     load0, t0 = os.getloadavg(), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         runs = {str(k): run_world(args, k, tmp) for k in (1, args.world)}
