@@ -64,7 +64,7 @@ struct BceProblem {
 struct BceOutputs {
   double* rows = nullptr;     // (B,) per-row loss sum_j mask * BCE
   double* count = nullptr;    // () sum of mask
-  int64_t* bad = nullptr;     // () labels outside {0, 1} (unpacked labels)
+  int64_t* bad = nullptr;     // () labels outside {0, 1} (dense labels; 0 for packed and sparse ones)
   float* dz = nullptr;        // (B, d) G U
   float* dU = nullptr;        // (n, d) G^T z
   float* db = nullptr;        // (n,) column sums of G

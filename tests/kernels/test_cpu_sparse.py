@@ -99,9 +99,10 @@ def make_mask(kind, B, n, seed):
 @pytest.mark.parametrize("mask_kind", MASKS)
 @pytest.mark.parametrize("idx_dtype", [torch.int32, torch.int64])
 @pytest.mark.parametrize("B,n,d,density", [(1, 1, 1, 0.5), (5, 3, 7, 0.3), (300, 700, 24, 0.02),
-                                           (70, 530, 40, 0.5)])
+                                           (70, 530, 40, 0.5), (40, 5000, 8, 0.05)])
 def test_sparse_matches_float64_and_its_dense_form(B, n, d, density, idx_dtype, mask_kind):
-    # 300 x 700: 2 x 3 tiles of 256 x 256 with partial ones at both edges; row 0 empty, row 1 all positive
+    # 300 x 700: 2 x 3 tiles of 256 x 256 with partial ones at both edges; row 0 empty, row 1 all positive.
+    # n = 5000: 20 column tiles in 16 work items, so some items read a row's positives over two tiles.
     seed = B + n + d
     z, U, bias, gscale = inputs(B, n, d, seed)
     sp = sparse_labels(B, n, density, idx_dtype, seed)
@@ -218,8 +219,9 @@ _ISA_NEEDS = {"default": (), "avx2": ("avx2", "fma", "f16c"),
 
 
 def test_every_kernel_build_agrees(tmp_path):
-    # The builds this process does not run go to subprocesses; the default one there with 7 x 33 tiles, so many
-    # tile edges cut rows of positives and of the hash (results then differ from 256 x 256 tiles by rounding only).
+    # The builds this process does not run go to subprocesses; the default one there with 7 x 16 tiles, so many
+    # tile edges cut rows of positives and of the hash, and work items span several column tiles (results then
+    # differ from 256 x 256 tiles by rounding only).
     from dualvae.sysinfo import cpu_isa
     flags = set(cpu_isa())
     here = os.path.dirname(os.path.abspath(__file__))
@@ -232,7 +234,7 @@ def test_every_kernel_build_agrees(tmp_path):
             continue
         env = dict(os.environ, DUALVAE_CPU_ISA=isa)
         if isa == "default":
-            env["DUALVAE_CPU_TILE"] = "7x33"
+            env["DUALVAE_CPU_TILE"] = "7x16"
         path = str(tmp_path / f"{isa}.pt")
         runs[isa] = (path, subprocess.Popen([sys.executable, "-c", code, here, path, isa], env=env,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))

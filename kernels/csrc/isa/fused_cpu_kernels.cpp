@@ -81,14 +81,16 @@ void convert_row(const T* src, int64_t nj, float* dst) {
   for (int64_t j = 0; j < nj; ++j) dst[j] = static_cast<float>(src[j]);
 }
 
-// Row b of sparse labels, columns [j0, j0 + nj): zeros with a 1 at each positive, found from the first index
-// >= j0 (binary search in the row's sorted indices).
+// Row b of sparse labels, columns [j0, j0 + nj): zeros with a 1 at each positive. The scan starts at the first
+// index >= j0: *cursor where the row's previous tile (columns up to j0) left it, else found by a binary search in
+// the row's sorted indices; it leaves *cursor at the first index >= j0 + nj, where the next tile starts.
 template <typename I>
-void load_sparse_row(const I* idx, int64_t lo, int64_t hi, int64_t j0, int64_t nj, float* ys) {
+void load_sparse_row(const I* idx, int64_t lo, int64_t hi, int64_t j0, int64_t nj, int64_t* cursor, float* ys) {
   std::fill(ys, ys + nj, 0.0f);
   const I* end = idx + hi;
-  const I* p = std::lower_bound(idx + lo, end, static_cast<I>(j0));
+  const I* p = *cursor >= 0 ? idx + *cursor : std::lower_bound(idx + lo, end, static_cast<I>(j0));
   for (; p != end && static_cast<int64_t>(*p) < j0 + nj; ++p) ys[static_cast<int64_t>(*p) - j0] = 1.0f;
+  *cursor = p - idx;
 }
 
 // The hashed mask of one row, columns c0 .. c0 + nj - 1 (global label indices): a plain uint32 loop the compiler
@@ -105,7 +107,9 @@ void load_hashed_mask_row(uint32_t row_key, uint32_t c0, uint64_t threshold, int
   }
 }
 
-LabelRow load_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64_t nj, float* ys, float* ws) {
+// cursor: row b's sparse scan position (see load_sparse_row); unused for other labels.
+LabelRow load_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64_t nj, float* ys, float* ws,
+                        int64_t* cursor) {
   if (L.words != nullptr) {
     const int32_t* row = L.words + b * L.n_words;
     for (int64_t j = 0; j < nj; ++j) {
@@ -120,9 +124,9 @@ LabelRow load_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64
   const int64_t at = b * n + j0;
   if (L.indptr != nullptr) {
     if (L.indices_64) {
-      load_sparse_row(static_cast<const int64_t*>(L.indices), L.indptr[b], L.indptr[b + 1], j0, nj, ys);
+      load_sparse_row(static_cast<const int64_t*>(L.indices), L.indptr[b], L.indptr[b + 1], j0, nj, cursor, ys);
     } else {
-      load_sparse_row(static_cast<const int32_t*>(L.indices), L.indptr[b], L.indptr[b + 1], j0, nj, ys);
+      load_sparse_row(static_cast<const int32_t*>(L.indices), L.indptr[b], L.indptr[b + 1], j0, nj, cursor, ys);
     }
   } else if (L.y_type == at::kFloat) {
     out.y = static_cast<const float*>(L.y) + at;
@@ -159,13 +163,17 @@ void prefetch_bytes(const void* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
 }
 
-void prefetch_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64_t nj) {
+void prefetch_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64_t nj, const int64_t* cursor) {
   if (L.words != nullptr) {
     prefetch_bytes(L.words + b * L.n_words + (j0 >> 4), ((nj + 15) >> 4) * 4);
     return;
   }
-  if (L.indptr != nullptr) {  // the row's bounds; its indices are found by the search
-    __builtin_prefetch(L.indptr + b, 0, 3);
+  if (L.indptr != nullptr) {  // where the row's scan resumes, else the row's bounds for its binary search
+    if (*cursor >= 0) {
+      __builtin_prefetch(static_cast<const char*>(L.indices) + *cursor * (L.indices_64 ? 8 : 4), 0, 3);
+    } else {
+      __builtin_prefetch(L.indptr + b, 0, 3);
+    }
   } else {
     const int64_t y_size = c10::elementSize(L.y_type);
     prefetch_bytes(static_cast<const char*>(L.y) + (b * n + j0) * y_size, nj * y_size);
@@ -271,10 +279,15 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
     float* wrow = yrow + tn_max;
     float* db_scratch = wrow + tn_max;
     std::fill(db_scratch, db_scratch + tn_max, 0.0f);  // never read, but kept free of garbage NaNs
+    // Sparse labels: per row, where its scan of the indices resumes at the item's next column tile (-1: search).
+    std::vector<int64_t> cursors(p.labels.indptr != nullptr ? B : 1, -1);
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t g = item % NG, bg = item / NG;
       const int64_t tn0 = g * plan.tiles_n / NG, tn1 = (g + 1) * plan.tiles_n / NG;
       const int64_t tb0 = bg * plan.tiles_b / BG, tb1 = (bg + 1) * plan.tiles_b / BG;
+      if (p.labels.indptr != nullptr) {
+        std::fill(cursors.begin() + std::min(B, tb0 * TB), cursors.begin() + std::min(B, tb1 * TB), int64_t{-1});
+      }
       float* dz = o.dz ? (NG > 1 ? dz_part.data_ptr<float>() + g * B * d : o.dz) : nullptr;
       float* du = o.dU ? (BG > 1 ? du_part.data_ptr<float>() + bg * n * d : o.dU) : nullptr;
       double* rows = kLoss ? rows_part.data() + g * B : nullptr;
@@ -290,11 +303,16 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
           const int64_t b0 = tb * TB, nb = std::min(TB, B - b0);
           const float* zb = p.z + b0 * d;
           gemm(false, true, nb, nj, d, zb, d, u, d, 0.0f, tile, ldt);  // L = z_b U_n^T
-          for (int64_t r = 0; r < std::min(kPrefetchRows, nb); ++r) prefetch_label_row(p.labels, n, b0 + r, j0, nj);
+          auto cursor = [&](int64_t b) { return p.labels.indptr != nullptr ? cursors.data() + b : cursors.data(); };
+          for (int64_t r = 0; r < std::min(kPrefetchRows, nb); ++r) {
+            prefetch_label_row(p.labels, n, b0 + r, j0, nj, cursor(b0 + r));
+          }
           for (int64_t r = 0; r < nb; ++r) {
             const int64_t b = b0 + r;
-            if (r + kPrefetchRows < nb) prefetch_label_row(p.labels, n, b + kPrefetchRows, j0, nj);
-            const LabelRow lab = load_label_row(p.labels, n, b, j0, nj, yrow, wrow);
+            if (r + kPrefetchRows < nb) {
+              prefetch_label_row(p.labels, n, b + kPrefetchRows, j0, nj, cursor(b + kPrefetchRows));
+            }
+            const LabelRow lab = load_label_row(p.labels, n, b, j0, nj, yrow, wrow, cursor(b));
             const float scale = p.gscale ? p.gscale[b] : 1.0f;
             float* t = tile + r * ldt;
             double* row_loss = kLoss ? rows + b : nullptr;
