@@ -77,7 +77,8 @@ class SparseLabels:
     place: the loss is sum mask * softplus(L) over every entry minus sum mask * L over the positives.
 
     validate=True (the default) checks all of the above once, here (one host sync on CUDA), raising ValueError
-    naming the first bad row; pass False for labels already known to be valid (the kernels then trust them)."""
+    naming the first bad row; pass False for labels already known to be valid. The "cpu" backend checks them
+    again as it reads them (one pass over indptr and indices, the same errors); the Triton kernels trust them."""
 
     def __init__(self, indptr: Tensor, indices: Tensor, n: int, *, validate: bool = True):
         op = "SparseLabels"
