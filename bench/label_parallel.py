@@ -41,7 +41,6 @@ import harness  # noqa: E402
 from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
 
-MiB = float(1 << 20)
 FEATURES = 64
 MISSING_RATIO = 0.3
 
@@ -132,7 +131,7 @@ def worker(args) -> None:
                "exp_avg_sq": st["exp_avg_sq"].nbytes}
     result = {
         "rank": d.rank, "world": d.world, "lo": lo, "hi": hi, "kernel_backend": backend,
-        "u_state_mib": round(sum(u_state.values()) / MiB, 2),
+        "u_state_mib": round(sum(u_state.values()) / harness.MiB, 2),
         "u_state_bytes": u_state,
         "rss_start_mib": round((rss_start or 0) / 1024, 1),
         "rss_end_mib": round((harness._status_kib("VmRSS") or 0) / 1024, 1),

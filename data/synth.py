@@ -815,14 +815,18 @@ def _person_rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(11,)))
 
 
+def _check_images_per_person(images_per_person) -> None:
+    if isinstance(images_per_person, bool) or not isinstance(images_per_person, (int, np.integer)) or \
+            images_per_person < 1:
+        raise ValueError(f"images_per_person must be a positive integer, got {images_per_person!r}")
+
+
 def draw_persons(labels: np.ndarray, partition, rng: np.random.Generator,
                  images_per_person: int = IMAGES_PER_PERSON) -> np.ndarray:
     """The person (an identity in 1 .. P) of each image, int64 (num,): the images are grouped by split and by
     their PERSON_TRAITS; each group, shuffled, is cut into round(size / images_per_person) persons (at least
     one) of near-equal sizes; the persons are numbered in a random order."""
-    if isinstance(images_per_person, bool) or not isinstance(images_per_person, (int, np.integer)) or \
-            images_per_person < 1:
-        raise ValueError(f"images_per_person must be a positive integer, got {images_per_person!r}")
+    _check_images_per_person(images_per_person)
     labels = np.asarray(labels)
     traits = labels[:, [A[name] for name in PERSON_TRAITS]] > 0
     keys = np.concatenate([np.asarray(partition, dtype=np.int64)[:, None], traits.astype(np.int64)], 1)
@@ -871,9 +875,7 @@ def write_synth_celeba(out: str, num: int = 6000, seed: int = 0, workers: int | 
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
-    if isinstance(images_per_person, bool) or not isinstance(images_per_person, (int, np.integer)) or \
-            images_per_person < 1:
-        raise ValueError(f"images_per_person must be a positive integer, got {images_per_person!r}")
+    _check_images_per_person(images_per_person)  # before any file is written
     image_dir = os.path.join(out, IMAGE_DIR)
     os.makedirs(image_dir, exist_ok=True)
 

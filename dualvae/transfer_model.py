@@ -25,10 +25,7 @@ import torch
 from torch import nn
 
 from dualvae import batching
-
-
-# The label names of identity columns ("identity_2880"), as dualvae.data's loader names them.
-IDENTITY_PREFIX = "identity_"
+from dualvae.data.loader import IDENTITY_PREFIX  # the label names of identity columns ("identity_2880")
 
 
 def is_identity_name(name) -> bool:

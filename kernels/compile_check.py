@@ -104,7 +104,7 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
 
     t = PTR[dtype]
     blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}  # not "hashed"
-    hash_sig = {"mask_key": "i32", "mask_thr": "i64", "mask_off": "i32"}
+    hash_sig = {"mask_key": "i32", "mask_thr": "i32", "mask_off": "i32"}
     if kernel == "reparam_kl_fwd":
         sig = {"mu_ptr": t, "logvar_ptr": t, "eps_ptr": t, "z_ptr": t, "kl_ptr": "*fp32", "B": "i32", "D": "i32",
                "seed": "i64", "offset": "i64"}

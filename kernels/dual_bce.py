@@ -72,12 +72,12 @@ def _mask_row_key(mask_key, grows):
 @jit
 def _hash_observed(row_key, lcols, mask_thr, mask_off):
     """Whether entries (row_key's rows, label mask_off + lcols) are observed: fmix32(row_key ^ j * 0x85EBCA77)
-    >= mask_thr (`reference.hashed_observed`). The threshold can be 2**32 (nothing observed): the entries are
-    compared in uint32 with it clamped to 2**32 - 1, and a scalar says whether it was."""
+    >= threshold (`reference.hashed_observed`). mask_thr is threshold - 1 as an int32 bit pattern (the
+    launchers pass a threshold of 0 as no mask at all), so h >= threshold is h > mask_thr in uint32 for every
+    threshold in [1, 2**32], and the argument has one type whatever its value."""
     gcols = lcols.to(tl.uint32) + mask_off.to(tl.uint32)
     h = _fmix32(row_key ^ (gcols * 0x85EBCA77))
-    thr = mask_thr.to(tl.int64)
-    return (h >= tl.minimum(thr, 0xFFFFFFFF).to(tl.uint32)) & (thr <= 0xFFFFFFFF)
+    return h > mask_thr.to(tl.uint32, bitcast=True)
 
 
 @jit
@@ -469,6 +469,12 @@ def _signed32(x: int) -> int:
     return x - 2**32 if x >= 2**31 else x
 
 
+def threshold_arg(threshold: int) -> int:
+    """The kernels' mask_thr for a hashed mask's threshold in [1, 2**32]: threshold - 1 as an int32 bit pattern
+    (see _hash_observed; a threshold of 0 is passed as no mask)."""
+    return _signed32(threshold - 1)
+
+
 def _label_args(z, labels, mask, label_kind, mask_rows, mask_key, mask_threshold, mask_col_offset):
     """The label and mask arguments of the dense kernels: (y, mask, mask_rows) pointers (unread stand-ins
     where absent), the four label strides, and the hashed mask's three scalars."""
@@ -481,7 +487,7 @@ def _label_args(z, labels, mask, label_kind, mask_rows, mask_key, mask_threshold
     m_strides = mask.stride() if mask is not None else y_strides
     rows = mask_rows if mask_rows is not None else z
     return (y, m, rows, (*y_strides, *m_strides),
-            (_signed32(mask_key), mask_threshold, mask_col_offset))
+            (_signed32(mask_key), threshold_arg(max(mask_threshold, 1)), mask_col_offset))
 
 
 def _label_flags(labels, mask, label_kind, mask_rows) -> dict:
@@ -554,6 +560,8 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, label_kind: str, need_dz: boo
     labels: label_kind "dense": (B, n) y; "packed": (B, ceil(n / 16)) int32 words; "sparse": the (nnz,) int32 or
     int64 indices of the CSR positives, with indptr (B + 1,) int64. Any strides. mask: None or (B, n); mask_rows
     (B,) int64: the hashed mask of (mask_key, mask_threshold, mask_col_offset) instead. splits: force S (tests)."""
+    if mask_threshold == 0:  # nothing missing: the hashed mask is all ones
+        mask_rows = None
     B, D = z.shape
     dev = z.device
     cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
@@ -597,6 +605,8 @@ def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, label_kind: str, need
     """(dU (n, d) fp32, db (n,) fp32 or None) for per-row upstream scales gscale (B,) of any float dtype and
     stride (a scalar expanded to (B,) is read in place). Labels and mask as for dual_bce_fwd; csc: sparse_csc's
     (colptr, rows) of sparse labels, made here when not given."""
+    if mask_threshold == 0:  # nothing missing: the hashed mask is all ones
+        mask_rows = None
     B, D = z.shape
     dev = z.device
     cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)

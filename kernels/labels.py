@@ -165,10 +165,9 @@ class SparseLabels:
         if not 0 <= lo <= hi <= self.n:
             raise ValueError(f"SparseLabels.columns: need 0 <= lo <= hi <= {self.n}, got [{lo}, {hi})")
         keep = (self.indices >= lo) & (self.indices < hi)
-        counts = torch.zeros(self.shape[0], dtype=torch.int64, device=self.device)
-        counts.index_add_(0, self.row_ids()[keep], torch.ones_like(self.row_ids()[keep]))
-        indptr = torch.zeros_like(self.indptr)
-        indptr[1:] = torch.cumsum(counts, 0)
+        kept_before = torch.zeros(self.nnz + 1, dtype=torch.int64, device=self.device)
+        kept_before[1:] = torch.cumsum(keep, 0)
+        indptr = kept_before[self.indptr]  # a row's kept entries are contiguous in CSR order
         return SparseLabels(indptr, self.indices[keep] - lo, hi - lo, validate=False)
 
     def to(self, device) -> "SparseLabels":
@@ -216,6 +215,9 @@ class HashedMask:
 
     def columns(self, lo: int, hi: int) -> "HashedMask":
         """The mask of columns [lo, hi) of this one, re-indexed from 0 (same entries)."""
+        if not 0 <= lo <= hi or self.col_offset + hi > reference.MASK_INDEX_MAX + 1:
+            raise ValueError(f"HashedMask.columns: need 0 <= lo <= hi and col_offset + hi <= 2**31, got [{lo}, {hi}) "
+                             f"at col_offset {self.col_offset}")
         return HashedMask(self.seed, self.missing_ratio, self.rows, self.col_offset + lo, validate=False)
 
     def select(self, index: Tensor) -> "HashedMask":

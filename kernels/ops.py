@@ -264,8 +264,7 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
     # and still runs in eager and in the warm-up runs made before capturing (replays run no Python at all).
     # check_labels=False drops the per-call sync for callers that validate their labels once. Not
     # torch._assert_async: a failed device-side assert leaves the CUDA context unusable and names no value.
-    # Packed and sparse labels were checked when they were made (the kernels count nothing for them), so they
-    # skip the read.
+    # Packed and sparse labels are 0/1 by construction (the kernels count nothing for them): no read.
     if check_labels and label_kind == "dense" and _may_read_back(z):
         bad = int(bad)
         if bad:
@@ -371,11 +370,6 @@ def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db, g_colptr, g_crows
 _dual_bce_op.register_autograd(_dual_bce_backward, setup_context=_dual_bce_setup)
 
 
-def _check_index_device(op: str, name: str, t: Tensor, device: torch.device) -> None:
-    if t.device != device:
-        raise ValueError(f"{op}: tensors must be on one device, got z on {device}, {name} on {t.device}")
-
-
 def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
              mask: Tensor | HashedMask | None = None, *, bias: Tensor | None = None, reduction: str = "sum",
              backend: str = "auto", check_labels: bool = True) -> Tensor:
@@ -390,8 +384,9 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
     tiles minus sum mask * L over the positives.
     check_labels: raise ValueError when a dense label is not 0 or 1 (default). On CUDA that reads a count
     back to the host once per call; False skips it (the loss of such labels is then undefined). The check is
-    also skipped while a CUDA graph is being captured. The reference backend always checks. Packed and sparse
-    labels are checked when they are made.
+    also skipped while a CUDA graph is being captured. The reference backend always checks. Packed labels are checked
+    by pack_labels, sparse ones by SparseLabels (unless made with validate=False; the cpu backend checks them
+    again as it reads them).
     """
     op = "dual_bce"
     reference._check_float("z", z, op)
@@ -417,8 +412,6 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
         if y.shape != (B, n):
             raise ValueError(f"{op}: sparse y is for shape {y.shape}, expected ({B}, {n}) (z's rows, U's rows)")
         labels, indptr = y.indices, y.indptr
-        _check_index_device(op, "y.indptr", indptr, z.device)
-        _check_index_device(op, "y.indices", labels, z.device)
     else:
         label_kind = "dense"
         if not isinstance(y, Tensor) or y.shape != (B, n):
@@ -428,7 +421,6 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
         if mask.rows.shape != (B,):
             raise ValueError(f"{op}: the HashedMask has {len(mask.rows)} rows, expected {B} (z's rows, "
                              f"z has shape {tuple(z.shape)})")
-        _check_index_device(op, "mask.rows", mask.rows, z.device)
         mask_rows, mask_key, mask_threshold, mask_col_offset = mask.rows, mask.key, mask.threshold, mask.col_offset
         hashed_mask, mask = mask, None
     elif mask is not None and (not isinstance(mask, Tensor) or mask.shape != (B, n)):
@@ -439,7 +431,7 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
             raise ValueError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({n},)")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    reference._check_same_device(op, z=z, U=U, y=labels, mask=mask, bias=bias)
+    reference._check_same_device(op, z=z, U=U, y=labels, indptr=indptr, mask=mask, mask_rows=mask_rows, bias=bias)
     backend = _resolve_backend(op, backend, z.device, z.dtype)
     if backend == "reference":
         if label_kind == "packed":

@@ -144,17 +144,19 @@ def _hash_probe_kernel(mr_ptr, out_ptr, N, mask_key, mask_thr, mask_off, BLOCK: 
 
 def test_hash_helpers_are_the_reference_bit_for_bit():
     """Every entry of the kernels' hash helpers against reference.hashed_observed, seeds whose key is above
-    2**31 or not, thresholds 0, 2**32 and between, label offsets that wrap past 2**32."""
+    2**31 or not, thresholds 1, 2**32 and between (0 is no mask: the launchers pass none), label offsets that
+    wrap past 2**32."""
     require_backend("triton")
-    from dualvae.kernels.dual_bce import _signed32
+    from dualvae.kernels.dual_bce import _signed32, threshold_arg
     B, n = 9, 64
     rows = torch.tensor([0, 1, 2**31 - 1, 5, 77777, 2**30, 3, 123456789, 42])
     for seed in (0, 1, 2**62 + 5, 987654321):
         key = ref.mask_key(seed)
-        for thr in (0, 1, 2**31, ref.mask_threshold(0.3), 2**32 - 1, 2**32):
+        for thr in (1, 2, 2**31, 2**31 + 1, ref.mask_threshold(0.3), 2**32 - 1, 2**32):
             for off in (0, 2**31 - 10):
                 out = torch.empty(B, n, dtype=torch.int8, device=TRITON_DEVICE)
-                _hash_probe_kernel[(B,)](rows.to(TRITON_DEVICE), out, n, _signed32(key), thr, off, BLOCK=n)
+                _hash_probe_kernel[(B,)](rows.to(TRITON_DEVICE), out, n, _signed32(key), threshold_arg(thr), off,
+                                         BLOCK=n)
                 want = ref.hashed_observed(key, thr, rows, torch.arange(off, off + n))
                 assert torch.equal(out.cpu().bool(), want), (seed, thr, off)
 
