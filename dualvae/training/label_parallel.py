@@ -52,21 +52,25 @@ def shard_model(model, d: Dist) -> tuple[int, int]:
     return lo, hi
 
 
-def _gather_padded(t: torch.Tensor, capacity: int, d: Dist) -> list[torch.Tensor]:
+def _gather_padded(t: torch.Tensor, capacity: int, world: int) -> list[torch.Tensor]:
+    """Every rank's `t` (at most `capacity` rows), zero-padded to `capacity` rows, on t's device (NCCL gathers
+    CUDA tensors only, gloo either kind)."""
     padded = t.new_zeros((capacity, *t.shape[1:]))
     padded[:len(t)] = t
-    out = [torch.empty_like(padded) for _ in range(d.world)]
+    out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded)
     return out
 
 
 def gather_batch_rows(rows: torch.Tensor, capacity: int, d: Dist) -> tuple[torch.Tensor, list[int]]:
-    """(the global batch's rows, rank 0's first, each rank's row count): one all-gather of B + K integers."""
+    """(the global batch's rows on d.device, rank 0's first, each rank's row count): one all-gather of B + K
+    integers."""
     if not d.enabled:
         return rows, [len(rows)]
-    box = torch.cat([torch.tensor([len(rows)], dtype=torch.int64), rows.cpu().to(torch.int64)])
-    parts = _gather_padded(box, capacity + 1, d)
-    counts = [int(p[0]) for p in parts]
+    box = torch.cat([torch.tensor([len(rows)], dtype=torch.int64, device=d.device),
+                     rows.to(d.device, torch.int64)])
+    parts = _gather_padded(box, capacity + 1, d.world)
+    counts = torch.stack([p[0] for p in parts]).tolist()  # one device-to-host copy
     return torch.cat([p[1:1 + c] for p, c in zip(parts, counts)]), counts
 
 
@@ -77,7 +81,7 @@ class GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, counts, rank, capacity, group_backend):
         ctx.counts, ctx.rank, ctx.capacity, ctx.nccl = counts, rank, capacity, group_backend == "nccl"
-        parts = _gather_padded(z.contiguous(), capacity, Dist(world=len(counts)))
+        parts = _gather_padded(z.contiguous(), capacity, len(counts))
         return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
     @staticmethod
