@@ -1,7 +1,7 @@
 """Training with the in-kernel mask, and label parallelism (`dualvae train --label-parallel`, U's rows split over
 2 gloo processes): as close to one process as data parallelism is, bit-identical twice, SIGKILL + --resume auto
-equal to an uninterrupted run, DualVAE.load assembling the shards, and the errors of missing or foreign shards
-and of another number of processes."""
+equal to an uninterrupted run, DualVAE.load assembling the shards, the errors of missing or foreign shards and
+of another number of processes, and --resume past a bad shard (every rank falls back, or every rank fails)."""
 import os
 import re
 import shutil
@@ -43,13 +43,17 @@ def cache(tmp_path_factory):
     return out
 
 
-def _torchrun(cache, out, *extra, steps=STEPS, popen=False):
+def _torchrun(cache, out, *extra, steps=STEPS, popen=False, check=True):
+    """Train under torchrun (2 processes): the run folder; the Popen with popen, the CompletedProcess (not
+    checked) with check=False."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), "-m", "dualvae", "train", "--data", cache, "--out", str(out),
            "--steps", str(steps), *RUN_ARGS, *extra]
     if popen:
         return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    if not check:
+        return r
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -217,6 +221,43 @@ def test_label_parallel_checkpoint_errors(runs, cache, tmp_path):
     missing = f"its label shard {shard1} (rank 1 of 2, U rows [20, 40)) is missing"
     with pytest.raises(ValueError, match=re.escape(missing)):
         DualVAE.load(str(run / "model.pt"))
+
+
+def test_label_parallel_resume_past_a_bad_shard(runs, cache, tmp_path):
+    """A truncated shard of the newest checkpoint: --resume PATH of it fails on every rank (no rank waits for
+    the other), naming the shard; --resume auto falls back, on every rank, to the previous complete checkpoint
+    and ends as the uninterrupted run. Shard files without their main file (a crash between the two) are removed
+    at the next save."""
+    run = tmp_path / "copy"
+    shutil.copytree(runs["base"] / "lp", run)
+    ckpt, newest = run / "ckpt", f"step-{STEPS:09d}.pt"
+    shard1 = ckpt / label_shard_name(newest, 1, 2)
+    shard1.write_bytes(shard1.read_bytes()[: shard1.stat().st_size // 2])
+    orphan = ckpt / label_shard_name(f"step-{STEPS - 1:09d}.pt", 0, 2)
+    shutil.copy(ckpt / label_shard_name(newest, 0, 2), orphan)
+    r = _torchrun(cache, run, "--label-parallel", "--resume", str(ckpt / newest), check=False)
+    assert r.returncode != 0
+    assert f"resume (rank 1): checkpoint {shard1} could not be read" in r.stderr  # rank 0's error: rank 1's file
+    _torchrun(cache, run, "--label-parallel", "--resume", "auto")
+    log = (run / "events.log").read_text()
+    assert f"{shard1} could not be read" in log and "falling back to the previous checkpoint" in log
+    assert f"resumed from {ckpt / f'step-{STEPS - 2:09d}.pt'}: step {STEPS - 2}" in log
+    a, b = _weights(run / "model.pt"), _weights(runs["base"] / "lp" / "model.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not orphan.exists()
+
+
+def test_rotation_removes_shards_without_their_main_file(tmp_path):
+    from dualvae.training.state import _rotate
+
+    names = ["step-000000002.pt", "step-000000004.pt", "step-000000005.shard-1-of-2.pt"]
+    names += [label_shard_name(f"step-00000000{s}.pt", r, 2) for s in (2, 4) for r in range(2)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    _rotate(str(tmp_path), keep=1)
+    assert sorted(os.listdir(tmp_path)) == ["step-000000004.pt", "step-000000004.shard-0-of-2.pt",
+                                            "step-000000004.shard-1-of-2.pt"]
 
 
 @pytest.mark.parametrize("sparse", [False, True])
