@@ -185,9 +185,9 @@ def test_resume_refuses_another_missing_label_mask(cache, reference_run, tmp_pat
     assert torch.equal(rows, torch.arange(40))
     cases = [(torch.ones(40, 40, dtype=torch.bool),
               r"stores its missing-label mask as a \(40, 40\) tensor.*definition changed.*restart the run"),
-             ({**mask, "rows": rows.flip(0)}, r"another missing-label mask than this run's: rows: image 0 at split "
-                                              r"position 39 \(checkpoint\) vs 0"),
-             ({**mask, "rows": rows[:30]}, r"rows: 30 images \(checkpoint\) vs 40")]
+             ({**mask, "rows": rows.flip(0)}, r"was trained with another missing-label mask than this run's: "
+                                              r"rows: image 0 at split position 39 \(checkpoint\) vs 0;"),
+             ({**mask, "rows": rows[:30]}, r"was trained with .*: rows: 30 images \(checkpoint\) vs 40;")]
     for i, (saved, message) in enumerate(cases):
         path = save_atomic({**ck, "label_mask": saved}, str(tmp_path / f"step-{i}.pt"))
         with pytest.raises(ValueError, match=f"resume: checkpoint {re.escape(path)} " + message):
