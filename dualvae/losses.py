@@ -11,8 +11,8 @@
 Labels are a dense (B, n) 0/1 tensor or a kernels.SparseLabels (the positives); the mask I is a
 kernels.HashedMask (the loaders' mask: a hash of the batch's global image indices, evaluated inside the kernel),
 a (B, n) tensor (1 = observed), or None (all observed). Training never forms a (B, n) mask or label matrix: the
-loss and its gradients come from the kernel, the observed count from the mask's definition and the accuracy
-from column chunks (see dual_head_terms).
+loss and its gradients come from the kernel, the accuracy and the observed count from column chunks (see
+dual_head_terms).
 
 `backend` is a dualvae.kernels backend ("auto" | "triton" | "reference" | "cpu"). LossFns resolves it once, for
 the model's device, and passes the resolved name to every call: all steps of a run take the same path.
@@ -91,20 +91,6 @@ def _chunk_width(rows: int) -> int:
     return max(1, ACCURACY_CHUNK_ENTRIES // max(rows, 1))
 
 
-def observed_count(mask, rows: int, n: int, device=None) -> torch.Tensor:
-    """sum_ij I_ij over a (rows, n) block, float32: rows * n without a mask or with a HashedMask of ratio 0, the
-    tensor's sum, or a HashedMask's hash evaluated in column chunks (no (rows, n) tensor)."""
-    if mask is None or (isinstance(mask, HashedMask) and mask.threshold == 0):
-        return torch.tensor(float(rows * n), device=device)
-    if not isinstance(mask, HashedMask):
-        return mask.sum().float()
-    total = torch.zeros((), dtype=torch.int64, device=mask.device)
-    for lo in range(0, n, _chunk_width(rows)):
-        hi = min(n, lo + _chunk_width(rows))
-        total += mask.columns(lo, hi).dense(hi - lo).sum()
-    return total.to(device=device, dtype=torch.float32)
-
-
 def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "auto", metrics: bool = True):
     """(sum_ij I_ij BCE(sigma(z_j u_i), y_ij), correct observed predictions, observed count) of the dual head U
     on latents z, in float32; only the loss carries a gradient.
@@ -112,9 +98,9 @@ def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "a
     y: (B, n) 0/1 tensor or SparseLabels; mask: HashedMask, (B, n) tensor (1 = observed) or None. The loss is
     one dual_bce call (reduction "sum"). The accuracy counts every observed entry, sign(z_j . u_i) against
     y_ij, over column chunks of ACCURACY_CHUNK_ENTRIES // B labels at a time (an extra z U^T product without
-    its gradient, never more than one chunk of it in memory); the count comes from the mask's definition
-    (observed_count). metrics=False skips both (they are then NaN): the steps that log nothing need the loss
-    only, and at many labels the two cost about as much as the loss."""
+    its gradient, never more than one chunk of it in memory), and the observed count from the same chunks of
+    the mask. metrics=False skips both (they are then NaN): the steps that log nothing need the loss only, and
+    at many labels the two cost about as much as the loss."""
     B, n = z.shape[0], U.shape[0]
     nll = kernels.dual_bce(z, U, y, mask, reduction="sum", backend=backend).float()
     if not metrics:
@@ -123,14 +109,16 @@ def dual_head_terms(z: torch.Tensor, U: torch.Tensor, y, mask, backend: str = "a
     with torch.no_grad():
         zf, Uf = z.detach().float(), U.detach().float()
         correct = torch.zeros((), dtype=torch.float64, device=z.device)
+        observed = torch.zeros((), dtype=torch.float64, device=z.device)
         width = _chunk_width(B)
         for lo in range(0, n, width):
             hi = min(n, lo + width)
             yc, mc = _dense_chunk(y, mask, lo, hi, torch.float32)
+            mc = mc.to(z.device)
             pred = (zf @ Uf[lo:hi].t() > 0).to(torch.float32)
-            correct += ((pred == yc.to(z.device)).to(torch.float32) * mc.to(z.device)).sum().double()
-        observed = observed_count(mask, B, n, z.device)
-    return nll, correct.float(), observed
+            correct += ((pred == yc.to(z.device)).to(torch.float32) * mc).sum().double()
+            observed += mc.sum().double()
+    return nll, correct.float(), observed.float()
 
 
 def label_nll(model, x: torch.Tensor, y, mask, eps: torch.Tensor, backend: str = "auto", metrics: bool = True):

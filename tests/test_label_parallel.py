@@ -1,7 +1,7 @@
 """Training with the in-kernel mask, and label parallelism (`dualvae train --label-parallel`, U's rows split over
 2 gloo processes): as close to one process as data parallelism is, bit-identical twice, SIGKILL + --resume auto
-equal to an uninterrupted run, DualVAE.load assembling the shards, and the errors of missing or foreign shards
-and of another number of processes."""
+equal to an uninterrupted run, DualVAE.load assembling the shards, the errors of missing or foreign shards and
+of another number of processes, and --resume past a bad shard (every rank falls back, or every rank fails)."""
 import os
 import re
 import shutil
@@ -217,6 +217,89 @@ def test_label_parallel_checkpoint_errors(runs, cache, tmp_path):
     missing = f"its label shard {shard1} (rank 1 of 2, U rows [20, 40)) is missing"
     with pytest.raises(ValueError, match=re.escape(missing)):
         DualVAE.load(str(run / "model.pt"))
+
+
+def _as_two_ranks(fn, monkeypatch):
+    """[fn(Dist(rank=r, world=2)) or the exception it raised, for r = 0, 1], run in two threads whose
+    gather_objects and broadcast_object (those of training/state.py) meet at a barrier: a rank that leaves the
+    other waiting fails the test (BrokenBarrierError) instead of hanging it."""
+    import threading
+
+    from dualvae.training import state
+    from dualvae.training.distributed import Dist
+
+    box, meet = [None, None], threading.Barrier(2, timeout=30)
+
+    def gather(obj, d):
+        box[d.rank] = obj
+        meet.wait()
+        out = list(box)
+        meet.wait()
+        return out
+
+    monkeypatch.setattr(state, "gather_objects", gather)
+    monkeypatch.setattr(state, "broadcast_object", lambda obj, d: gather(obj, d)[0])
+    results = [None, None]
+
+    def run(rank):
+        try:
+            results[rank] = fn(Dist(rank=rank, world=2))
+        except Exception as exc:  # noqa: BLE001 - returned to the test, which checks it
+            results[rank] = exc
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def test_label_parallel_resume_past_a_bad_shard(runs, cache, tmp_path, monkeypatch):
+    """A truncated shard of the newest checkpoint, rank 1's: --resume PATH of it fails on both ranks (rank 0
+    naming rank 1's file), none waiting for the other; --resume auto falls back, on both, to the previous
+    complete checkpoint, and the run ends as the uninterrupted one. Shard files without their main file (a crash
+    between the two) are removed at the next save."""
+    from dualvae.training.state import find_resume
+
+    run = tmp_path / "copy"
+    shutil.copytree(runs["base"] / "lp", run)
+    ckpt, newest, previous = run / "ckpt", f"step-{STEPS:09d}.pt", f"step-{STEPS - 2:09d}.pt"
+    shard1 = ckpt / label_shard_name(newest, 1, 2)
+    shard1.write_bytes(shard1.read_bytes()[: shard1.stat().st_size // 2])
+    cfg = TrainConfig(data=cache, out=str(run), resume=str(ckpt / newest), label_parallel=True)
+    said = []
+    r0, r1 = _as_two_ranks(lambda d: find_resume(cfg, d, said.append), monkeypatch)
+    assert isinstance(r1, ValueError) and str(r1).startswith(f"checkpoint {shard1} could not be read")
+    assert isinstance(r0, ValueError) and str(r0).startswith(f"resume (rank 1): checkpoint {shard1} could not")
+    cfg.resume = "auto"
+    r0, r1 = _as_two_ranks(lambda d: find_resume(cfg, d, said.append), monkeypatch)
+    assert r0[1] == r1[1] == str(ckpt / previous) and (r0[2]["rank"], r1[2]["rank"]) == (0, 1)
+    assert r1[2]["step"] == STEPS - 2 and "falling back to the previous checkpoint" in said[-1]
+    monkeypatch.undo()
+    orphan = ckpt / label_shard_name(f"step-{STEPS - 1:09d}.pt", 0, 2)
+    shutil.copy(ckpt / label_shard_name(newest, 0, 2), orphan)
+    _torchrun(cache, run, "--label-parallel", "--resume", "auto")
+    log = (run / "events.log").read_text()
+    assert f"{shard1} could not be read" in log and "falling back to the previous checkpoint" in log
+    assert f"resumed from {ckpt / previous}: step {STEPS - 2}" in log
+    a, b = _weights(run / "model.pt"), _weights(runs["base"] / "lp" / "model.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not orphan.exists()
+
+
+def test_rotation_removes_shards_without_their_main_file(tmp_path):
+    from dualvae.training.state import _rotate
+
+    names = ["step-000000002.pt", "step-000000004.pt", "step-000000005.shard-1-of-2.pt"]
+    names += [label_shard_name(f"step-00000000{s}.pt", r, 2) for s in (2, 4) for r in range(2)]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    _rotate(str(tmp_path), keep=1)
+    assert sorted(os.listdir(tmp_path)) == ["step-000000004.pt", "step-000000004.shard-0-of-2.pt",
+                                            "step-000000004.shard-1-of-2.pt"]
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -318,8 +318,8 @@ def test_label_nll_takes_sparse_labels_and_the_hashed_mask(monkeypatch):
         got = losses.label_nll(m, x, labels, hm, eps, "reference")
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b)
-    assert losses.observed_count(hm, 6, 5).item() == dense_mask.sum().item()
-    assert losses.observed_count(HashedMask(7, 0.0, hm.rows), 6, 5).item() == 30
+    assert got[2].item() == want[2].item() == dense_mask.sum().item()  # the observed count: the mask's
+    assert losses.label_nll(m, x, y, HashedMask(7, 0.0, hm.rows), eps, "reference")[2].item() == 30
     nll, _, observed = losses.label_nll(m, x, y, None, eps, "reference")
     torch.testing.assert_close(nll, losses.label_nll(m, x, y, torch.ones_like(y), eps, "reference")[0])
     assert observed.item() == 30

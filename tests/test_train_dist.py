@@ -7,6 +7,7 @@ two NCCL ranks on one GPU). The `gpu`-marked ones at the end run what makes sens
 the NaN stop and autocast on CUDA, reading the JPEGs with the PIL loader (a bare GPU host has no DALI to
 write the cache with)."""
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -169,6 +170,31 @@ def test_resume_refuses_other_settings(cache, reference_run, tmp_path):
     with pytest.raises(ValueError, match="batch_size 8 .checkpoint. vs 16"):
         train(TrainConfig(data=cache, out=str(tmp_path), steps=14, resume=os.path.join(reference_run, "model.pt"),
                           **{**TINY, "batch_size": 16}))
+
+
+def test_resume_refuses_another_missing_label_mask(cache, reference_run, tmp_path):
+    """The checkpoint's mask must be the loader's: one stored as a tensor (written before the mask was a hash),
+    or over other rows, is refused, naming the checkpoint and what differs."""
+    from dualvae.checkpoint import save_atomic
+    from dualvae.kernels import HashedMask
+    from dualvae.training.state import check_label_mask, mask_from_state
+
+    ck = load_checkpoint(os.path.join(reference_run, "ckpt", "step-000000002.pt"))
+    mask = ck["label_mask"]
+    rows = mask["rows"]
+    assert torch.equal(rows, torch.arange(40))
+    cases = [(torch.ones(40, 40, dtype=torch.bool),
+              r"stores its missing-label mask as a \(40, 40\) tensor.*definition changed.*restart the run"),
+             ({**mask, "rows": rows.flip(0)}, r"was trained with another missing-label mask than this run's: "
+                                              r"rows: image 0 at split position 39 \(checkpoint\) vs 0;"),
+             ({**mask, "rows": rows[:30]}, r"was trained with .*: rows: 30 images \(checkpoint\) vs 40;")]
+    for i, (saved, message) in enumerate(cases):
+        path = save_atomic({**ck, "label_mask": saved}, str(tmp_path / f"step-{i}.pt"))
+        with pytest.raises(ValueError, match=f"resume: checkpoint {re.escape(path)} " + message):
+            train(TrainConfig(data=cache, out=str(tmp_path / f"run{i}"), steps=4, resume=path, **TINY))
+    with pytest.raises(ValueError, match=r"seed 0 \(checkpoint\) vs 1; missing_ratio 0.0 \(checkpoint\) vs 0.5"):
+        check_label_mask(mask, HashedMask(1, 0.5, rows), "x.pt")
+    check_label_mask(mask, mask_from_state(mask), "x.pt")  # the same mask passes
 
 
 def _inject_nan(monkeypatch, at_calls):

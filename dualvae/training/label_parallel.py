@@ -17,12 +17,13 @@ over the K ranks, for label sets too large for every process to hold U, its grad
 The sum over ranks of the shards' losses is the loss of the whole U, and every gradient is the single-process
 one on the global batch up to rounding: Algorithm 1 is unchanged. The VAE step does not touch U and is unchanged.
 
-Checkpoints (write_shards / restore_shard): every rank writes its shard file atomically, step-N.shard-R-of-K.pt
+Checkpoints (write_shard / restore_shard): every rank writes its shard file atomically, step-N.shard-R-of-K.pt
 beside the main file (U_r, its range, U_r's optimizer state, the step), then, after a barrier, rank 0 writes the
 main file, which lists the shards with their ranges: the main file is the commit point, so a crash leaves either
 a complete checkpoint or the previous one. Nothing is gathered to one process. A resume needs the same K (another
-K is refused); dualvae.checkpoint.load_model (DualVAE.load) assembles one full model from the shards. The run
-folder must be shared by all ranks (one machine, or a shared filesystem).
+K is refused); each rank reads its own shard (own_shard), and the ranks agree on whether all could
+(state.find_resume). dualvae.checkpoint.load_model (DualVAE.load) assembles one full model from the shards. The
+run folder must be shared by all ranks (one machine, or a shared filesystem).
 """
 from __future__ import annotations
 
@@ -52,21 +53,25 @@ def shard_model(model, d: Dist) -> tuple[int, int]:
     return lo, hi
 
 
-def _gather_padded(t: torch.Tensor, capacity: int, d: Dist) -> list[torch.Tensor]:
+def _gather_padded(t: torch.Tensor, capacity: int, world: int) -> list[torch.Tensor]:
+    """Every rank's `t` (at most `capacity` rows), zero-padded to `capacity` rows, on t's device (NCCL gathers
+    CUDA tensors only, gloo either kind)."""
     padded = t.new_zeros((capacity, *t.shape[1:]))
     padded[:len(t)] = t
-    out = [torch.empty_like(padded) for _ in range(d.world)]
+    out = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(out, padded)
     return out
 
 
 def gather_batch_rows(rows: torch.Tensor, capacity: int, d: Dist) -> tuple[torch.Tensor, list[int]]:
-    """(the global batch's rows, rank 0's first, each rank's row count): one all-gather of B + K integers."""
+    """(the global batch's rows on d.device, rank 0's first, each rank's row count): one all-gather of B + K
+    integers."""
     if not d.enabled:
         return rows, [len(rows)]
-    box = torch.cat([torch.tensor([len(rows)], dtype=torch.int64), rows.cpu().to(torch.int64)])
-    parts = _gather_padded(box, capacity + 1, d)
-    counts = [int(p[0]) for p in parts]
+    box = torch.cat([torch.tensor([len(rows)], dtype=torch.int64, device=d.device),
+                     rows.to(d.device, torch.int64)])
+    parts = _gather_padded(box, capacity + 1, d.world)
+    counts = torch.stack([p[0] for p in parts]).tolist()  # one device-to-host copy
     return torch.cat([p[1:1 + c] for p, c in zip(parts, counts)]), counts
 
 
@@ -77,7 +82,7 @@ class GatherRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, counts, rank, capacity, group_backend):
         ctx.counts, ctx.rank, ctx.capacity, ctx.nccl = counts, rank, capacity, group_backend == "nccl"
-        parts = _gather_padded(z.contiguous(), capacity, Dist(world=len(counts)))
+        parts = _gather_padded(z.contiguous(), capacity, len(counts))
         return torch.cat([p[:c] for p, c in zip(parts, counts)])
 
     @staticmethod
@@ -155,10 +160,21 @@ def main_part(ck: dict, model, g_e, d: Dist, shard_dir: str, main_name: str) -> 
     return out
 
 
-def restore_shard(ck: dict, path: str, model, g_e, d: Dist) -> tuple[dict, dict]:
+def own_shard(ck: dict, path: str, d: Dist) -> dict | None:
+    """This rank's shard of checkpoint `ck` (read from `path`), read and checked (read_label_shard: ValueError
+    naming the shard file when it is missing, unreadable or not this checkpoint's); None when `ck` is not
+    label-parallel over d.world processes (restore_shard refuses it, saying what to do)."""
+    lp = ck.get("label_parallel")
+    if not lp or lp.get("world_size") != d.world:
+        return None
+    return read_label_shard(path, ck, d.rank)
+
+
+def restore_shard(ck: dict, path: str, model, g_e, d: Dist, shard: dict | None = None) -> tuple[dict, dict]:
     """(the model state, the g_e state) of checkpoint `ck` (read from `path`) for this rank: the main file's
-    with this rank's shard of U and of U's optimizer state. ValueError when the checkpoint is not a
-    label-parallel one of this world size, or its shard file is missing or does not belong to it."""
+    with this rank's shard of U and of U's optimizer state (`shard`, own_shard's; read here when None).
+    ValueError when the checkpoint is not a label-parallel one of this world size, or its shard file is missing
+    or does not belong to it."""
     lp = ck.get("label_parallel")
     if not lp:
         raise ValueError(f"resume: checkpoint {path} was written without --label-parallel; resume it without "
@@ -170,7 +186,8 @@ def restore_shard(ck: dict, path: str, model, g_e, d: Dist) -> tuple[dict, dict]
         raise ValueError(f"resume: checkpoint {path}: rank {d.rank}'s shard holds U rows "
                          f"[{lp['shards'][d.rank]['lo']}, {lp['shards'][d.rank]['hi']}), this run's is "
                          f"{list(model.label_range)}")
-    shard = read_label_shard(path, ck, d.rank)
+    if shard is None:
+        shard = read_label_shard(path, ck, d.rank)
     g_e_state = {**ck["g_e"], "state": dict(ck["g_e"]["state"])}
     if shard.get("g_e_U") is not None:
         g_e_state["state"][_u_index(model, g_e)] = shard["g_e_U"]

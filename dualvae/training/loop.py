@@ -189,7 +189,8 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
     scaler = torch.amp.GradScaler(d.device.type) if cfg.precision == "fp16" else None
     gen = torch.Generator().manual_seed(cfg.seed)  # eps of the global batch, the same stream on every rank
     say = Say(cfg.out, d)
-    progress = resume(cfg, d, model, g, g_e, scaler, gen, say, steps_per_epoch) if cfg.resume else Progress()
+    progress = (resume(cfg, d, model, g, g_e, scaler, gen, say, steps_per_epoch, label_mask) if cfg.resume
+                else Progress())
     model.train()
     # The collectives of BatchNorm over several processes break graphs: one graph per loss with one process only.
     fns = LossFns(model, cfg.recon_sigma, backend=cfg.kernel_backend, compile=cfg.compile,

@@ -25,9 +25,10 @@ from dualvae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atom
 from dualvae.kernels import HashedMask
 from dualvae.training import label_parallel
 from dualvae.training.config import RESUME_FIELDS, TrainConfig
-from dualvae.training.distributed import Dist, barrier, broadcast_object
+from dualvae.training.distributed import Dist, barrier, broadcast_object, gather_objects
 
 CKPT_NAME = re.compile(r"step-(\d+)\.pt$")
+SHARD_NAME = re.compile(r"\.shard-\d+-of-\d+\.pt$")  # what label_shard_name adds to the main file's stem
 # What a checkpoint must hold to be resumed (a model-only one, DualVAE.checkpoint_state(), lacks most).
 RESUME_KEYS = ("model", "g", "g_e", "step", "epoch", "epoch_position", "rng", "train_config")
 
@@ -52,6 +53,34 @@ def mask_state(mask: HashedMask) -> dict:
 def mask_from_state(state: dict) -> HashedMask:
     """The HashedMask of a checkpoint's "label_mask" (mask_state)."""
     return HashedMask(state["seed"], state["missing_ratio"], state["rows"])
+
+
+def check_label_mask(saved, mask: HashedMask, path: str) -> None:
+    """Refuse (ValueError naming the checkpoint) to resume checkpoint `path`, whose ck["label_mask"] is `saved`,
+    with the loader's mask `mask` unless the two are the same mask: the same seed, missing ratio and rows. A
+    tensor is the mask of a checkpoint written before the mask was a hash (a random draw, other entries)."""
+    if isinstance(saved, torch.Tensor):
+        raise ValueError(f"resume: checkpoint {path} stores its missing-label mask as a {tuple(saved.shape)} "
+                         f"tensor: it was written before the mask's definition changed (it is now a hash of the "
+                         f"seed, the image and the label), so this run's missing labels are not the ones it was "
+                         f"trained with; restart the run (without --resume, in a new run folder)")
+    try:
+        found = mask_from_state(saved)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"resume: checkpoint {path}: its missing-label mask {saved!r:.200} is not a mask "
+                         f"definition {{'seed', 'missing_ratio', 'rows'}}: {exc}") from None
+    diff = [f"{k} {a!r} (checkpoint) vs {b!r}" for k, a, b in
+            (("seed", found.seed, mask.seed), ("missing_ratio", found.missing_ratio, mask.missing_ratio))
+            if a != b]
+    rows, want = found.rows.cpu(), mask.rows.cpu()
+    if rows.shape != want.shape:
+        diff.append(f"rows: {len(rows)} images (checkpoint) vs {len(want)}")
+    elif not torch.equal(rows, want):
+        i = int((rows != want).nonzero()[0])
+        diff.append(f"rows: image {i} at split position {int(rows[i])} (checkpoint) vs {int(want[i])}")
+    if diff:
+        raise ValueError(f"resume: checkpoint {path} was trained with another missing-label mask than this "
+                         f"run's: {'; '.join(diff)}; resume it on the same data (--data, --limit)")
 
 
 def checkpoint_state(model, g, g_e, scaler, progress: Progress, cfg: TrainConfig, *, steps_per_epoch: int,
@@ -97,15 +126,19 @@ def write_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep: 
 
 
 def _rotate(ckpt_dir: str, keep: int) -> None:
-    """Remove the step checkpoints beyond the newest `keep`, with their label-parallel shard files."""
+    """Remove the step checkpoints beyond the newest `keep`, and every label-parallel shard file whose main file
+    is not there: those of the removed ones, and those a crash left between writing the shards and the main
+    file. (The newest main file is written after all of its shards, and no rank writes the next ones before
+    this returns: the step's collectives wait for rank 0.)"""
     for old in list_checkpoints(ckpt_dir)[keep:]:
         os.remove(old)
-        for shard in glob.glob(glob.escape(old[:-3]) + ".shard-*-of-*.pt"):
+    for shard in glob.glob(os.path.join(glob.escape(ckpt_dir), "step-*.shard-*-of-*.pt")):
+        if not os.path.exists(SHARD_NAME.sub(".pt", shard)):
             os.remove(shard)
 
 
 def write_parallel_checkpoint(ck: dict | None, model, g_e, d: Dist, ckpt_dir: str, step: int, model_path: str,
-                              keep: int) -> str | None:
+                              keep: int) -> str:
     """The checkpoint of a label-parallel run: every rank writes its shard of U (atomic), then, once all have
     (barrier), rank 0 writes out/ckpt/step-N.pt and out/model.pt (each atomic, listing the shards: model.pt names
     them in ckpt/) and rotates. `ck`: rank 0's checkpoint_state (None elsewhere). Returns the step file's path
@@ -124,45 +157,60 @@ def write_parallel_checkpoint(ck: dict | None, model, g_e, d: Dist, ckpt_dir: st
 
 # -- resume -----------------------------------------------------------------------------------------------------
 def resume(cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generator, say,
-           steps_per_epoch: int) -> Progress:
+           steps_per_epoch: int, label_mask: HashedMask) -> Progress:
     """Restore the checkpoint cfg.resume names (find_resume) into the model, optimizers, scaler and RNGs and
-    return its progress; a fresh Progress when "auto" finds none."""
-    ck, path = find_resume(cfg, d, say)
+    return its progress; a fresh Progress when "auto" finds none. `label_mask`: the loader's (the checkpoint's
+    must be the same)."""
+    ck, path, shard = find_resume(cfg, d, say)
     if ck is None:
         return Progress()
-    progress = restore(ck, cfg, d, model, g, g_e, scaler, gen, say, path)
+    progress = restore(ck, cfg, d, model, g, g_e, scaler, gen, say, path, label_mask=label_mask, shard=shard)
     progress.last_ckpt = path
     say(f"resumed from {path}: step {progress.step}, epoch {progress.epoch}, batch {progress.position} of "
         f"{steps_per_epoch}")
     return progress
 
 
-def find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | None]:
-    """The checkpoint to resume: cfg.resume's path, or ("auto") the newest valid one in out/ckpt, falling back
-    to older ones past a corrupt file. Rank 0 chooses; every rank loads the chosen file once."""
-    chosen, ck = None, None
-    if d.is_main:
-        if cfg.resume != "auto":
-            chosen = cfg.resume
-        else:
-            candidates = list_checkpoints(os.path.join(cfg.out, "ckpt"))
-            for i, path in enumerate(candidates):
-                try:
-                    ck = load_resumable(path)
-                    chosen = path
-                    break
-                except UnsafeCheckpointError:
-                    raise  # not a damaged file to skip: falling back past it could restart the run at step 0
-                except ValueError as exc:
-                    nxt = candidates[i + 1] if i + 1 < len(candidates) else None
-                    say(f"resume: {exc}; " + (f"falling back to the previous checkpoint {nxt}" if nxt else
-                                              "no older checkpoint to fall back to"))
-            if chosen is None:
-                say(f"resume auto: no valid checkpoint in {os.path.join(cfg.out, 'ckpt')}; starting at step 0")
-    chosen = broadcast_object(chosen, d)
-    if chosen is None:
-        return None, None
-    return (ck if ck is not None else load_resumable(chosen)), chosen
+def find_resume(cfg: TrainConfig, d: Dist, say) -> tuple[dict | None, str | None, dict | None]:
+    """(the checkpoint to resume, its path, this rank's label shard of it: None unless both it and the run are
+    label-parallel over as many processes): cfg.resume's path, or ("auto") the newest valid one in out/ckpt,
+    falling back to older ones past a corrupt main or shard file; (None, None, None) when "auto" finds none.
+
+    Every rank reads the candidate and its own shard, then the ranks agree on the outcome (one gather of their
+    errors): a file that is bad on any rank makes all of them fall back, or all of them fail, so that none waits
+    in a collective the others have left."""
+    auto = cfg.resume == "auto"
+    ckpt_dir = os.path.join(cfg.out, "ckpt")
+    candidates = broadcast_object(list_checkpoints(ckpt_dir) if d.is_main else None, d) if auto else [cfg.resume]
+    for i, path in enumerate(candidates):
+        ck = shard = error = None
+        try:
+            ck = load_resumable(path)
+            if cfg.label_parallel:
+                shard = label_parallel.own_shard(ck, path, d)
+        except (ValueError, OSError) as exc:  # damaged (ValueError), unsafe (a subclass), missing
+            error = exc
+        errors = gather_objects(None if error is None else (_error_kind(error), str(error)), d)
+        failed = [(r, kind, msg) for r, e in enumerate(errors) if e is not None for kind, msg in [e]]
+        if not failed:
+            return ck, path, shard
+        rank, kind, msg = failed[0]
+        if not auto or any(k != "damaged" for _, k, _ in failed):
+            # not a damaged file to skip (an unsafe one: falling back past it could restart the run at step 0)
+            if error is not None:
+                raise error
+            raise (UnsafeCheckpointError if kind == "unsafe" else ValueError)(f"resume (rank {rank}): {msg}")
+        nxt = candidates[i + 1] if i + 1 < len(candidates) else None
+        say(f"resume: {msg}; " + (f"falling back to the previous checkpoint {nxt}" if nxt else
+                                  "no older checkpoint to fall back to"))
+    say(f"resume auto: no valid checkpoint in {ckpt_dir}; starting at step 0")
+    return None, None, None
+
+
+def _error_kind(exc: Exception) -> str:
+    if isinstance(exc, UnsafeCheckpointError):
+        return "unsafe"
+    return "damaged" if isinstance(exc, ValueError) else "missing"
 
 
 def load_resumable(path: str) -> dict:
@@ -174,17 +222,20 @@ def load_resumable(path: str) -> dict:
 
 
 def restore(ck: dict, cfg: TrainConfig, d: Dist, model, g, g_e, scaler, gen: torch.Generator, say,
-            path: str = "checkpoint") -> Progress:
-    """Load checkpoint `ck` (read from `path`) into the run (refused when a RESUME_FIELDS setting differs, or
-    when it is label-parallel and the run is not, or over another number of processes); returns its progress."""
+            path: str = "checkpoint", *, label_mask: HashedMask, shard: dict | None = None) -> Progress:
+    """Load checkpoint `ck` (read from `path`) into the run (refused when a RESUME_FIELDS setting differs, when
+    its missing-label mask is not `label_mask`, the loader's (check_label_mask), or when it is label-parallel and
+    the run is not, or over another number of processes); returns its progress. `shard`: this rank's label
+    shard, when find_resume has read it."""
     saved = ck["train_config"]
     defaults = TrainConfig(data="", out="")
     diff = [f"{k} {saved.get(k, getattr(defaults, k))!r} (checkpoint) vs {getattr(cfg, k)!r}"
             for k in RESUME_FIELDS if saved.get(k, getattr(defaults, k)) != getattr(cfg, k)]
     if diff:
         raise ValueError(f"resume: this run's settings differ from the checkpoint's: {'; '.join(diff)}")
+    check_label_mask(ck.get("label_mask"), label_mask, path)
     if cfg.label_parallel:
-        model_state, g_e_state = label_parallel.restore_shard(ck, path, model, g_e, d)
+        model_state, g_e_state = label_parallel.restore_shard(ck, path, model, g_e, d, shard)
     elif ck.get("label_parallel"):
         raise ValueError(f"resume: checkpoint {path} holds U in {ck['label_parallel']['world_size']} "
                          f"label-parallel shards; resume it with --label-parallel on as many processes")
