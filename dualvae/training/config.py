@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dualvae.data import LABEL_SETS  # the label sets make_loader reads: the values of TrainConfig.labels
 from dualvae.kernels import BACKENDS
 from dualvae.options import option
 from dualvae.precision import PRECISIONS
 
 # Fields a resumed run must share with the checkpoint it resumes (the data stream and the model depend on them).
 RESUME_FIELDS = ("image_size", "latent_dim", "width", "batch_size", "seed", "missing_ratio", "limit", "labels")
-# The label sets make_loader reads: the values of TrainConfig.labels.
-LABEL_SETS = ("attributes", "attributes,identity")
 
 
 @dataclass
