@@ -69,7 +69,7 @@ def time_loader(make, epochs: int, device: str) -> dict:
     t_first = time.perf_counter()
     for e in range(epochs):
         for x, y, m in ld.epoch(e):
-            sink += float(x[:, :, 0, 0].sum()) + float(y.sum()) + float(m.sum())  # consume on the device
+            sink += float(x[:, :, 0, 0].sum()) + float(y.sum()) + float(m.rows.sum())  # consume on the device
             if first_s is None:
                 _sync(device)
                 first_s = time.perf_counter() - t_first
