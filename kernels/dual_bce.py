@@ -315,6 +315,15 @@ def _positive_weight(m_ptr, mr_ptr, r64, j64, ok, stride_m_b, stride_m_n, mask_k
     return w
 
 
+@jit
+def _gathered_rows_sum(x_ptr, rows, w, ok, k64, k_ok, stride_x_n, stride_x_d):
+    """sum_p w_p x[rows_p, k64] (fp32, one BLOCK_K chunk of d): the weighted sum of gathered rows of x that both
+    corrections accumulate (rows of U into dz_b, rows of z into dU_j)."""
+    xk = tl.load(x_ptr + rows[:, None] * stride_x_n + k64[None, :] * stride_x_d,
+                 mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+    return tl.reduce(w[:, None] * xk, 0, _sum_combine)
+
+
 @jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
 def _sparse_rows_kernel(
     z_ptr, u_ptr, b_ptr, idx_ptr, indptr_ptr, m_ptr, mr_ptr, loss_ptr, dz_ptr,
@@ -363,9 +372,7 @@ def _sparse_rows_kernel(
                 j = tl.load(idx_ptr + ps, mask=ok, other=0).to(tl.int64)
                 w = _positive_weight(m_ptr, mr_ptr, j * 0 + row, j, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
                                      mask_off, HAS_MASK, HASHED)
-                uk = tl.load(u_ptr + j[:, None] * stride_u_n + k64[None, :] * stride_u_d,
-                             mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-                g += tl.reduce(w[:, None] * uk, 0, _sum_combine)
+                g += _gathered_rows_sum(u_ptr, j, w, ok, k64, k_ok, stride_u_n, stride_u_d)
             dz_row = dz_ptr + row * D + k64
             tl.store(dz_row, tl.load(dz_row, mask=k_ok, other=0.0) - g, mask=k_ok)
 
@@ -408,9 +415,7 @@ def _sparse_cols_kernel(
             w = _positive_weight(m_ptr, mr_ptr, r, r * 0 + col, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
                                  mask_off, HAS_MASK, HASHED)
             gw = w * tl.load(gscale_ptr + r * stride_g, mask=ok, other=0.0).to(tl.float32)
-            zk = tl.load(z_ptr + r[:, None] * stride_z_b + k64[None, :] * stride_z_d,
-                         mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            g += tl.reduce(gw[:, None] * zk, 0, _sum_combine)
+            g += _gathered_rows_sum(z_ptr, r, gw, ok, k64, k_ok, stride_z_b, stride_z_d)
         du_row = du_ptr + col * D + k64
         tl.store(du_row, tl.load(du_row, mask=k_ok, other=0.0) - g, mask=k_ok)
 
