@@ -287,9 +287,8 @@ def _(z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask
     dz = z.new_empty((B, d) if need_dz else (0,), dtype=f32)
     dU = z.new_empty((n, d) if grads_in_fwd else (0,), dtype=f32)
     db = z.new_empty((n,) if grads_in_fwd and bias is not None else (0,), dtype=f32)
-    csc = need_csc and backend != "cpu"
-    colptr = z.new_empty((n + 1,) if csc else (0,), dtype=torch.int64)
-    crows = z.new_empty((labels.shape[0],) if csc else (0,), dtype=torch.int64)
+    colptr = z.new_empty((n + 1,) if need_csc else (0,), dtype=torch.int64)
+    crows = z.new_empty((labels.shape[0],) if need_csc else (0,), dtype=torch.int64)
     return loss, z.new_empty((), dtype=f32), dz, dU, db, colptr, crows
 
 
@@ -326,9 +325,8 @@ def _dual_bce_setup(ctx, inputs, output):
     if grads_in_fwd:  # the backward only scales dU and db: the inputs need not be kept
         ctx.save_for_backward(None, None, None, None, bias, count, dz, dU, db, None, None, None, None)
     else:
-        csc = need_csc and backend != "cpu"
         ctx.save_for_backward(z, U, labels, mask, bias, count, dz, None, None, indptr, mask_rows,
-                              colptr if csc else None, crows if csc else None)
+                              colptr if need_csc else None, crows if need_csc else None)
     ctx.n, ctx.label_kind, ctx.reduction, ctx.need_dz, ctx.backend = n, label_kind, reduction, need_dz, backend
     ctx.mask_key, ctx.mask_threshold, ctx.mask_col_offset = mask_key, mask_threshold, mask_col_offset
     ctx.grads_in_fwd = grads_in_fwd
@@ -384,9 +382,9 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
     tiles minus sum mask * L over the positives.
     check_labels: raise ValueError when a dense label is not 0 or 1 (default). On CUDA that reads a count
     back to the host once per call; False skips it (the loss of such labels is then undefined). The check is
-    also skipped while a CUDA graph is being captured. The reference backend always checks. Packed labels are checked
-    by pack_labels, sparse ones by SparseLabels (unless made with validate=False; the cpu backend checks them
-    again as it reads them).
+    also skipped while a CUDA graph is being captured. The reference backend always checks. Packed labels
+    are checked by pack_labels, sparse ones by SparseLabels (unless made with validate=False; the cpu backend
+    checks them again as it reads them).
     """
     op = "dual_bce"
     reference._check_float("z", z, op)
