@@ -496,7 +496,7 @@ class Loader:
         positions = torch.from_numpy(np.ascontiguousarray(split.positions, dtype=np.int64))
         # The mask of every loaded row (rows: their split positions), the one the batches' masks are cut from.
         self.label_mask = HashedMask(seed, self.missing_ratio, positions)
-        self._positions = positions.to(self.device)
+        self._device_mask = self.label_mask.to(self.device)
         self._labels = split.labels.to(self.device)
         self._identity = None if split.identity_col is None else torch.from_numpy(split.identity_col).to(self.device)
         self.last_indices: torch.Tensor | None = None  # rows (into this split) of the batch last yielded
@@ -527,8 +527,7 @@ class Loader:
 
     def mask_of(self, idx) -> HashedMask:
         """The HashedMask of rows `idx` (int64, rows into this loaded split): rows = their split positions."""
-        return HashedMask(self.seed, self.missing_ratio, self._positions.index_select(0, self._rows(idx)),
-                          validate=False)
+        return self._device_mask.select(self._rows(idx))
 
     def batch_rows(self, epoch: int) -> list[np.ndarray]:
         """The rows of each batch of this shard in `epoch` (before any corrupt file is left out)."""
@@ -867,7 +866,8 @@ def prepare(celeba: str, out: str, image_size: int = 64, workers: int | None = N
             batch_size: int = 256, device: str | None = None, force: bool = False, progress: bool = True) -> dict:
     """Decode every image of a CelebA root once with DALI and write the cache `out` (HDF5): images uint8
     (N, 3, S, S) in chunks of CACHE_CHUNK_ROWS rows, labels int8 -1/+1, partition, split positions, file names,
-    the identities and identity columns where the root has identity_CelebA.txt, and attributes: attribute names, image size, the source path and its fingerprint, split sizes, skipped files.
+    the identities and identity columns where the root has identity_CelebA.txt, and attributes: attribute names,
+    image size, the source path and its fingerprint, split sizes, skipped files.
 
     The file appears only when complete (written to a temporary file beside it, then renamed); an interrupted
     or failed prepare leaves `out` as it was and no temporary file. A cache that is already up to date (same
