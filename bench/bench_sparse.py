@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (DEFAULT_OUT, MiB, _pin_malloc, _reset_hwm, _status_kib, _triton_version,  # noqa: E402
                      compiled)
 
-from dualvae.atomic import write_text_atomic  # noqa: E402
+from dualvae.data.atomic import write_text_atomic  # noqa: E402
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
 
 VARIANTS = ("dense", "packed", "sparse-hashed", "eager", "compile")

@@ -32,7 +32,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dualvae.atomic import write_json_atomic
+from dualvae.data.atomic import write_json_atomic
 from dualvae.sysinfo import cpu_model, cpu_report
 from dualvae.cis import conditional_inception_score, resolve_domains, scores_from_M
 from dualvae.classifier import AttributeClassifier

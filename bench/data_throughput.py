@@ -39,7 +39,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402  (after the path: runnable from a checkout)
-from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dualvae.data.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dualvae.data import dali_missing  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")

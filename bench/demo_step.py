@@ -23,7 +23,7 @@ import time
 import torch
 
 from dualvae import kernels
-from dualvae.atomic import write_json_atomic
+from dualvae.data.atomic import write_json_atomic
 from dualvae.losses import LossFns
 from dualvae.model import DualVAE
 from dualvae.sysinfo import cpu_report

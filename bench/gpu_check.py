@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -38,10 +39,13 @@ import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# The checkout's package, for its one atomic writer: dualvae/__init__.py and dualvae/atomic.py need only the
+# The checkout's one atomic writer, data/atomic.py (dualvae.data.atomic), loaded from its file: it needs only the
 # standard library, so this works on a bare host before anything is installed.
 sys.path.insert(0, ROOT)
-from dualvae.atomic import write_text_atomic  # noqa: E402
+_spec = importlib.util.spec_from_file_location("_dualvae_atomic", os.path.join(ROOT, "data", "atomic.py"))
+_atomic = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_atomic)
+write_text_atomic = _atomic.write_text_atomic
 
 # Estimated seconds of each stage on an H200 host (real) and on a 2-core CPU (dry): a stage starts only when
 # the time left covers its estimate; the stage's own time limit is the time left.

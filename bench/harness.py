@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dualvae.atomic import write_text_atomic
+from dualvae.data.atomic import write_text_atomic
 from dualvae.sysinfo import cpu_model, cpu_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))

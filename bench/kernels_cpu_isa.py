@@ -127,7 +127,7 @@ def merge_into(prefix: str, comp: dict) -> None:
         report["cpu_fields_added_after"] = (f"{', '.join(added)}: filled in by bench/kernels_cpu_isa.py on the "
                                             "machine that made the measurement, right after it")
     report["isa_comparison"] = comp
-    from dualvae.atomic import write_text_atomic
+    from dualvae.data.atomic import write_text_atomic
     write_text_atomic(prefix + ".json", json.dumps(report, indent=1))
     with open(prefix + ".md", "a") as fh:
         fh.write(f"\nCPU: {report['cpu_model']}, ISA level {report['cpu_isa_level']} ({' '.join(report['cpu_isa'])}); "
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         comp = compare(args.isas.split(","), args.rounds, args.repeats, args.threads)
     print(markdown(comp))
     if args.save:
-        from dualvae.atomic import write_json_atomic
+        from dualvae.data.atomic import write_json_atomic
 
         write_json_atomic(args.save, comp, indent=1)
     if args.into:

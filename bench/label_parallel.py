@@ -38,7 +38,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 import harness  # noqa: E402
-from dualvae.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from dualvae.data.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 from dualvae.sysinfo import cpu_model, cpu_report  # noqa: E402
 
 FEATURES = 64

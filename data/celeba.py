@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualvae.atomic import write_text_atomic
+from .atomic import write_text_atomic
 
 IMAGE_DIR = "img_align_celeba"
 ATTR_FILE = "list_attr_celeba.txt"

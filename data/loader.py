@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dualvae.atomic import atomic_output
+from .atomic import atomic_output
 from dualvae.kernels import HashedMask, SparseLabels
 
 from .celeba import (

@@ -22,7 +22,7 @@ from collections import OrderedDict
 
 import torch
 
-from dualvae.atomic import write_atomic
+from dualvae.data.atomic import write_atomic
 
 
 # exact types: a numpy float64 is a float, but pickles as a numpy object

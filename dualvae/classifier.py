@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dualvae.atomic import write_json_atomic
+from dualvae.data.atomic import write_json_atomic
 from dualvae.batching import epoch_batches
 from dualvae.checkpoint import load_model, save_atomic
 from dualvae.options import option

@@ -146,7 +146,7 @@ def cmd_transfer(c: TransferConfig) -> None:
 
 
 def cmd_cis(c: CISConfig) -> None:
-    from dualvae.atomic import write_json_atomic
+    from dualvae.data.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep
     from dualvae.classifier import AttributeClassifier
     from dualvae.data import read_images

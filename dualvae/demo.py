@@ -78,7 +78,7 @@ def _train_dualvae(c: DemoConfig, data: str, cache: str, out: str, threads: int)
 def run_demo(c: DemoConfig) -> None:
     import torch
 
-    from dualvae.atomic import write_json_atomic
+    from dualvae.data.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep, sweep_lam
     from dualvae.classifier import AttributeClassifier
     from dualvae.data import read_images

@@ -46,7 +46,7 @@ def _attr_names(data: str) -> list[str]:
 def run_experiment(cfg: ExperimentConfig) -> None:
     """Train and evaluate the runs `cfg.which` needs (those not cached yet), then write its tables and figures,
     the claims for `all`, and OUT/timing-<which>.json."""
-    from dualvae.atomic import write_json_atomic, write_text_atomic
+    from dualvae.data.atomic import write_json_atomic, write_text_atomic
 
     if cfg.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")

@@ -105,7 +105,7 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     detector; and the training curve (test CIS at each kept checkpoint, at the final model's strengths). Written
     to rdir/eval.json (eval-dataset-labels.json with source_labels) and reused when it exists."""
     from dualvae.baselines.common import reconstruction_ratio
-    from dualvae.atomic import write_json_atomic
+    from dualvae.data.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score
     from dualvae.classifier import AttributeClassifier
     from dualvae.data import to_unit_range

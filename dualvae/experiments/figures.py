@@ -39,7 +39,7 @@ def _cell(results: dict[Run, dict], model: str, seeds: int, proto: str, col: str
 
 
 def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str) -> dict:
-    from dualvae.atomic import write_json_atomic, write_text_atomic
+    from dualvae.data.atomic import write_json_atomic, write_text_atomic
 
     cols = _columns(results)
     doc = {"budget": budget_name, "seeds": seeds, "columns": cols}
@@ -197,7 +197,7 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
     """DualVAE at each missing ratio s over its strength sweep (seed means, validation), StarGAN at s = 0
     and 0.9 at both protocols' strengths; a JSON of CIS per s and protocol; and a grid: test images transferred
     to blond hair, eyeglasses and a mustache by DualVAE and StarGAN trained at s = 0.9 (the paper's Fig. 6)."""
-    from dualvae.atomic import write_json_atomic
+    from dualvae.data.atomic import write_json_atomic
     from dualvae.data import to_unit_range
     from dualvae.transfer import save_grid_png
 

@@ -12,7 +12,7 @@ from dualvae.experiments.budgets import BUDGETS, Budget
 def first_attributes_root(data: str, out: str, k: int) -> str:
     """A CelebA-format root holding only the first k attributes of `data` (the same images, linked), for the
     models trained on k labels: OUT/celeba-first<k>/."""
-    from dualvae.atomic import write_text_atomic
+    from dualvae.data.atomic import write_text_atomic
     from dualvae.data.celeba import ATTR_FILE, read_celeba_attributes
 
     root = os.path.join(out, f"celeba-first{k}")

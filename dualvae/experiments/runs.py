@@ -37,7 +37,7 @@ def _done_file(rdir: str) -> str:
 def train_run(data: str, out: str, budget_name: str, run: Run, progress: bool = False) -> str:
     """Train one model, keeping `curve_points` checkpoints (rdir/ckpt/step-N.pt); returns rdir/model.pt. A run is
     finished when rdir/train.json exists; DualVAE resumes an interrupted run from its newest step checkpoint."""
-    from dualvae.atomic import write_json_atomic
+    from dualvae.data.atomic import write_json_atomic
     from dualvae.checkpoint import save_atomic
     from dualvae.training import checkpoint_path
 

@@ -9,7 +9,7 @@ import time
 
 from tqdm import tqdm
 
-from dualvae.atomic import write_text_atomic
+from dualvae.data.atomic import write_text_atomic
 from dualvae.training.distributed import Dist
 
 

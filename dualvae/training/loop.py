@@ -34,7 +34,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from dualvae.atomic import write_json_atomic
+from dualvae.data.atomic import write_json_atomic
 from dualvae.data import make_loader
 from dualvae.losses import LossFns
 from dualvae.model import DualVAE

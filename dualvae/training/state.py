@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from dualvae.atomic import copy_atomic
+from dualvae.data.atomic import copy_atomic
 from dualvae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
 from dualvae.kernels import HashedMask
 from dualvae.training import label_parallel

@@ -1,10 +1,10 @@
-"""dualvae.atomic: a file is replaced whole or not at all, and no temporary file is left behind."""
+"""dualvae.data.atomic: a file is replaced whole or not at all, and no temporary file is left behind."""
 import json
 import os
 
 import pytest
 
-from dualvae.atomic import atomic_output, copy_atomic, write_atomic, write_json_atomic, write_text_atomic
+from dualvae.data.atomic import atomic_output, copy_atomic, write_atomic, write_json_atomic, write_text_atomic
 
 
 def test_writes_replace_the_file_whole(tmp_path):

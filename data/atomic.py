@@ -1,7 +1,8 @@
 """The package's one way to write a file: into a temporary file in the same folder, fsync, then rename over the
 target. A crash mid-write leaves the previous file whole (readers see the old file or the new one, never half a
 file), and on any error the temporary file is removed. It imports nothing of the package, so the data library
-(dualvae.data) and the application both write through it."""
+(dualvae.data) and the application both write through it, and bench/gpu_check.py loads it from its file on a
+bare host."""
 from __future__ import annotations
 
 import contextlib
