@@ -68,7 +68,7 @@ def time_loader(make, epochs: int, device: str) -> dict:
     images, first_s, t_start, sink = 0, None, None, 0.0
     t_first = time.perf_counter()
     for e in range(epochs):
-        for x, y, m in ld.epoch(e):
+        for x, y, m, _ in ld.epoch(e):
             sink += float(x[:, :, 0, 0].sum()) + float(y.sum()) + float(m.rows.sum())  # consume on the device
             if first_s is None:
                 _sync(device)
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     dali, no_dali = dali_version()
 
     from dualvae.data import make_loader, prepare, read_cache_info
-    from dualvae.data.loader import read_source_list
+    from dualvae.data.sources import read_source_list
     from dualvae.data.synth import write_synth_celeba
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")

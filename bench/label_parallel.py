@@ -7,7 +7,7 @@ The step is training's own (dualvae.training.label_parallel.LabelParallel and Al
 encoder (one Linear layer from 64 features to (mu, logvar), data parallel, its gradient all-reduced) gives z of
 each rank's rows; z of the global batch is all-gathered, each rank takes dual_bce of its rows [lo, hi) of U
 over the whole batch (labels: SparseLabels at --density positives, mask: HashedMask at missing ratio 0.3,
-both taken from a stand-in loader by the batch's global rows), dz goes back to the rows' owners, and Adam steps
+both from stand-in labels' labels_for(the batch's global rows)), dz goes back to the rows' owners, and Adam steps
 the encoder and this rank's U shard. K = 1 is the single-process baseline (the same code, no collectives).
 
 Per rank: the bytes of U, its gradient and Adam's two moments (exact: the tensors' sizes), VmRSS before U is
@@ -70,26 +70,22 @@ class StandInModel(torch.nn.Module):
         return self.encoder(x)
 
 
-class StandInLoader:
-    """labels_of / mask_of of any global rows: row r's positives are the density * n labels
+class StandInLabels:
+    """labels_for of any global rows: row r's positives are the density * n labels
     (r * 2654435761 + k * 40503) mod n, k = 0, 1, ... (distinct while density * n < n / gcd(40503, n)), its mask
     the HashedMask of (seed 0, MISSING_RATIO, r): pure functions of r, formed in O(positives)."""
 
     def __init__(self, n: int, density: float):
         self.n, self.per_row = n, max(1, round(density * n))
 
-    def labels_of(self, idx: torch.Tensor):
-        from dualvae.kernels import SparseLabels
+    def labels_for(self, idx: torch.Tensor):
+        from dualvae.kernels import HashedMask, SparseLabels
 
         k = torch.arange(self.per_row, dtype=torch.int64)
         cols = (idx.to(torch.int64)[:, None] * 2654435761 + k[None, :] * 40503) % self.n
         indptr = torch.arange(len(idx) + 1, dtype=torch.int64) * self.per_row
-        return SparseLabels(indptr, cols.sort(dim=1).values.reshape(-1), self.n)
-
-    def mask_of(self, idx: torch.Tensor):
-        from dualvae.kernels import HashedMask
-
-        return HashedMask(0, MISSING_RATIO, idx.to(torch.int64))
+        return (SparseLabels(indptr, cols.sort(dim=1).values.reshape(-1), self.n),
+                HashedMask(0, MISSING_RATIO, idx.to(torch.int64)))
 
 
 def worker(args) -> None:
@@ -105,9 +101,9 @@ def worker(args) -> None:
     rss_start = harness._status_kib("VmRSS")
     lo, hi = shard_range(args.n, d.world, d.rank)
     model = StandInModel(args.n, args.d, lo, hi, seed=0)
-    loader = StandInLoader(args.n, args.density)
+    labels = StandInLabels(args.n, args.density)
     backend = resolve_backend("auto", device=torch.device("cpu"))
-    lp = LabelParallel(model, loader, d, args.batch // d.world, backend)
+    lp = LabelParallel(model, labels, d, args.batch // d.world, backend)
     opt = torch.optim.Adam([*model.encoder.parameters(), model.U], lr=1e-3)
     gen = torch.Generator().manual_seed(5)
     times = []

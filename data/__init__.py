@@ -1,4 +1,4 @@
-"""dualvae.data: CelebA format, generated CelebA-format data, loaders (DALI, PIL, HDF5 cache)."""
+"""dualvae.data: CelebA format, generated CelebA-format data, loaders (DALI, PIL, HDF5 cache) yielding Batch."""
 from .celeba import (
     ATTR_FILE,
     CELEBA_ATTRIBUTES,
@@ -28,25 +28,17 @@ from .celeba import (
     write_celeba_identities,
     write_celeba_partition,
 )
-from .loader import (
-    BACKENDS,
-    LABEL_SETS,
-    Loader,
-    MissingBackendError,
-    StaleCacheError,
-    dali_missing,
-    draw_label_mask,
-    epoch_order,
-    make_loader,
-    prepare,
-    read_cache_info,
-    shard_batches,
-    source_fingerprint,
-)
+from .batch import Batch, Loader
+from .cache import StaleCacheError, prepare, read_cache_info
+from .dali import MissingBackendError, dali_missing
+from .loader import BACKENDS, make_loader
+from .order import draw_label_mask, epoch_order, shard_batches
+from .sources import LABEL_SETS, source_fingerprint
 from .read import read_images, read_split
 
 __all__ = [
     "BACKENDS",
+    "Batch",
     "LABEL_SETS",
     "Loader",
     "MissingBackendError",

@@ -201,7 +201,7 @@ def _check_unique(path: str, names: list[str], first_line: int) -> None:
         seen[name] = i
 
 
-def _check_images_exist(root: str, attr_path: str, filenames: Sequence[str], rows: Sequence[int] | None = None) -> None:
+def check_images_exist(root: str, attr_path: str, filenames: Sequence[str], rows: Sequence[int] | None = None) -> None:
     """The listed images (all, or the given rows of the attribute file) must be in root/img_align_celeba.
 
     One directory listing and set look-ups, not one stat() per image (CelebA has 202,599 of them)."""
@@ -270,7 +270,7 @@ def read_celeba_attributes(root: str, check_images: bool = True) -> tuple[list[s
     labels = torch.from_numpy(np.int8(1) - np.int8(2) * negative.view(np.int8))
 
     if check_images:
-        _check_images_exist(root, path, filenames)
+        check_images_exist(root, path, filenames)
     return filenames, attr_names, labels
 
 
@@ -328,7 +328,8 @@ def read_celeba_identities(root: str, filenames: Sequence[str] | None = None):
     return np.array([ids[f] for f in filenames], dtype=np.int64)
 
 
-def _split_id(split: str | int) -> int:
+def split_id(split: str | int) -> int:
+    """The partition number (0 train, 1 val, 2 test) of a split given by name or number."""
     if isinstance(split, str) and split in SPLITS:
         return SPLITS[split]
     if isinstance(split, (int, np.integer)) and not isinstance(split, bool) and int(split) in SPLITS.values():
@@ -340,7 +341,7 @@ def split_indices(filenames: Sequence[str], partition: dict[str, int], split: st
     """Row indices (into filenames, in their order) of the files whose partition is `split`
     ("train"/"val"/"test" or 0/1/2). Every file must be in the partition: a mismatch between the attribute
     and partition files would silently change the splits, so it raises ValueError naming the file."""
-    target = _split_id(split)
+    target = split_id(split)
     parts = np.fromiter((partition.get(f, -1) for f in filenames), dtype=np.int64, count=len(filenames))
     missing = np.flatnonzero(parts < 0)
     if len(missing):

@@ -36,12 +36,12 @@ def read_split(source: str, split: str | int = "train", *, image_size: int = 64,
 
         bar = tqdm(total=loader.num_images, unit="img", desc=f"{split} {image_size}px")
     try:
-        for x, y, _ in loader:
-            images.append(x.add(1.0).mul_(127.5).round_().to(torch.uint8))
-            labels.append(y.mul(2).sub_(1).to(torch.int8))
-            rows.append(loader.last_indices)
+        for batch in loader:
+            images.append(batch.images.add(1.0).mul_(127.5).round_().to(torch.uint8))
+            labels.append(batch.labels.mul(2).sub_(1).to(torch.int8))
+            rows.append(batch.rows)
             if bar is not None:
-                bar.update(len(x))
+                bar.update(len(batch.images))
     finally:
         loader.close()
         if bar is not None:

@@ -11,6 +11,7 @@ import torch
 import dualvae.training.faults as F
 import dualvae.training.loop as T
 from dualvae.cli import main
+from dualvae.data import Batch
 from dualvae.losses import LossFns
 from dualvae.training import TrainConfig, TrainingOOMError, train
 from dualvae.training.distributed import Dist
@@ -96,8 +97,8 @@ class _Tiled:
         return self.inner.num_images * self.k
 
     def epoch(self, epoch, start=0, stop=None):
-        for x, y, m in self.inner.epoch(epoch):
-            yield x.repeat(self.k, 1, 1, 1), y.repeat(self.k, 1), m.repeat(self.k, 1)
+        for x, y, m, rows in self.inner.epoch(epoch):
+            yield Batch(x.repeat(self.k, 1, 1, 1), y.repeat(self.k, 1), m.repeat(self.k, 1), rows.repeat(self.k))
 
 
 @pytest.mark.gpu

@@ -5,8 +5,8 @@ over the K ranks, for label sets too large for every process to hold U, its grad
     label step            each rank encodes its rows of the global batch (data parallel, as today), all-gathers
                           z of the whole global batch (GatherRows), and computes the dual-head loss of ITS labels
                           on all of them with the fused kernel: dual_bce(z, U_r, labels.columns(lo, hi),
-                          mask.columns(lo, hi)); the labels and mask of the global batch come from the loader
-                          (labels_of / mask_of of the batch's rows, which the ranks all-gather: B integers)
+                          mask.columns(lo, hi)); the labels and mask of the global batch come from the split's
+                          labels (labels_for of the batch's rows, which the ranks all-gather: B integers)
     backward              dU_r stays on rank r (U_r's Adam moments too: g_e steps it locally); dz of the global
                           batch is summed over the ranks and each rank keeps its own rows (GatherRows.backward:
                           reduce-scatter on NCCL; on gloo, which has none, an all-reduce of the (B, d) dz), then
@@ -108,11 +108,12 @@ def gather_z(z: torch.Tensor, counts: list[int], capacity: int, d: Dist) -> torc
 
 
 class LabelParallel:
-    """The label step of one rank: its shard [lo, hi) of U on the global batch. `capacity`: the most rows a
-    rank's batch holds (the global batch size / K)."""
+    """The label step of one rank: its shard [lo, hi) of U on the global batch. `labels`: what gives the labels
+    and mask of any rows of the split, `labels.labels_for(rows) -> (labels, mask)` (the loader's label_source).
+    `capacity`: the most rows a rank's batch holds (the global batch size / K)."""
 
-    def __init__(self, model, loader, d: Dist, capacity: int, backend: str):
-        self.model, self.loader, self.d, self.capacity, self.backend = model, loader, d, capacity, backend
+    def __init__(self, model, labels, d: Dist, capacity: int, backend: str):
+        self.model, self.labels, self.d, self.capacity, self.backend = model, labels, d, capacity, backend
         self.lo, self.hi = model.label_range
 
     def label(self, x: torch.Tensor, eps: torch.Tensor, rows: torch.Tensor, metrics: bool = True):
@@ -121,8 +122,8 @@ class LabelParallel:
         z, _, _, _ = sample_latent(self.model, x, eps, self.backend)
         idx, counts = gather_batch_rows(rows, self.capacity, self.d)
         zg = gather_z(z, counts, self.capacity, self.d)
-        y = label_columns(self.loader.labels_of(idx), self.lo, self.hi)
-        mask = mask_columns(self.loader.mask_of(idx), self.lo, self.hi)
+        y, mask = self.labels.labels_for(idx)
+        y, mask = label_columns(y, self.lo, self.hi), mask_columns(mask, self.lo, self.hi)
         return dual_head_terms(zg, self.model.U, y, mask, self.backend, metrics)
 
 

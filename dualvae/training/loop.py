@@ -75,8 +75,8 @@ def train_step(model: DualVAE, g, g_e, x, y, mask, eps, cfg: TrainConfig, *, dis
     "stop" (some rank asked to stop: SIGTERM); None when the global batch is empty (all its files skipped).
     `fns`: the losses (default: LossFns on cfg's recon_sigma and kernel_backend). y: a (B, n) tensor or
     SparseLabels; mask: a HashedMask (the loaders'), a (B, n) tensor or None.
-    `label_parallel`: this rank's shard of U (label_parallel.py); the label step then takes its labels and mask
-    from the loader by the batch's `rows` (this rank's split rows; y and mask are unused) and U's gradient is
+    `label_parallel`: this rank's shard of U (label_parallel.py); the label step then takes the global batch's
+    labels and mask by its `rows` (this rank's split rows; y and mask are unused) and U's gradient is
     not summed over the ranks. metrics=False: the label step's bce and accuracy are not computed (NaN; the
     loss is), for steps that log nothing (see losses.dual_head_terms).
     """
@@ -195,7 +195,8 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
     # The collectives of BatchNorm over several processes break graphs: one graph per loss with one process only.
     fns = LossFns(model, cfg.recon_sigma, backend=cfg.kernel_backend, compile=cfg.compile,
                   fullgraph=not d.enabled)
-    lp = LabelParallel(model, loader, d, cfg.batch_size // d.world, fns.backend) if cfg.label_parallel else None
+    lp = (LabelParallel(model, loader.label_source, d, cfg.batch_size // d.world, fns.backend)
+          if cfg.label_parallel else None)
 
     def save():
         rng = gather_objects(rng_state(gen, d), d)  # every rank's RNG states, to rank 0
@@ -228,8 +229,7 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
                 batches = iter(loader.epoch(progress.epoch, stop=steps_per_epoch))
                 continue
             progress.position += 1
-            x, y, m = batch
-            rows = loader.last_indices
+            x, y, m, rows = batch
             eps = torch.randn(cfg.batch_size, cfg.latent_dim, generator=gen)[d.rank::d.world][:len(x)]
             if len(x) == 0 and not d.enabled:  # a batch of corrupt files skipped
                 continue

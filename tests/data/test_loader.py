@@ -23,7 +23,8 @@ from dualvae.data import (
     read_cache_info,
     shard_batches,
 )
-from dualvae.data import loader as loader_mod
+from dualvae.data import batch as batch_mod
+from dualvae.data import cache as cache_mod
 from dualvae.kernels import HashedMask
 
 N = 24
@@ -96,22 +97,22 @@ def check_batches(ld, expected_rows=None):
     """Every batch: shapes, dtypes, ranges, and labels + file names aligned with the pixels. Returns the rows."""
     seen = []
     n = len(ld.attr_names)
-    for x, y, m in ld:
+    for x, y, m, rows in ld:
         B = len(x)
         assert x.shape == (B, 3, S, S) and x.dtype == torch.float32
         assert y.shape == (B, n) and y.dtype == torch.float32
         assert isinstance(m, HashedMask) and (m.seed, m.missing_ratio) == (ld.seed, ld.missing_ratio)
-        assert torch.equal(m.rows, ld.label_mask.rows[ld.last_indices])  # the images' split positions
-        assert torch.equal(m.dense(n), ld.mask_of(ld.last_indices).dense(n))
-        assert torch.equal(y, ld.labels_of(ld.last_indices))
+        assert torch.equal(m.rows, ld.label_mask.rows[rows])  # the images' split positions
+        again_y, again_m = ld.label_source.labels_for(rows)
+        assert torch.equal(m.dense(n), again_m.dense(n)) and torch.equal(y, again_y)
         assert x.min() >= -1 and x.max() <= 1
         assert set(y.unique().tolist()) <= {0.0, 1.0}
         for k in range(B):
             i, marked = identify(x[k])
             assert y[k].tolist() == [float(v > 0) for v in labels_of(i)], (i, y[k])
             assert marked == (i in MARKED) == bool(y[k, 0])
-            assert ld.filenames[int(ld.last_indices[k])] == f"{i + 1:06d}.jpg"
-        seen += ld.last_indices.tolist()
+            assert ld.filenames[int(rows[k])] == f"{i + 1:06d}.jpg"
+        seen += rows.tolist()
     if expected_rows is not None:
         assert sorted(seen) == expected_rows
     return seen
@@ -136,8 +137,8 @@ def test_epoch_order_is_a_function_of_seed_and_epoch(root):
 
     def run(ld, epoch):
         out = []
-        for x, _, _ in ld.epoch(epoch):
-            out.append((ld.last_indices.clone(), x.clone()))
+        for x, _, _, rows in ld.epoch(epoch):
+            out.append((rows.clone(), x.clone()))
         return out
 
     a, b = loader(root, "dali", seed=1), loader(root, "dali", seed=1, threads=2)
@@ -148,10 +149,10 @@ def test_epoch_order_is_a_function_of_seed_and_epoch(root):
     other = loader(root, "dali", seed=2)
     assert not torch.equal(torch.cat([i for i, _ in run(a, 0)]), torch.cat([i for i, _ in run(other, 0)]))
     # iterating runs the current epoch and advances it; set_epoch resumes anywhere
-    first = [a.last_indices.clone() for _ in a]
+    first = [b.rows for b in a]
     assert a.current_epoch == 1
     a.set_epoch(0)
-    assert all(torch.equal(f, s) for f, s in zip(first, [a.last_indices.clone() for _ in a]))
+    assert all(torch.equal(f, s) for f, s in zip(first, [b.rows for b in a]))
 
 
 @pytest.mark.parametrize("n,shards,batch", [(16, 3, 2), (23, 4, 3), (16, 1, 5)])
@@ -178,9 +179,9 @@ def test_sharded_loaders_and_mask_identical_across_shards_backends_resumes(root,
                         batch_size=2)
             ld.set_epoch(2)  # a resumed run starts mid-way
             mine = []
-            for _, _, m in ld:
-                assert torch.equal(m.dense(len(ATTRS)), full[ld.last_indices])
-                mine += ld.last_indices.tolist()
+            for _, _, m, batch_rows in ld:
+                assert torch.equal(m.dense(len(ATTRS)), full[batch_rows])
+                mine += batch_rows.tolist()
             assert torch.equal(ld.label_mask.rows, torch.arange(16))
             assert torch.equal(ld.label_mask.dense(len(ATTRS)), full)
         rows.append(mine)
@@ -194,7 +195,7 @@ def test_dali_and_pil_give_the_same_pixels(tmp_path_factory):
     write_synth_celeba(synth, num=20, seed=1, workers=1)
     a = make_loader(synth, "train", batch_size=16, device="cpu", backend="dali", shuffle=False, threads=1)
     b = make_loader(synth, "train", batch_size=16, device="cpu", backend="pil", shuffle=False, threads=0)
-    (xa, ya, _), (xb, yb, _) = next(iter(a)), next(iter(b))
+    (xa, ya, _, _), (xb, yb, _, _) = next(iter(a)), next(iter(b))
     assert torch.equal(ya, yb)
     diff = ((xa - xb).abs() * 127.5).flatten(1).mean(1)  # in 0..255 units, per image
     assert diff.max() <= 2.0, diff
@@ -207,7 +208,7 @@ def test_cache_round_trip(root, cache, tmp_path):
     assert info["skipped"] == [] and info["source"] == os.path.abspath(root)
     h = loader(cache, "hdf5", shuffle=False, batch_size=16)
     d = loader(root, "dali", shuffle=False, batch_size=16)
-    (xh, yh, _), (xd, yd, _) = next(iter(h)), next(iter(d))
+    (xh, yh, _, _), (xd, yd, _, _) = next(iter(h)), next(iter(d))
     assert torch.equal(yh, yd) and h.filenames == d.filenames
     assert (xh - xd).abs().max() <= 1 / 127.5 + 1e-6  # cache: DALI's uint8; loader: DALI's float
     # a second prepare of an unchanged root keeps the file
@@ -240,23 +241,23 @@ def test_interrupted_prepare_leaves_nothing_behind(fresh_root, tmp_path, monkeyp
     out = tmp_path / "out"
     out.mkdir()
     path = out / "c.h5"
-    real = loader_mod._dali_decode_paths
+    real = cache_mod.decode_paths
 
     def interrupted(decoder, batches):
         gen = real(decoder, batches)
         yield next(gen)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loader_mod, "_dali_decode_paths", interrupted)
+    monkeypatch.setattr(cache_mod, "decode_paths", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(fresh_root), str(path), image_size=S, batch_size=4, progress=False)
     assert os.listdir(out) == []
     # over an existing cache: the old file stays, byte for byte
-    monkeypatch.setattr(loader_mod, "_dali_decode_paths", real)
+    monkeypatch.setattr(cache_mod, "decode_paths", real)
     prepare(str(fresh_root), str(path), image_size=S, batch_size=4, progress=False)
     old = path.read_bytes()
     Image.new("RGB", (178, 218)).save(fresh_root / "img_align_celeba" / "000001.jpg")  # make it stale
-    monkeypatch.setattr(loader_mod, "_dali_decode_paths", interrupted)
+    monkeypatch.setattr(cache_mod, "decode_paths", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(fresh_root), str(path), image_size=S, batch_size=4, progress=False)
     assert os.listdir(out) == ["c.h5"] and path.read_bytes() == old
@@ -288,7 +289,7 @@ def test_corrupt_jpeg_error_names_file_and_skip_corrupt(fresh_root, tmp_path, da
     full = draw_label_mask((16, len(ATTRS)), 0.3, seed=1)  # over the source split: aligned, corrupt row included
     kept = [i for i in range(16) if i != 5]
     assert h.label_mask.rows.tolist() == kept and torch.equal(h.label_mask.dense(len(ATTRS)), full[kept])
-    for x, _, m in h.epoch(0):  # each batch's mask: rows = the images' positions in the source split
+    for x, _, m, _ in h.epoch(0):  # each batch's mask: rows = the images' positions in the source split
         assert torch.equal(m.dense(len(ATTRS)), full[[identify(im)[0] for im in x]])
     for backend in ("dali", "pil"):
         ld = loader(fresh_root, backend, batch_size=4, drop_last=False, skip_corrupt=True, shuffle=False,
@@ -402,7 +403,7 @@ def test_pil_loader_in_a_plain_script(root, tmp_path):
     r = _run_script(tmp_path / "plain.py", f"""
 from dualvae.data import make_loader
 ld = make_loader({str(root)!r}, "train", image_size={S}, batch_size=4, device="cpu", backend="pil", threads=2)
-print("images", sum(len(x) for x, y, m in ld), "epoch 2", sum(len(x) for x, y, m in ld))
+print("images", sum(len(b.images) for b in ld), "epoch 2", sum(len(b.images) for b in ld))
 """)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "images 16 epoch 2 16" in r.stdout
@@ -415,11 +416,11 @@ def test_pil_workers_after_dali_in_an_unguarded_script_fail_naming_the_fix(root,
         import nvidia.dali  # noqa: F401
         dali = f"""d = make_loader({str(root)!r}, "train", image_size={S}, batch_size=4, device="cpu", backend="dali",
                 threads=1)
-print("dali", sum(len(x) for x, y, m in d))"""
+print("dali", sum(len(b.images) for b in d))"""
     except ImportError:  # what running a DALI decoder records
-        dali = "import dualvae.data.loader as L; L._dali_ran = True"
+        dali = "import dualvae.data.dali as D; D._dali_ran = True"
     pil = (f"ld = make_loader({str(root)!r}, 'train', image_size={S}, batch_size=4, device='cpu', backend='pil', "
-           f"threads=2)\nprint('images', sum(len(x) for x, y, m in ld))")
+           f"threads=2)\nprint('images', sum(len(b.images) for b in ld))")
     r = _run_script(tmp_path / "unguarded.py", f"from dualvae.data import make_loader\n{dali}\n{pil}\n")
     assert r.returncode != 0
     assert "exited unexpectedly" not in r.stderr
@@ -437,11 +438,11 @@ def _hdf5_loader(images, device, **kw):
     """An Hdf5Loader over images in memory (what make_loader builds from a cache, without h5py or DALI)."""
     n = len(images)
     labels = (torch.arange(n)[:, None] >> torch.arange(5) & 1).float()
-    split = loader_mod._Split(None, labels, np.arange(n, dtype=np.int64), n, [f"b{i}" for i in range(5)],
-                              [f"{i + 1:06d}.jpg" for i in range(n)])
+    split = batch_mod.LoadedSplit(None, labels, np.arange(n, dtype=np.int64), n, [f"b{i}" for i in range(5)],
+                                  [f"{i + 1:06d}.jpg" for i in range(n)])
     kw = dict(dict(batch_size=4, shuffle=True, seed=0, shard_id=0, num_shards=1, missing_ratio=0.0,
                    drop_last=False, skip_corrupt=False), **kw)
-    return loader_mod.Hdf5Loader(split, images, device=torch.device(device), **kw)
+    return cache_mod.Hdf5Loader(split, images, device=torch.device(device), **kw)
 
 
 def test_hdf5_on_the_cpu_gathers_in_place(cache):
@@ -451,8 +452,8 @@ def test_hdf5_on_the_cpu_gathers_in_place(cache):
     assert ld.resident.type == "cpu" and ld.staging == [] and not ld.images.is_pinned()
     images = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8)
     ld = _hdf5_loader(images, "cpu")
-    for x, _, _ in ld:
-        assert torch.equal(x, images[ld.last_indices].float().div(127.5).sub(1.0))
+    for x, _, _, rows in ld:
+        assert torch.equal(x, images[rows].float().div(127.5).sub(1.0))
 
 
 @pytest.mark.gpu
@@ -462,14 +463,14 @@ def test_hdf5_split_on_the_host_copies_cuda_batches_from_pinned_buffers(monkeypa
     buffers and copied asynchronously. The GPU is kept busy after every batch, so a buffer rewritten before its
     copy ran would show as wrong pixels."""
     images = torch.randint(0, 256, (37, 3, 64, 64), dtype=torch.uint8)
-    want = [x for x, _, _ in _hdf5_loader(images, "cpu", batch_size=8).epoch(0)]
+    want = [b.images for b in _hdf5_loader(images, "cpu", batch_size=8).epoch(0)]
     total = torch.cuda.mem_get_info()[1]
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, total))  # "does not fit"
     ld = _hdf5_loader(images, "cuda", batch_size=8)
     assert ld.resident.type == "cpu" and not ld.images.is_pinned()
     for _ in range(2):  # the second pass reuses the staging buffers
         got = []
-        for x, y, m in ld.epoch(0):
+        for x, y, m, _ in ld.epoch(0):
             assert x.device.type == "cuda" and y.device.type == "cuda"
             got.append(x)
             torch.cuda._sleep(20_000_000)  # the next copies queue behind this
@@ -481,5 +482,5 @@ def test_hdf5_split_on_the_host_copies_cuda_batches_from_pinned_buffers(monkeypa
     monkeypatch.undo()
     resident = _hdf5_loader(images, "cuda", batch_size=8)  # fits: on the GPU, no staging
     assert resident.resident.type == "cuda" and resident.staging == []
-    for a, (b, _, _) in zip(want, resident.epoch(0)):
+    for a, (b, _, _, _) in zip(want, resident.epoch(0)):
         torch.testing.assert_close(b.cpu(), a, rtol=0, atol=1e-6)

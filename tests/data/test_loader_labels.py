@@ -67,13 +67,12 @@ def test_the_loaders_mask_is_the_reference_on_a_whole_split_and_a_limit(root, id
         assert isinstance(ld.label_mask, HashedMask) and torch.equal(ld.label_mask.rows, torch.arange(size))
         assert torch.equal(ld.label_mask.dense(n), ref)
         seen = []
-        for x, _, m in ld:
-            rows = ld.last_indices
+        for x, _, m, rows in ld:
             assert torch.equal(m.dense(n), ref[rows]) and torch.equal(m.rows, rows)
             assert [identify(im)[0] for im in x] == rows.tolist()
             seen += rows.tolist()
         assert sorted(seen) == list(range(size))
-        assert torch.equal(ld.mask_of(torch.tensor([4, 0])).dense(n), ref[[4, 0]])
+        assert torch.equal(ld.label_source.labels_for(torch.tensor([4, 0]))[1].dense(n), ref[[4, 0]])
 
 
 @pytest.mark.parametrize("backend", ["pil", "hdf5"])
@@ -82,34 +81,34 @@ def test_identity_labels_are_sparse_attributes_then_identity(id_root, id_cache, 
     ld = id_loader(source, backend, missing_ratio=0.2, seed=3)
     assert ld.attr_names == NAMES and ld.num_labels == len(NAMES)
     seen = []
-    for x, y, m in ld:
+    for x, y, m, rows in ld:
         assert isinstance(y, SparseLabels) and y.shape == (len(x), len(NAMES)) and y.indptr.dtype == torch.int64
         y.validate()
         ids = [identify(im)[0] for im in x]
         assert y.dense().tolist() == [expected_labels(i) for i in ids]
-        assert torch.equal(m.dense(len(NAMES)), draw_label_mask((16, len(NAMES)), 0.2, 3)[ld.last_indices])
+        assert torch.equal(m.dense(len(NAMES)), draw_label_mask((16, len(NAMES)), 0.2, 3)[rows])
         seen += ids
     assert sorted(seen) == list(range(16))
     rows = torch.tensor([3, 0, 15])
-    assert ld.labels_of(rows).dense().tolist() == [expected_labels(i) for i in (3, 0, 15)]
+    assert ld.label_source.labels_for(rows)[0].dense().tolist() == [expected_labels(i) for i in (3, 0, 15)]
 
     # val: the columns are still the training split's; identity 40 has none, so its images have no identity
     val = id_loader(source, backend, split="val", shuffle=False, drop_last=False, batch_size=4)
     assert val.attr_names == NAMES
-    (x, y, _), = list(val)
+    (x, y, _, _), = list(val)
     assert y.dense().tolist() == [expected_labels(16 + k) for k in range(4)]
     assert y.dense()[1:3, len(ATTRS):].sum() == 0 and y.dense()[0, NAMES.index("identity_9")] == 1
 
     # a limit keeps every training identity's column
     first = id_loader(source, backend, limit=3, shuffle=False, drop_last=False)
     assert first.attr_names == NAMES
-    assert first.labels_of(torch.arange(3)).dense().tolist() == [expected_labels(i) for i in range(3)]
+    assert first.label_source.labels_for(torch.arange(3))[0].dense().tolist() == [expected_labels(i) for i in range(3)]
 
 
 def test_attributes_only_is_the_default_and_dense(id_root):
     ld = make_loader(str(id_root), "train", image_size=S, batch_size=4, device="cpu", backend="pil", threads=0)
     assert ld.attr_names == ATTRS
-    x, y, _ = next(iter(ld))
+    x, y, _, _ = next(iter(ld))
     assert isinstance(y, torch.Tensor) and y.shape == (4, len(ATTRS)) and y.dtype == torch.float32
     assert y.tolist() == [[float(v > 0) for v in labels_of(identify(im)[0])] for im in x]
 
@@ -126,7 +125,7 @@ def test_label_errors(root, id_root, tmp_path):
         make_loader(str(id_root), "train", image_size=S, batch_size=4, device="cpu", backend="pil",
                     missing_ratio=1.0)
     with pytest.raises(ValueError, match=r"rows must be a 1-D int64 tensor"):
-        id_loader(id_root, "pil").labels_of(torch.zeros(2, 2, dtype=torch.int64))
+        id_loader(id_root, "pil").label_source.labels_for(torch.zeros(2, 2, dtype=torch.int64))
 
     # a cache prepared from a root without the identity file holds none, and says so
     no_ids = write_root(tmp_path / "plain", n=8, partition=[0] * 6 + [1, 2])

@@ -12,7 +12,7 @@ from test_loader import ATTRS, PARTITION, S, cache, labels_of, root, write_root 
 def loader_images(source, split, backend, **kw) -> torch.Tensor:
     ld = make_loader(source, split, image_size=S, batch_size=5, device="cpu", backend=backend, shuffle=False,
                      drop_last=False, threads=0 if backend == "pil" else 1, **kw)
-    return torch.cat([x for x, _, _ in ld])
+    return torch.cat([b.images for b in ld])
 
 
 @pytest.mark.parametrize("backend", ["pil", "dali", "hdf5"])
