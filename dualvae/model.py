@@ -86,6 +86,14 @@ class DualVAE(TransferModel):
         self.decoder = Decoder(self.config)
         # Dual matrix U (num_labels x latent_dim): row i is the dual vector u_i of domain i.
         self.U = nn.Parameter(torch.randn(num_labels, latent_dim) * 0.01)
+        self.label_range = (0, num_labels)  # the rows of U this model holds (keep_label_rows)
+
+    def keep_label_rows(self, lo: int, hi: int) -> None:
+        """Hold only rows [lo, hi) of U, this process's shard under label parallelism (training/label_parallel.py):
+        U becomes a new, smaller Parameter (call before building the optimizers). The full U is drawn first, as
+        one process draws it, so the shards together are the single-process initial U."""
+        self.U = nn.Parameter(self.U.detach()[lo:hi].clone())
+        self.label_range = (lo, hi)
 
     # -- the paper's pieces ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,6 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from dualvae.checkpoint import LABEL_SHARD_KIND, label_shard_name, read_label_shard, save_atomic
 from dualvae.losses import dual_head_terms, label_columns, mask_columns, sample_latent
@@ -44,12 +43,10 @@ def shard_range(n: int, world: int, rank: int) -> tuple[int, int]:
 
 
 def shard_model(model, d: Dist) -> tuple[int, int]:
-    """Keep only this rank's rows of model.U (a new, smaller Parameter; call before building the optimizers);
-    returns its range, also set as model.label_range. The full U is drawn first, as one process draws it, so the
-    shards together are the single-process initial U."""
+    """Make the model hold only this rank's rows of U (model.keep_label_rows; call before building the
+    optimizers); returns its range."""
     lo, hi = shard_range(model.U.shape[0], d.world, d.rank)
-    model.U = nn.Parameter(model.U.detach()[lo:hi].clone())
-    model.label_range = (lo, hi)
+    model.keep_label_rows(lo, hi)
     return lo, hi
 
 
