@@ -9,6 +9,8 @@ CELEBA_ATTRIBUTES = (
     "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
     "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
 ).split()
+# Each attribute's column in that order.
+ATTRIBUTE_INDEX = {name: i for i, name in enumerate(CELEBA_ATTRIBUTES)}
 
 import os
 from dataclasses import dataclass
