@@ -1,4 +1,4 @@
-"""Checkpoints written atomically (a crash mid-write leaves the previous file intact, never half a file) and read
+"""The one module that reads and writes checkpoint files. Checkpoints are written atomically (a crash mid-write leaves the previous file intact, never half a file) and read
 back with `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python values (dict, list, tuple,
 str, int, float, bool, None) only, so loading one cannot run code. A file that carries any other pickled object
 is refused (UnsafeCheckpointError), naming what it carries.
@@ -11,9 +11,13 @@ A label-parallel DualVAE checkpoint (`dualvae train --label-parallel`) holds eve
 plus "label_parallel": {"world_size": K, "num_labels": n, "shards": [{"file", "rank", "lo", "hi"}, ...]}; each
 shard file (kind LABEL_SHARD_KIND, named by label_shard_name, a path relative to the main file's folder) holds
 rows [lo, hi) of U and the step it belongs to. `read_label_shard` reads and checks one, `load_model` assembles
-the full U from all of them."""
+the full U from all of them.
+
+A training run's step checkpoints live in out/ckpt as step-N.pt (checkpoint_path, list_checkpoints);
+write_step_checkpoint writes one, makes out/model.pt a copy of it and rotates the old ones out."""
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import pickle
@@ -22,7 +26,7 @@ from collections import OrderedDict
 
 import torch
 
-from dualvae.data.atomic import write_atomic
+from dualvae.data.atomic import copy_atomic, write_atomic
 
 
 # exact types: a numpy float64 is a float, but pickles as a numpy object
@@ -66,6 +70,24 @@ def _pickled_globals(path: str, exc: Exception) -> list[str]:
         return re.findall(r"GLOBAL ([\w.]+)", str(exc))
 
 
+def _torch_reason(exc: Exception) -> str:
+    """The line of torch.load's error that says what is wrong with the file, without its advice (which, for a
+    weights_only refusal, is to load unsafely)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(exc).__name__}: {lines[0].split('. ')[0]}" if lines else type(exc).__name__
+
+
+def _unreadable(path: str, exc: Exception) -> ValueError:
+    """Our message for a file torch.load cannot read: its path, its size, what was expected."""
+    return ValueError(f"checkpoint {path} could not be read: the file ({os.path.getsize(path)} bytes) is not a "
+                      f"readable checkpoint; expected a file written by torch.save (a zip archive) holding tensors "
+                      f"and plain values, as dualvae writes them (model.pt, ckpt/step-N.pt); torch.load: "
+                      f"{_torch_reason(exc)}")
+
+
 def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] | None = None) -> dict:
     """Load a checkpoint dict (tensors and plain types only); `kind` ("dualvae", "classifier", or a tuple of
     them) must match what was saved."""
@@ -76,7 +98,7 @@ def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] |
     except pickle.UnpicklingError as exc:
         found = _pickled_globals(path, exc)
         if not found:
-            raise ValueError(f"checkpoint {path} could not be read: {exc}") from None
+            raise _unreadable(path, exc) from None
         raise UnsafeCheckpointError(
             f"checkpoint {path} holds pickled Python objects ({', '.join(found)}), not only tensors and plain "
             f"types; refused, since unpickling them can run arbitrary code. A checkpoint written by an older "
@@ -84,7 +106,7 @@ def load_checkpoint(path: str, map_location="cpu", kind: str | tuple[str, ...] |
             f"trust where the file came from, load it with torch.load(path, weights_only=False) and save it "
             f"again with tensors and plain values only") from None
     except Exception as exc:  # truncated or not a torch file
-        raise ValueError(f"checkpoint {path} could not be read: {exc}") from exc
+        raise _unreadable(path, exc) from None
     kinds = (kind,) if isinstance(kind, str) else kind
     if not isinstance(ckpt, dict) or (kinds is not None and ckpt.get("kind") not in kinds):
         found = ckpt.get("kind") if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -139,6 +161,44 @@ def assemble_label_shards(path: str, ckpt: dict, map_location="cpu") -> torch.Te
         raise ValueError(f"checkpoint {path}: its label shards {ranges} do not cover [0, {lp['num_labels']}) "
                          f"in order over {lp['world_size']} ranks")
     return torch.cat([read_label_shard(path, ckpt, r, map_location)["U"] for r in range(len(entries))])
+
+
+# -- a run's step checkpoints ----------------------------------------------------------------------------------
+CKPT_NAME = re.compile(r"step-(\d+)\.pt$")
+SHARD_NAME = re.compile(r"\.shard-\d+-of-\d+\.pt$")  # what label_shard_name adds to the main file's stem
+
+
+def checkpoint_path(ckpt_dir: str, step: int) -> str:
+    """ckpt_dir/step-N.pt, N zero-padded so that names sort by step."""
+    return os.path.join(ckpt_dir, f"step-{step:09d}.pt")
+
+
+def list_checkpoints(ckpt_dir: str) -> list[str]:
+    """Step checkpoints in `ckpt_dir`, newest (highest step) first."""
+    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "step-*.pt"))
+             if (m := CKPT_NAME.search(os.path.basename(p)))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def write_step_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep: int) -> str:
+    """out/ckpt/step-N.pt (atomic), then out/model.pt as a copy of it (atomic), then the oldest beyond `keep`
+    removed: a crash at any point leaves every file complete."""
+    path = save_atomic(ck, checkpoint_path(ckpt_dir, step))
+    copy_atomic(path, model_path)
+    rotate_checkpoints(ckpt_dir, keep)
+    return path
+
+
+def rotate_checkpoints(ckpt_dir: str, keep: int) -> None:
+    """Remove the step checkpoints beyond the newest `keep`, and every label-parallel shard file whose main file
+    is not there: those of the removed ones, and those a crash left between writing the shards and the main
+    file. (The newest main file is written after all of its shards, and no rank writes the next ones before
+    this returns: the step's collectives wait for rank 0.)"""
+    for old in list_checkpoints(ckpt_dir)[keep:]:
+        os.remove(old)
+    for shard in glob.glob(os.path.join(glob.escape(ckpt_dir), "step-*.shard-*-of-*.pt")):
+        if not os.path.exists(SHARD_NAME.sub(".pt", shard)):
+            os.remove(shard)
 
 
 # The one model registry: every checkpoint kind -> (its model class, its config class; None where the config is

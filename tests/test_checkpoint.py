@@ -136,3 +136,30 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     set_rng_state(load_checkpoint(path)["rng"][0], gen, d)
     for a, b in zip(first, draw()):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is a text file\n", bytes(random.Random(3).randrange(256)
+                                                                               for _ in range(300))])
+def test_a_file_that_is_not_a_checkpoint_gets_our_message(tmp_path, content):
+    """Random bytes, a text file, an empty file: the message names the file, its size and what was expected,
+    and never advises loading with weights_only=False."""
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(str(path))
+    msg = str(e.value)
+    assert not isinstance(e.value, UnsafeCheckpointError)
+    assert msg.startswith(f"checkpoint {path} could not be read: the file ({len(content)} bytes) is not a readable "
+                          f"checkpoint; expected a file written by torch.save"), msg
+    assert "weights_only" not in msg and "trusted source" not in msg
+
+
+def test_the_cli_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    from dualvae.cli import main
+
+    path = tmp_path / "model.pt"
+    path.write_text("not a model\n")
+    assert main(["transfer", "--model", str(path), "--data", str(tmp_path), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint {path} could not be read: the file (12 bytes) is not a readable checkpoint" in err
+    assert "weights_only" not in err

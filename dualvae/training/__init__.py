@@ -2,7 +2,8 @@
 
     config.py       TrainConfig (every setting, its default and its help), RESUME_FIELDS
     loop.py         train, train_step, make_optimizers: Algorithm 1
-    state.py        checkpoints (what one holds, rotation, list_checkpoints), resume, RNG states
+    state.py        what a checkpoint holds, resume, RNG states (files: dualvae/checkpoint.py, the one module
+                    that reads and writes checkpoints, rotation and list_checkpoints included)
     faults.py       NaN/inf losses, SIGTERM, out of memory, and the errors they raise
     log.py          events.log, log.csv, loss.png
     distributed.py  torchrun data parallelism
@@ -11,7 +12,7 @@
 from dualvae.training.config import RESUME_FIELDS, TrainConfig
 from dualvae.training.faults import NonFiniteLossError, TrainingError, TrainingOOMError
 from dualvae.training.loop import make_optimizers, train, train_step
-from dualvae.training.state import CKPT_NAME, checkpoint_path, list_checkpoints
+from dualvae.checkpoint import CKPT_NAME, checkpoint_path, list_checkpoints
 
 __all__ = ["TrainConfig", "RESUME_FIELDS", "train", "train_step", "make_optimizers", "list_checkpoints",
            "checkpoint_path", "CKPT_NAME", "TrainingError", "NonFiniteLossError", "TrainingOOMError"]

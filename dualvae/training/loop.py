@@ -34,8 +34,9 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from dualvae.data.atomic import write_json_atomic
+from dualvae.checkpoint import write_step_checkpoint
 from dualvae.data import make_loader
+from dualvae.data.atomic import write_json_atomic
 from dualvae.losses import LossFns
 from dualvae.model import DualVAE
 from dualvae.precision import autocast, check_precision
@@ -46,8 +47,7 @@ from dualvae.training.faults import (NonFiniteLossError, SigtermFlag, is_oom, no
                                      oom_summary, step_is_finite)
 from dualvae.training.label_parallel import LabelParallel, shard_model
 from dualvae.training.log import Say, plot_log, write_log
-from dualvae.training.state import (Progress, checkpoint_state, resume, rng_state, write_checkpoint,
-                                    write_parallel_checkpoint)
+from dualvae.training.state import Progress, checkpoint_state, resume, rng_state, write_parallel_checkpoint
 
 
 def make_optimizers(model: DualVAE, cfg: TrainConfig):
@@ -207,7 +207,7 @@ def _train(cfg: TrainConfig, d: Dist) -> str:
         if lp is not None:
             path = write_parallel_checkpoint(ck, model, g_e, d, ckpt_dir, progress.step, model_path, cfg.keep_ckpts)
         elif d.is_main:
-            path = write_checkpoint(ck, ckpt_dir, progress.step, model_path, cfg.keep_ckpts)
+            path = write_step_checkpoint(ck, ckpt_dir, progress.step, model_path, cfg.keep_ckpts)
         if d.is_main:
             progress.last_ckpt = path
             write_log(log_path, progress.log)

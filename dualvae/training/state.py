@@ -11,24 +11,20 @@ shard file per rank beside the main file (training/label_parallel.py).
 """
 from __future__ import annotations
 
-import glob
 import os
 import random
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from dualvae.data.atomic import copy_atomic
-from dualvae.checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
+from dualvae.checkpoint import (UnsafeCheckpointError, checkpoint_path, list_checkpoints, load_checkpoint,
+                                rotate_checkpoints, save_atomic)
 from dualvae.kernels import HashedMask
 from dualvae.training import label_parallel
 from dualvae.training.config import RESUME_FIELDS, TrainConfig
 from dualvae.training.distributed import Dist, barrier, broadcast_object, gather_objects
 
-CKPT_NAME = re.compile(r"step-(\d+)\.pt$")
-SHARD_NAME = re.compile(r"\.shard-\d+-of-\d+\.pt$")  # what label_shard_name adds to the main file's stem
 # What a checkpoint must hold to be resumed (a model-only one, DualVAE.checkpoint_state(), lacks most).
 RESUME_KEYS = ("model", "g", "g_e", "step", "epoch", "epoch_position", "rng", "train_config")
 
@@ -104,39 +100,6 @@ def checkpoint_state(model, g, g_e, scaler, progress: Progress, cfg: TrainConfig
     }
 
 
-def checkpoint_path(ckpt_dir: str, step: int) -> str:
-    """ckpt_dir/step-N.pt, N zero-padded so that names sort by step."""
-    return os.path.join(ckpt_dir, f"step-{step:09d}.pt")
-
-
-def list_checkpoints(ckpt_dir: str) -> list[str]:
-    """Step checkpoints in `ckpt_dir`, newest (highest step) first."""
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(ckpt_dir, "step-*.pt"))
-             if (m := CKPT_NAME.search(os.path.basename(p)))]
-    return [p for _, p in sorted(found, reverse=True)]
-
-
-def write_checkpoint(ck: dict, ckpt_dir: str, step: int, model_path: str, keep: int) -> str:
-    """out/ckpt/step-N.pt (atomic), then out/model.pt as a copy of it (atomic), then the oldest beyond `keep`
-    removed: a crash at any point leaves every file complete."""
-    path = save_atomic(ck, checkpoint_path(ckpt_dir, step))
-    copy_atomic(path, model_path)
-    _rotate(ckpt_dir, keep)
-    return path
-
-
-def _rotate(ckpt_dir: str, keep: int) -> None:
-    """Remove the step checkpoints beyond the newest `keep`, and every label-parallel shard file whose main file
-    is not there: those of the removed ones, and those a crash left between writing the shards and the main
-    file. (The newest main file is written after all of its shards, and no rank writes the next ones before
-    this returns: the step's collectives wait for rank 0.)"""
-    for old in list_checkpoints(ckpt_dir)[keep:]:
-        os.remove(old)
-    for shard in glob.glob(os.path.join(glob.escape(ckpt_dir), "step-*.shard-*-of-*.pt")):
-        if not os.path.exists(SHARD_NAME.sub(".pt", shard)):
-            os.remove(shard)
-
-
 def write_parallel_checkpoint(ck: dict | None, model, g_e, d: Dist, ckpt_dir: str, step: int, model_path: str,
                               keep: int) -> str:
     """The checkpoint of a label-parallel run: every rank writes its shard of U (atomic), then, once all have
@@ -151,7 +114,7 @@ def write_parallel_checkpoint(ck: dict | None, model, g_e, d: Dist, ckpt_dir: st
         save_atomic(label_parallel.main_part(ck, model, g_e, d, "", name), path)
         rel = os.path.relpath(ckpt_dir, os.path.dirname(os.path.abspath(model_path)))
         save_atomic(label_parallel.main_part(ck, model, g_e, d, rel, name), model_path)
-        _rotate(ckpt_dir, keep)
+        rotate_checkpoints(ckpt_dir, keep)
     return os.path.abspath(path)
 
 
