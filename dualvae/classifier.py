@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from dualvae.data.atomic import write_json_atomic
 from dualvae.batching import epoch_batches
 from dualvae.checkpoint import load_model, save_atomic
-from dualvae.options import option
+from dualvae.data.atomic import write_json_atomic
+from dualvae.options import check_counts, option
 
 
 class AttributeClassifier(nn.Module):
@@ -108,9 +108,9 @@ class ClassifierConfig:
     width: int = option(32, "channels of the first conv, doubled at every stride-2 stage")
     image_size: int = option(64, "side of the square images, in pixels")
     limit: int | None = option(None, "train on only the first LIMIT images of the training split", none="all")
-    seed: int = option(0, "seed of the weights, the batch order and the shifts")
+    seed: int = option(0, "seed of the weights, the batch order and the shifts", min=0)
     workers: int | None = option(None, "decoding threads (DALI) or worker processes (PIL, 0: none)",
-                                 none="all cores")
+                                 none="all cores", min=0)
     data_backend: str | None = option(None, "how images are read: dali or pil for a CelebA root, hdf5 for a cache",
                                       none="hdf5 for a file, dali for a folder", choices=("dali", "pil", "hdf5"))
     progress: bool = option(True, "show progress bars")
@@ -122,6 +122,7 @@ def train_classifier(cfg: ClassifierConfig, train_split=None, test_split=None) -
     cfg.data with dualvae.data.read_split unless given."""
     from dualvae.data import labels_to_binary, read_split, to_unit_range
 
+    check_counts(cfg, "train_classifier")
     if cfg.data is None and (train_split is None or test_split is None):
         raise ValueError("train_classifier: needs data (a CelebA root or cache) or both splits")
     torch.manual_seed(cfg.seed)

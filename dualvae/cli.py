@@ -21,7 +21,7 @@ SPLIT_CHOICES = ("train", "val", "test")
 class SynthConfig:
     out: str = option(help="output CelebA-format root")
     num: int = option(6000, "number of generated images")
-    seed: int = option(0, "seed of the faces and their labels")
+    seed: int = option(0, "seed of the faces and their labels", min=0)
     workers: int | None = option(None, "rendering processes", none="all cores")
     images_per_person: int = option(10, "images per generated person (identity_CelebA.txt), on average")
     preview: bool = option(False, "also write OUT/preview.png, a contact sheet")
@@ -69,11 +69,13 @@ class CISConfig:
 
 
 def parse_domains(text: str | None):
-    """'40' -> 40 (the first 40); 'Smiling,Male' -> names; None -> all."""
+    """'40' -> 40 (the first 40); 'Smiling,Male' -> names; None -> all. A count must be >= 1."""
     if text is None:
         return None
     text = text.strip()
-    if text.isdigit():
+    if text.lstrip("-").isdigit():
+        if int(text) < 1:
+            raise ValueError(f"--domains must be a count >= 1 or label names, got {text}")
         return int(text)
     return [t for t in (s.strip() for s in text.split(",")) if t]
 
@@ -139,24 +141,26 @@ def cmd_transfer(c: TransferConfig) -> None:
     from dualvae.model import DualVAE
     from dualvae.transfer import write_transfer_grid
 
+    domains = parse_domains(c.domains)
     model = DualVAE.load(c.model)
     images, _ = read_images(c.data, c.split, c.num_images, model.config.image_size)
-    path = write_transfer_grid(model, images, c.out, domains=parse_domains(c.domains), lam=c.lam)
+    path = write_transfer_grid(model, images, c.out, domains=domains, lam=c.lam)
     print(f"transfer grid ({len(images)} images, domains: {c.domains or 'all'}, lam={c.lam:g}): {path}")
 
 
 def cmd_cis(c: CISConfig) -> None:
-    from dualvae.data.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score, plot_sweep
     from dualvae.classifier import AttributeClassifier
     from dualvae.data import read_images
+    from dualvae.data.atomic import write_json_atomic
     from dualvae.model import DualVAE
 
     if not c.lam:
         raise ValueError("--lam: give at least one number")
+    domains = parse_domains(c.domains)
     model, clf = DualVAE.load(c.model), AttributeClassifier.load(c.classifier)
     images, _ = read_images(c.data, c.split, c.num_images, model.config.image_size)
-    results = conditional_inception_score(model, clf, images, domains=parse_domains(c.domains), lam=c.lam,
+    results = conditional_inception_score(model, clf, images, domains=domains, lam=c.lam,
                                           batched=not c.loop, max_batch=c.max_batch, precision=c.precision,
                                           progress=True)
     entries = [results[lam].as_dict(model.attr_names) for lam in results]

@@ -30,7 +30,7 @@ class DemoConfig:
     val_images: int = option(64, "validation images for choosing lam")
     lams: list[float] = option([16.0, 24.0, 32.0, 40.0, 48.0, 64.0], "lam candidates, separated by commas")
     domains: int = option(40, "domains scored (the first k attributes)")
-    seed: int = option(0, "seed of the data, the models and the label mask")
+    seed: int = option(0, "seed of the data, the models and the label mask", min=0)
 
 
 def _train_classifier_with_threads(cfg, threads: int):

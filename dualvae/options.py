@@ -3,9 +3,11 @@ written once, on the field (`option(default, help, **meta)`), and `--help` state
 
 A field becomes `--field-name`: required when it has no default (or with `required=True`, for a field Python
 callers may leave unset); a bool defaulting to False a switch, one defaulting to True a `--name/--no-name` pair;
-`list[float]` numbers separated by commas; `X | None` an optional X. Metadata: `choices`, `metavar`; `none` says
-what a None default means in `--help` ("all cores"); `positional=True` makes the field a positional argument;
-`cli=False` keeps it off the command line (its default is used).
+`list[float]` numbers separated by commas; `X | None` an optional X. An int field is a count: a value below its
+`min` (1 unless the field says `min=0`, as a seed or a worker count does) is refused with a message naming the
+option (`check_counts`, which config_from runs, as do the entry points on configs built in Python). Metadata:
+`choices`, `metavar`; `none` says what a None default means in `--help` ("all cores"); `positional=True` makes
+the field a positional argument; `cli=False` keeps it off the command line (its default is used); `min`.
 """
 from __future__ import annotations
 
@@ -31,6 +33,23 @@ def number_list(text: str) -> list[float]:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def check_counts(cfg, who: str | None = None) -> None:
+    """Refuse (ValueError) an int field of config `cfg` below its `min` (1 unless it says 0); None passes where
+    the field's type allows it. who=None: the message names the option (`--steps`), as the command line sees it;
+    else the field, after `who`."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if _base_type(hints[f.name]) is not int or value is None:
+            continue
+        least = f.metadata.get("min", 1)
+        name = "--" + f.name.replace("_", "-") if who is None else f"{who}: {f.name}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
 
 
 def _base_type(hint):
@@ -92,5 +111,7 @@ def add_options(parser: argparse.ArgumentParser, cls) -> argparse.ArgumentParser
 
 
 def config_from(cls, args: argparse.Namespace):
-    """`cls` built from the parsed options of `add_options(parser, cls)`."""
-    return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
+    """`cls` built from the parsed options of `add_options(parser, cls)`, its counts checked (check_counts)."""
+    cfg = cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
+    check_counts(cfg)
+    return cfg

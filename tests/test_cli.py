@@ -83,3 +83,54 @@ def test_demo_tiny(tmp_path, capsys):
     assert os.path.exists(out / "transfer_grid.png")
     printed = capsys.readouterr().out
     assert "transfer grid" in printed and str(out / "cis.json") in printed
+
+
+COUNT_OPTIONS = [
+    ("synth", ["--out", "OUT"], ["--num", "--images-per-person", "--workers"]),
+    ("synth", ["--out", "OUT"], ["--seed"]),
+    ("prepare", ["--celeba", "DATA", "--out", "OUT/c.h5"], ["--image-size", "--workers"]),
+    ("train", ["--data", "DATA", "--out", "OUT"], ["--steps", "--batch-size", "--latent-dim", "--width",
+                                                   "--image-size", "--limit", "--ckpt-every", "--keep-ckpts",
+                                                   "--log-every"]),
+    ("train", ["--data", "DATA", "--out", "OUT"], ["--seed", "--workers"]),
+    ("train-classifier", ["--data", "DATA", "--out", "OUT/f.pt"], ["--steps", "--batch-size", "--width",
+                                                                   "--image-size", "--limit"]),
+    ("train-classifier", ["--data", "DATA", "--out", "OUT/f.pt"], ["--seed", "--workers"]),
+    ("transfer", ["--model", "M", "--data", "DATA", "--out", "OUT/g.png"], ["--num-images"]),
+    ("cis", ["--model", "M", "--classifier", "F", "--data", "DATA", "--out", "OUT/c.json"],
+     ["--num-images", "--max-batch"]),
+    ("demo", ["--out", "OUT"], ["--num", "--steps", "--classifier-steps", "--batch-size", "--width", "--num-images",
+                                "--val-images", "--domains"]),
+    ("demo", ["--out", "OUT"], ["--seed"]),
+    ("experiment", ["all", "--data", "DATA", "--out", "OUT"], ["--seeds", "--jobs"]),
+]
+
+
+@pytest.mark.parametrize("command, required, options", COUNT_OPTIONS)
+def test_every_count_option_refuses_out_of_range_values(command, required, options, tmp_path, capsys):
+    """`dualvae train --steps -3` and its kind: refused before anything runs or is written, naming the option
+    and the least value (1 for counts; 0 for seeds and worker counts, where 0 means "in this process")."""
+    args = [str(tmp_path / "out") if a == "OUT" else a.replace("OUT", str(tmp_path / "out")) for a in required]
+    args = [str(tmp_path) if a == "DATA" else a for a in args]
+    for option in options:
+        least = 0 if option == "--seed" or (option == "--workers" and command in ("train", "train-classifier")) else 1
+        for bad in (least - 1, -3):
+            assert main([command, *args, option, str(bad)]) == 2
+            err = capsys.readouterr().err
+            assert f"dualvae {command}: error: {option} must be >= {least}, got {bad}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["0", "-2"])
+def test_a_domain_count_below_one_is_refused(tmp_path, capsys, bad):
+    assert main(["transfer", "--model", "m.pt", "--data", str(tmp_path), "--out", str(tmp_path / "g.png"),
+                 "--domains", bad]) == 2
+    assert f"--domains must be a count >= 1 or label names, got {bad}" in capsys.readouterr().err
+
+
+def test_counts_are_checked_for_configs_built_in_python(tmp_path):
+    from dualvae.training import TrainConfig, train
+
+    with pytest.raises(ValueError, match=r"train: steps must be >= 1, got -3"):
+        train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), steps=-3))
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,7 @@ from dualvae.experiments.claims import claims, claims_markdown
 from dualvae.experiments.figures import make_curves, make_fig4, make_fig5, make_fig6, make_table1
 from dualvae.experiments.pool import ensure_runs
 from dualvae.experiments.runs import fig6_runs, table1_runs
-from dualvae.options import option
+from dualvae.options import check_counts, option
 
 COMMANDS = ("table1", "fig4", "fig5", "fig6", "curves", "all")
 
@@ -48,10 +48,7 @@ def run_experiment(cfg: ExperimentConfig) -> None:
     the claims for `all`, and OUT/timing-<which>.json."""
     from dualvae.data.atomic import write_json_atomic, write_text_atomic
 
-    if cfg.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {cfg.seeds}")
-    if cfg.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {cfg.jobs}")
+    check_counts(cfg)  # as the command line names them: --seeds, --jobs
     if not os.path.isdir(cfg.data):
         raise FileNotFoundError(f"--data {cfg.data} is not a folder (make one with `dualvae synth --out DIR`)")
     t0 = time.time()

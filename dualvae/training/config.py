@@ -46,13 +46,13 @@ class TrainConfig:
     width: int = option(32, "channels of the first conv of the encoder (doubled at every stride-2 stage)")
     image_size: int = option(64, "side of the square images the model sees, in pixels (a power of two >= 8)")
     limit: int | None = option(None, "train on the first N training images only", none="all of them")
-    seed: int = option(0, "seed of the initial weights, the epoch order, eps and the missing-label mask")
+    seed: int = option(0, "seed of the initial weights, the epoch order, eps and the missing-label mask", min=0)
     ckpt_every: int = option(1000, "write out/ckpt/step-N.pt (and make model.pt a copy of it) every N steps, and "
                              "at the end")
     keep_ckpts: int = option(3, "step checkpoints kept in out/ckpt (the newest K; older ones are removed)")
     log_every: int = option(25, "add a row of losses to log.csv every N steps (and at the last step)")
-    workers: int | None = option(None, "JPEG decoding threads (dali) or DataLoader worker processes (pil)",
-                                 none="all cores")
+    workers: int | None = option(None, "JPEG decoding threads (dali) or DataLoader worker processes (pil, 0: "
+                                 "decode in this process)", none="all cores", min=0)
     data_backend: str | None = option(None, "where batches come from: DALI decoding the JPEGs, the PIL DataLoader, "
                                       "or the HDF5 cache", none="dali for a root folder, hdf5 for a cache file",
                                       choices=("dali", "pil", "hdf5"))

@@ -39,6 +39,7 @@ from dualvae.data import make_loader
 from dualvae.data.atomic import write_json_atomic
 from dualvae.losses import LossFns
 from dualvae.model import DualVAE
+from dualvae.options import check_counts
 from dualvae.precision import autocast, check_precision
 from dualvae.training.config import TrainConfig
 from dualvae.training.distributed import (Dist, barrier, convert_batchnorm, gather_objects, init_from_env,
@@ -136,6 +137,7 @@ def train(cfg: TrainConfig) -> str:
     """Train DualVAE on the training split of a CelebA-format root or a cache written by `dualvae prepare`;
     returns the path of out/model.pt. Under torchrun, every process runs this with the same cfg (see
     dualvae.training.distributed); only rank 0 writes files."""
+    check_counts(cfg, "train")
     check_precision(cfg.precision, "train")
     if cfg.ckpt_every < 1 or cfg.keep_ckpts < 1:
         raise ValueError(f"ckpt_every and keep_ckpts must be >= 1, got {cfg.ckpt_every} and {cfg.keep_ckpts}")
