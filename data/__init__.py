@@ -33,12 +33,13 @@ from .cache import StaleCacheError, prepare, read_cache_info
 from .dali import MissingBackendError, dali_missing
 from .loader import BACKENDS, make_loader
 from .order import draw_label_mask, epoch_order, shard_batches
-from .sources import LABEL_SETS, source_fingerprint
+from .sources import IDENTITY_PREFIX, LABEL_SETS, source_fingerprint
 from .read import read_images, read_split
 
 __all__ = [
     "BACKENDS",
     "Batch",
+    "IDENTITY_PREFIX",
     "LABEL_SETS",
     "Loader",
     "MissingBackendError",

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dualvae import batching
-from dualvae.data.sources import IDENTITY_PREFIX  # the label names of identity columns ("identity_2880")
+from dualvae.data import IDENTITY_PREFIX  # the label names of identity columns ("identity_2880")
 
 
 def is_identity_name(name) -> bool:
