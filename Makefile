@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/csrc/*.cpp kernels/csrc/*.h kernels/csrc/isa/*.cpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)" "setuptools>=70" wheel
-	$(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[all,test]"
+	DUALVAE_REQUIRE_EXT=1 $(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[all,test]"
 	touch $@
 
 # First every Triton kernel is compiled for sm_80/sm_90 (no GPU needed; fails on any spill), then the tests run

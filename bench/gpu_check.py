@@ -359,12 +359,9 @@ def stage_ext(check: Check, left: float):
     os.makedirs(build, exist_ok=True)
     import sysconfig
     target = os.path.join(ROOT, "kernels", "_C" + sysconfig.get_config_var("EXT_SUFFIX"))
-    prefix = subprocess.run([sys.executable, "-c", "import torch; print(torch.utils.cmake_prefix_path)"],
-                            capture_output=True, text=True).stdout.strip()
     t = time.monotonic()
-    rc, _ = check.run(["cmake", ROOT, "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={prefix}",
-                       f"-DDUALVAE_OUTPUT={target}", f"-DPython_EXECUTABLE={sys.executable}"],
-                      timeout=left, cwd=build)
+    rc, _ = check.run(["cmake", ROOT, "-DCMAKE_BUILD_TYPE=Release", f"-DDUALVAE_OUTPUT={target}",
+                       f"-DPython_EXECUTABLE={sys.executable}"], timeout=left, cwd=build)
     if rc == 0:
         rc, _ = check.run(["cmake", "--build", ".", "-j", str(os.cpu_count() or 2)],
                           timeout=left - (time.monotonic() - t), cwd=build)

@@ -9,6 +9,7 @@ environment says.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import types
 
@@ -63,6 +64,8 @@ class LazyKernel:
                     # interpreted kernel when only passed (the interpreter knows tl.standard's combine
                     # functions by identity, as for tl.reduce(x, axis, _sum_combine)).
                     scope[name] = from_triton(dep).variant(interpret)
+            if interpret:
+                scope["range"] = _interpreter_range
             copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
             copy.__kwdefaults__, copy.__annotations__ = fn.__kwdefaults__, dict(fn.__annotations__)
             copy.__doc__, copy.__qualname__, copy.__module__ = fn.__doc__, fn.__qualname__, fn.__module__
@@ -72,6 +75,14 @@ class LazyKernel:
 
     def __getitem__(self, grid):
         return self.variant()[grid]
+
+
+def _interpreter_range(*bounds):
+    """`range` inside interpreted kernels. The interpreter holds a scalar (a runtime argument such as n, or
+    tl.minimum of two) as a (1,)-shaped numpy array, and triton before 3.7 turns it into a Python int with
+    int(array), which numpy 2.4 refuses for arrays that are not 0-d; the bounds are read here instead."""
+    return range(*(int(b.handle.data.reshape(-1)[0]) if hasattr(b, "handle") else operator.index(b)
+                   for b in bounds))
 
 
 def jit(fn=None, **options):

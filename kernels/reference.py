@@ -133,7 +133,8 @@ def _uint_to_uniform(x: torch.Tensor) -> torch.Tensor:
 
 
 def philox_randn(seed: int, offset: int, shape: tuple[int, ...], device=None) -> torch.Tensor:
-    """Standard normal float32 numbers, element k (row-major) from counter offset + k: triton's tl.randn."""
+    """Standard normal float32 numbers, element k (row-major) from counter offset + k: triton's tl.randn (the
+    Triton kernel evaluates the cosine by its own series, equal to torch.cos up to rounding)."""
     numel = math.prod(shape)
     counters = torch.arange(numel, dtype=torch.int64, device=device) + offset
     i1, i2, _, _ = philox_randint4x(seed, counters)

@@ -1,9 +1,9 @@
 """reparameterize_kl in Triton: z = mu + exp(logvar / 2) * eps and the per-row KL to N(0, I), one pass each way.
 
 Both kernels walk a 1-D grid of BLOCK_B-row blocks, the row in BLOCK_D-wide chunks. With no eps tensor the
-kernel draws eps = tl.randn(seed, offset + k) for element k = row * d + col of the logical row-major (B, d)
-matrix (counter-based Philox, `reference.philox_randn` bit for bit), and the backward draws the very same
-numbers again: no B x d eps tensor is read, written or kept for the backward.
+kernel draws eps = randn(seed, offset + k) for element k = row * d + col of the logical row-major (B, d)
+matrix (counter-based Philox and Box-Muller as tl.randn, `reference.philox_randn` to within 1e-6), and the
+backward draws the very same numbers again: no B x d eps tensor is read, written or kept for the backward.
 
 The kernels run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1. Launchers take and return plain
 tensors of any strides; autograd and the torch.library registration live in `ops.py`.
@@ -18,8 +18,35 @@ from ._jit import LAUNCH_OPTIONS, from_triton, interpreting, jit, on_device_of
 
 # triton's own jitted functions, rebuilt per mode (see _jit.LazyKernel); tl.sum's combine function is passed to
 # tl.reduce as it is, so the interpreter still recognises the sum.
-_randn = from_triton(tl.randn)
+_randint4x = from_triton(tl.randint4x)
+_uint_to_uniform = from_triton(tl.random.uint_to_uniform_float)
 _sum_combine = tl.standard._sum_combine
+
+
+@jit
+def _cos_2pi(u):
+    """cos(2 pi u) for u in [0, 1], from plain arithmetic. libdevice's cosf carries a Payne-Hanek reduction for
+    huge arguments whose local array some ptxas releases keep as a stack frame even though an angle below 2 pi
+    never takes that path. Here u - q/4 (q = round(4u)) is exact, the angle 2 pi (u - q/4) lies in
+    [-pi/4, pi/4], and Taylor series to degree 8 (cos) and 9 (sin) are within 3e-8 of the truth there;
+    the quadrant q picks cos, -sin, -cos or sin."""
+    q = tl.floor(u * 4.0 + 0.5)
+    t = (u - q * 0.25) * 6.283185307179586
+    t2 = t * t
+    c = 1.0 + t2 * (-0.5 + t2 * (1.0 / 24.0 + t2 * (-1.0 / 720.0 + t2 * (1.0 / 40320.0))))
+    s = t * (1.0 + t2 * (-1.0 / 6.0 + t2 * (1.0 / 120.0 + t2 * (-1.0 / 5040.0 + t2 * (1.0 / 362880.0)))))
+    quadrant = q.to(tl.int32) & 3
+    return tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s, tl.where(quadrant == 2, -c, s)))
+
+
+@jit
+def _randn(seed, offset):
+    """Standard normal float32 from Philox counter `offset`: tl.randn's Box-Muller on the same two uniforms,
+    with the cosine of `_cos_2pi` (`reference.philox_randn`)."""
+    i1, i2, _, _ = _randint4x(seed, offset)
+    u1 = tl.maximum(_uint_to_uniform(i1), 1.0e-7)
+    r = tl.sqrt(-2.0 * tl.log(u1))
+    return r * _cos_2pi(_uint_to_uniform(i2))
 
 
 @jit
