@@ -33,7 +33,8 @@ def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
     Configs are chosen by shape (a table, not run-time autotuning), so this list is exhaustive."""
     import torch
 
-    from dualvae.kernels.dual_bce import dual_bce_config, sparse_config
+    from dualvae.kernels.dual_bce_sparse import sparse_config
+    from dualvae.kernels.dual_bce_triton import dual_bce_config
     from dualvae.kernels.reparam_kl import reparam_config
 
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
@@ -96,11 +97,10 @@ def _strides(names: str, unit: tuple[str, ...]) -> tuple[dict, dict]:
 def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
     from triton.compiler import ASTSource
 
-    # from-imports of the names: `dualvae.kernels.dual_bce` as an attribute is the op, not this submodule
-    from dualvae.kernels.dual_bce import _dual_bce_bwd_kernel, _dual_bce_fwd_kernel
+    from dualvae.kernels.dual_bce_triton import _dual_bce_bwd_kernel, _dual_bce_fwd_kernel
     from dualvae.kernels.reparam_kl import _reparam_kl_bwd_kernel, _reparam_kl_fwd_kernel
 
-    from dualvae.kernels.dual_bce import _sparse_cols_kernel, _sparse_rows_kernel
+    from dualvae.kernels.dual_bce_sparse import _sparse_cols_kernel, _sparse_rows_kernel
 
     t = PTR[dtype]
     blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}  # not "hashed"

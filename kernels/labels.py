@@ -1,5 +1,6 @@
-"""Packed labels (PackedLabels, pack_labels): a (B, n) label matrix and its observed-mask at 2 bits per entry,
-read in place by every fused dual_bce backend."""
+"""The label formats every fused dual_bce backend reads in place: PackedLabels (pack_labels; a (B, n) label
+matrix and its observed-mask at 2 bits per entry), SparseLabels (the positives, CSR rows) and HashedMask (the
+missing-label mask as a hash, mask_hash.py)."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -7,7 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import reference
+from ._checks import check_index_tensor, check_labels, check_same_device, check_seed, describe
+from .mask_hash import MASK_INDEX_MAX, hashed_observed, mask_key, mask_threshold
 
 
 class PackedLabels(NamedTuple):
@@ -38,9 +40,6 @@ class PackedLabels(NamedTuple):
         return (codes & 1).to(dtype), (codes >> 1).to(dtype)
 
 
-def describe(t) -> str:
-    """A tensor's shape, or the type of what was passed instead, for error messages."""
-    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
 def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
@@ -51,8 +50,8 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.shape != y.shape:
             raise ValueError(f"{op}: mask has shape {describe(mask)}, expected {tuple(y.shape)} (y's)")
-        reference._check_same_device(op, y=y, mask=mask)
-    reference.check_labels(op, y)
+        check_same_device(op, y=y, mask=mask)
+    check_labels(op, y)
     B, n = y.shape
     codes = y.to(torch.int64)
     codes = codes + 2 * ((mask != 0).to(torch.int64) if mask is not None else torch.ones_like(codes))
@@ -64,7 +63,7 @@ def pack_labels(y: Tensor, mask: Tensor | None = None) -> PackedLabels:
     return PackedLabels(words.contiguous(), n)
 
 
-def _check_index_tensor(op: str, name: str, t, dtypes) -> None:
+def check_index_tensor(op: str, name: str, t, dtypes) -> None:
     if not isinstance(t, Tensor) or t.dim() != 1 or t.dtype not in dtypes:
         got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
         raise ValueError(f"{op}: {name} must be a 1-D tensor of {' or '.join(map(str, dtypes))}, got {got}")
@@ -82,13 +81,13 @@ class SparseLabels:
 
     def __init__(self, indptr: Tensor, indices: Tensor, n: int, *, validate: bool = True):
         op = "SparseLabels"
-        _check_index_tensor(op, "indptr", indptr, (torch.int64,))
-        _check_index_tensor(op, "indices", indices, (torch.int32, torch.int64))
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= reference.MASK_INDEX_MAX + 1:
+        check_index_tensor(op, "indptr", indptr, (torch.int64,))
+        check_index_tensor(op, "indices", indices, (torch.int32, torch.int64))
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MASK_INDEX_MAX + 1:
             raise ValueError(f"{op}: n must be an int in [0, 2**31], got {n!r}")
         if len(indptr) < 1:
             raise ValueError(f"{op}: indptr must have B + 1 >= 1 entries, got an empty tensor")
-        reference._check_same_device(op, indptr=indptr, indices=indices)
+        check_same_device(op, indptr=indptr, indices=indices)
         self.indptr, self.indices, self.n = indptr, indices, n
         if validate:
             self.validate()
@@ -152,7 +151,7 @@ class SparseLabels:
         op = "SparseLabels.from_dense"
         if not isinstance(y, Tensor) or y.dim() != 2:
             raise ValueError(f"{op}: y must be a 2-D (B, n) tensor, got {describe(y)}")
-        reference.check_labels(op, y)
+        check_labels(op, y)
         pos = y != 0
         counts = pos.sum(1)
         indptr = torch.zeros(y.shape[0] + 1, dtype=torch.int64, device=y.device)
@@ -179,7 +178,7 @@ class SparseLabels:
 
 class HashedMask:
     """The missing-label indicator I as a function: entry (b, j) is observed unless the counter-based hash of
-    (seed, rows[b], col_offset + j) falls below missing_ratio * 2**32 (`reference.hashed_observed`). The fused
+    (seed, rows[b], col_offset + j) falls below missing_ratio * 2**32 (`mask_hash.hashed_observed`). The fused
     dual_bce backends evaluate it inside the kernels, so no (B, n) mask is formed; `dense(n)` forms it.
 
     rows: (B,) int64 global image indices (the batch's rows in the training split), in [0, 2**31).
@@ -188,21 +187,21 @@ class HashedMask:
     def __init__(self, seed: int, missing_ratio: float, rows: Tensor, col_offset: int = 0, *,
                  validate: bool = True):
         op = "HashedMask"
-        self.seed = reference.check_seed(seed, op)
+        self.seed = check_seed(seed, op)
         ratio = float(missing_ratio)
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"{op}: missing_ratio must be in [0, 1], got {missing_ratio!r}")
-        _check_index_tensor(op, "rows", rows, (torch.int64, torch.int32))
+        check_index_tensor(op, "rows", rows, (torch.int64, torch.int32))
         if (isinstance(col_offset, bool) or not isinstance(col_offset, int)
-                or not 0 <= col_offset <= reference.MASK_INDEX_MAX):
+                or not 0 <= col_offset <= MASK_INDEX_MAX):
             raise ValueError(f"{op}: col_offset must be an int in [0, 2**31), got {col_offset!r}")
         if validate and rows.numel():
             lo, hi = int(rows.min()), int(rows.max())
-            if lo < 0 or hi > reference.MASK_INDEX_MAX:
+            if lo < 0 or hi > MASK_INDEX_MAX:
                 raise ValueError(f"{op}: rows must lie in [0, 2**31), got values in [{lo}, {hi}]")
         self.missing_ratio, self.rows, self.col_offset = ratio, rows.to(torch.int64), col_offset
-        self.key = reference.mask_key(self.seed)
-        self.threshold = reference.mask_threshold(ratio)
+        self.key = mask_key(self.seed)
+        self.threshold = mask_threshold(ratio)
 
     @property
     def device(self) -> torch.device:
@@ -211,11 +210,11 @@ class HashedMask:
     def dense(self, n: int, dtype: torch.dtype = torch.bool) -> Tensor:
         """The (B, n) indicator (1 = observed) of labels col_offset .. col_offset + n - 1."""
         cols = torch.arange(self.col_offset, self.col_offset + n, device=self.device)
-        return reference.hashed_observed(self.key, self.threshold, self.rows, cols).to(dtype)
+        return hashed_observed(self.key, self.threshold, self.rows, cols).to(dtype)
 
     def columns(self, lo: int, hi: int) -> "HashedMask":
         """The mask of columns [lo, hi) of this one, re-indexed from 0 (same entries)."""
-        if not 0 <= lo <= hi or self.col_offset + hi > reference.MASK_INDEX_MAX + 1:
+        if not 0 <= lo <= hi or self.col_offset + hi > MASK_INDEX_MAX + 1:
             raise ValueError(f"HashedMask.columns: need 0 <= lo <= hi and col_offset + hi <= 2**31, got [{lo}, {hi}) "
                              f"at col_offset {self.col_offset}")
         return HashedMask(self.seed, self.missing_ratio, self.rows, self.col_offset + lo, validate=False)
@@ -230,3 +229,62 @@ class HashedMask:
     def __repr__(self) -> str:
         return (f"HashedMask(seed={self.seed}, missing_ratio={self.missing_ratio}, rows={len(self.rows)}, "
                 f"col_offset={self.col_offset})")
+
+
+class LabelArgs(NamedTuple):
+    """The labels and mask of one dual_bce call as the fused ops take them (their schema's argument names), built
+    once from y and mask by `label_args` and passed on whole: to the custom ops as keywords (`_asdict()`), to the
+    Triton launchers as this object.
+
+    label_kind "dense": labels = y (B, n); "packed": PackedLabels' words (the mask is in them); "sparse":
+    SparseLabels' indices, with indptr. A HashedMask is mask_rows with its key, threshold and label offset (mask
+    None); a dense mask is `mask`."""
+
+    labels: Tensor
+    label_kind: str
+    indptr: Tensor | None = None
+    mask: Tensor | None = None
+    mask_rows: Tensor | None = None
+    mask_key: int = 0
+    mask_threshold: int = 0
+    mask_col_offset: int = 0
+
+    def for_kernels(self, contiguous: bool) -> "LabelArgs":
+        """Bool labels and masks viewed as uint8 (the kernels read bytes); every tensor made contiguous when
+        `contiguous` (the C++ kernels read row-major memory; the Triton ones take strides)."""
+        labels = self.labels.view(torch.uint8) if self.labels.dtype == torch.bool else self.labels
+        mask = self.mask.view(torch.uint8) if self.mask is not None and self.mask.dtype == torch.bool else self.mask
+        args = self._replace(labels=labels, mask=mask)
+        if contiguous:
+            args = args._replace(**{k: v.contiguous() for k, v in args._asdict().items() if isinstance(v, Tensor)})
+        return args
+
+
+def label_args(op: str, y, mask, z: Tensor, n: int) -> LabelArgs:
+    """The LabelArgs of labels y (a (B, n) tensor, PackedLabels or SparseLabels) and mask (None, a (B, n) tensor
+    or a HashedMask over the B rows) for z's B rows and U's n rows; ValueError naming what does not fit."""
+    B = z.shape[0]
+    if isinstance(y, PackedLabels):
+        if mask is not None:
+            raise ValueError(f"{op}: mask must be None when y is PackedLabels (the mask is packed in it)")
+        if y.shape != (B, n) or y.words.dtype != torch.int32 or y.words.shape[1] != -(-n // 16):
+            raise ValueError(f"{op}: packed y is for shape {y.shape} ({y.words.dtype} words "
+                             f"{tuple(y.words.shape)}), expected ({B}, {n})")
+        args = LabelArgs(y.words, "packed")
+    elif isinstance(y, SparseLabels):
+        if y.shape != (B, n):
+            raise ValueError(f"{op}: sparse y is for shape {y.shape}, expected ({B}, {n}) (z's rows, U's rows)")
+        args = LabelArgs(y.indices, "sparse", indptr=y.indptr)
+    else:
+        if not isinstance(y, Tensor) or y.shape != (B, n):
+            raise ValueError(f"{op}: y has shape {describe(y)}, expected ({B}, {n})")
+        args = LabelArgs(y, "dense")
+    if isinstance(mask, HashedMask):
+        if mask.rows.shape != (B,):
+            raise ValueError(f"{op}: the HashedMask has {len(mask.rows)} rows, expected {B} (z's rows, "
+                             f"z has shape {tuple(z.shape)})")
+        return args._replace(mask_rows=mask.rows, mask_key=mask.key, mask_threshold=mask.threshold,
+                             mask_col_offset=mask.col_offset)
+    if mask is not None and (not isinstance(mask, Tensor) or mask.shape != (B, n)):
+        raise ValueError(f"{op}: mask has shape {describe(mask)}, expected ({B}, {n})")
+    return args._replace(mask=mask)

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from .labels import HashedMask, PackedLabels, SparseLabels
 from .ops import BACKENDS, Backend, dual_bce, reparameterize_kl
-from .reference import REDUCTIONS
+from ._checks import REDUCTIONS
 
 
 def _check_backend(cls: str, backend) -> str:

@@ -1,7 +1,7 @@
 """The public fused ops: argument checks, backend choice, torch.library custom ops with fake impls and autograd.
 
 Backends (`Backend`, `resolve_backend`)
-    "triton"     the Triton kernels (reparam_kl.py, dual_bce.py): CUDA tensors, or CPU tensors while
+    "triton"     the Triton kernels (reparam_kl.py, dual_bce_triton.py): CUDA tensors, or CPU tensors while
                  TRITON_INTERPRET=1 (read at each call, not at import).
     "reference"  the pure-PyTorch definitions (reference.py), differentiated by torch's autograd.
     "cpu"        the compiled C++ CPU kernels (kernels/csrc, ops dualvae::*_cpu registered for the CPU dispatch
@@ -21,10 +21,12 @@ the logit tiles for dU and db (no atomics, no (B-blocks x n x d) partials on a G
 and db too when the upstream gradient is a scalar ("sum", "mean"): one pass over the tiles instead of two, 3
 GEMMs' worth of work instead of 4; its backward then only scales them. For "none" it recomputes like Triton.
 
-Labels reach the ops as label_kind "dense" (y), "packed" (PackedLabels' words) or "sparse" (SparseLabels'
-indices, with indptr); a HashedMask as mask_rows with its key, threshold and label offset (mask None). For
-sparse labels the Triton forward also returns the positives' CSC order (a stable sort, made once), which its
-backward reads for the column-owned dU/db correction.
+Labels and mask reach the ops as one labels.LabelArgs, built once by `label_args` (label_kind "dense": y,
+"packed": PackedLabels' words, "sparse": SparseLabels' indices with indptr; a HashedMask as mask_rows with its
+key, threshold and label offset, mask None) and passed whole: as keywords to the ops, whose schema spells its
+fields out, and as the object to the Triton launchers. Every op is called by keyword. For sparse labels the
+Triton forward also returns the positives' CSC order (a stable sort, made once), which its backward reads for
+the column-owned dU/db correction (dual_bce_sparse.py).
 """
 from __future__ import annotations
 
@@ -34,16 +36,18 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import has_compiled_ops, reference
-from .labels import HashedMask, PackedLabels, SparseLabels, describe as _describe
-from .reference import REDUCTIONS, check_seed
+from . import reference
+from ._checks import REDUCTIONS, check_float, check_same_device, check_seed, describe
+from ._library import has_compiled_ops
+from .labels import HashedMask, LabelArgs, PackedLabels, SparseLabels, label_args
 
 try:
-    from . import dual_bce as _bce_tl
+    from . import dual_bce_sparse as _bce_sparse_tl
+    from . import dual_bce_triton as _bce_tl
     from . import reparam_kl as _reparam_tl
     from ._jit import interpreting as _interpreting
 except ImportError:  # no triton on this platform: the triton backend is unavailable, the others work
-    _bce_tl = _reparam_tl = None
+    _bce_tl = _bce_sparse_tl = _reparam_tl = None
 
     def _interpreting() -> bool:
         return False
@@ -145,7 +149,7 @@ def resolve_backend(backend: str | Backend = "auto", *, device: torch.device | s
 def _reparam_kl_op(mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int, offset: int,
                    backend: str) -> tuple[Tensor, Tensor]:
     if backend == "cpu":
-        return torch.ops.dualvae.reparameterize_kl_cpu(mu, logvar, eps, seed, offset)
+        return torch.ops.dualvae.reparameterize_kl_cpu(mu=mu, logvar=logvar, eps=eps, seed=seed, offset=offset)
     return _reparam_tl.reparam_kl_fwd(mu, logvar, eps, seed, offset)
 
 
@@ -158,7 +162,8 @@ def _(mu, logvar, eps, seed, offset, backend):
 def _reparam_kl_bwd_op(dz: Tensor, dkl: Tensor, mu: Tensor, logvar: Tensor, eps: Optional[Tensor], seed: int,
                        offset: int, need_deps: bool, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "cpu":
-        return torch.ops.dualvae.reparameterize_kl_backward_cpu(dz, dkl, mu, logvar, eps, seed, offset, need_deps)
+        return torch.ops.dualvae.reparameterize_kl_backward_cpu(dz=dz, dkl=dkl, mu=mu, logvar=logvar, eps=eps,
+                                                                 seed=seed, offset=offset, need_deps=need_deps)
     dmu, dlogvar, deps = _reparam_tl.reparam_kl_bwd(dz, dkl, mu, logvar, eps, seed, offset, need_deps)
     return dmu, dlogvar, deps if deps is not None else mu.new_empty(0)
 
@@ -178,7 +183,8 @@ def _reparam_backward(ctx, dz, dkl):
     mu, logvar, eps = ctx.saved_tensors
     need_deps = eps is not None and ctx.needs_input_grad[2]
     dmu, dlogvar, deps = torch.ops.dualvae.reparameterize_kl_backward(
-        dz, dkl, mu, logvar, eps, ctx.seed, ctx.offset, need_deps, ctx.backend)
+        dz=dz, dkl=dkl, mu=mu, logvar=logvar, eps=eps, seed=ctx.seed, offset=ctx.offset, need_deps=need_deps,
+        backend=ctx.backend)
     return dmu, dlogvar, (deps if need_deps else None), None, None, None
 
 
@@ -196,17 +202,17 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
     Returns (z in mu's dtype, kl (B,) in float32 on the fused backends).
     """
     op = "reparameterize_kl"
-    reference._check_float("mu", mu, op)
-    reference._check_float("logvar", logvar, op)
+    check_float("mu", mu, op)
+    check_float("logvar", logvar, op)
     if mu.dim() != 2:
         raise ValueError(f"{op}: mu must be 2-D (B, d), got shape {tuple(mu.shape)}")
     if logvar.shape != mu.shape:
         raise ValueError(f"{op}: logvar has shape {tuple(logvar.shape)}, expected {tuple(mu.shape)} (mu's)")
     if eps is not None:
-        reference._check_float("eps", eps, op)
+        check_float("eps", eps, op)
         if eps.shape != mu.shape:
             raise ValueError(f"{op}: eps has shape {tuple(eps.shape)}, expected {tuple(mu.shape)} (mu's)")
-    reference._check_same_device(op, mu=mu, logvar=logvar, eps=eps)
+    check_same_device(op, mu=mu, logvar=logvar, eps=eps)
     if logvar.dtype != mu.dtype or (eps is not None and eps.dtype != mu.dtype):
         raise ValueError(f"{op}: mu, logvar and eps must share one dtype, got mu {mu.dtype}, logvar {logvar.dtype}"
                          + (f", eps {eps.dtype}" if eps is not None else ""))
@@ -224,7 +230,8 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
     if backend == "cpu":
         mu, logvar = mu.contiguous(), logvar.contiguous()
         eps = eps.contiguous() if eps is not None else None
-    return torch.ops.dualvae.reparameterize_kl(mu, logvar, eps, seed if seed is not None else 0, offset, backend)
+    return torch.ops.dualvae.reparameterize_kl(mu=mu, logvar=logvar, eps=eps, seed=seed if seed is not None else 0,
+                                               offset=offset, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -239,25 +246,21 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
     """(loss fp32: () or (B,) for "none", observed count fp32 (), unscaled dz (B, d) fp32 or (0,), with
     grads_in_fwd (backend "cpu", reduction "sum"/"mean") unscaled dU (n, d) and db (n,) fp32, else (0,), and
     with need_csc (backend "triton", sparse labels) their CSC order for the backward, colptr (n + 1,) and rows
-    (nnz,) int64, else (0,)).
-    label_kind: "dense" (labels = y (B, n)), "packed" (the words) or "sparse" (the CSR indices, with indptr).
-    mask_rows not None: the hashed mask of (mask_key, mask_threshold, mask_col_offset) over those rows."""
+    (nnz,) int64, else (0,)). labels .. mask_col_offset: a LabelArgs, flat (the op's schema)."""
     def empty(dtype=torch.float32):  # a new one each time: outputs of a custom op must not alias each other
         return z.new_empty(0, dtype=dtype)
 
+    args = LabelArgs(labels, label_kind, indptr, mask, mask_rows, mask_key, mask_threshold, mask_col_offset)
     colptr, crows = empty(torch.int64), empty(torch.int64)
     if backend == "cpu":
-        need_db = grads_in_fwd and bias is not None
         rows, count, bad, dz, dU, db = torch.ops.dualvae.dual_bce_cpu(
-            z, U, labels, mask, bias, None, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
-            mask_col_offset, True, need_dz, grads_in_fwd, need_db)
+            z=z, U=U, **args._asdict(), bias=bias, gscale=None, n=n, need_loss=True, need_dz=need_dz,
+            need_dU=grads_in_fwd, need_db=grads_in_fwd and bias is not None)
     else:
-        rows, cnt, dz, bad = _bce_tl.dual_bce_fwd(z, U, labels, mask, bias, n, label_kind, need_dz, indptr=indptr,
-                                                  mask_rows=mask_rows, mask_key=mask_key,
-                                                  mask_threshold=mask_threshold, mask_col_offset=mask_col_offset)
+        rows, cnt, dz, bad = _bce_tl.dual_bce_fwd(z, U, args, bias, n, need_dz)
         count, dU, db = cnt.sum(), empty(), empty()
         if need_csc:
-            colptr, crows = _bce_tl.sparse_csc(indptr, labels, n)
+            colptr, crows = _bce_sparse_tl.sparse_csc(indptr, labels, n)
     # The kernels count bad labels as they read them; the count is checked here, inside the op, so the check
     # holds under torch.compile too. On CUDA reading it is a host sync, and a sync cannot be recorded into a
     # CUDA graph (torch.compile mode="reduce-overhead"): so the check is skipped while a graph is captured,
@@ -300,15 +303,14 @@ def _dual_bce_bwd_op(gscale: Tensor, z: Tensor, U: Tensor, labels: Tensor, mask:
                      backend: str) -> tuple[Tensor, Tensor]:
     """(dU fp32 (n, d), db fp32 (n,) or (0,)) for per-row upstream gradient scales gscale (B,). colptr, crows:
     the forward's CSC order of sparse labels (backend "triton"; made here when None)."""
+    args = LabelArgs(labels, label_kind, indptr, mask, mask_rows, mask_key, mask_threshold, mask_col_offset)
     if backend == "cpu":
         _, _, _, _, du, db = torch.ops.dualvae.dual_bce_cpu(
-            z, U, labels, mask, bias, gscale.contiguous().float(), n, label_kind, indptr, mask_rows, mask_key,
-            mask_threshold, mask_col_offset, False, False, True, need_db)
+            z=z, U=U, **args._asdict(), bias=bias, gscale=gscale.contiguous().float(), n=n, need_loss=False,
+            need_dz=False, need_dU=True, need_db=need_db)
         return du, db
     csc = (colptr, crows) if colptr is not None and crows is not None else None
-    du, db = _bce_tl.dual_bce_bwd(gscale, z, U, labels, mask, bias, n, label_kind, need_db, indptr=indptr,
-                                  mask_rows=mask_rows, mask_key=mask_key, mask_threshold=mask_threshold,
-                                  mask_col_offset=mask_col_offset, csc=csc)
+    du, db = _bce_tl.dual_bce_bwd(gscale, z, U, args, bias, n, need_db, csc=csc)
     return du, db if db is not None else z.new_empty(0, dtype=torch.float32)
 
 
@@ -357,9 +359,11 @@ def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db, g_colptr, g_crows
         dU = (scale * dU_fwd).to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
         db = (scale * db_fwd).to(bias.dtype) if need_db else None
     elif ctx.needs_input_grad[1] or need_db:
+        args = LabelArgs(labels, ctx.label_kind, indptr, mask, mask_rows, ctx.mask_key, ctx.mask_threshold,
+                         ctx.mask_col_offset)
         du32, db32 = torch.ops.dualvae.dual_bce_backward(
-            gscale, z, U, labels, mask, bias, ctx.n, ctx.label_kind, indptr, mask_rows, ctx.mask_key,
-            ctx.mask_threshold, ctx.mask_col_offset, colptr, crows, need_db, ctx.backend)
+            gscale=gscale, z=z, U=U, **args._asdict(), bias=bias, n=ctx.n, colptr=colptr, crows=crows,
+            need_db=need_db, backend=ctx.backend)
         dU = du32.to(ctx.U_dtype) if ctx.needs_input_grad[1] else None
         db = db32.to(bias.dtype) if need_db else None
     return (dz, dU, None, None, db) + (None,) * 13
@@ -377,9 +381,9 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
     (the positives, CSR rows). mask: None (all observed), a (B, n) tensor (1 = observed), or a HashedMask over
     the batch's B rows, evaluated inside the kernels (no (B, n) mask is formed). reduction: "sum", "mean" (over
     observed entries; 0 with zero gradients when none is observed) or "none" (per row, (B,)). U and bias are
-    cast to z's dtype. The fused backends never form the B x n logits (see dual_bce.py) and return the loss in
-    float32; with SparseLabels they never form the labels either: the loss is sum mask * softplus(L) over the
-    tiles minus sum mask * L over the positives.
+    cast to z's dtype. The fused backends never form the B x n logits (see dual_bce_triton.py) and return the
+    loss in float32; with SparseLabels they never form the labels either: the loss is sum mask * softplus(L)
+    over the tiles minus sum mask * L over the positives.
     check_labels: raise ValueError when a dense label is not 0 or 1 (default). On CUDA that reads a count
     back to the host once per call; False skips it (the loss of such labels is then undefined). The check is
     also skipped while a CUDA graph is being captured. The reference backend always checks. Packed labels
@@ -387,74 +391,40 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
     checks them again as it reads them).
     """
     op = "dual_bce"
-    reference._check_float("z", z, op)
-    reference._check_float("U", U, op)
+    check_float("z", z, op)
+    check_float("U", U, op)
     if z.dim() != 2:
         raise ValueError(f"{op}: z must be 2-D (B, d), got shape {tuple(z.shape)}")
     if U.dim() != 2 or U.shape[1] != z.shape[1]:
         raise ValueError(f"{op}: U has shape {tuple(U.shape)}, expected (n, {z.shape[1]})")
-    B, n = z.shape[0], U.shape[0]
-    indptr = mask_rows = None
-    mask_key = mask_threshold = mask_col_offset = 0
-    hashed = isinstance(mask, HashedMask)
-    if isinstance(y, PackedLabels):
-        label_kind = "packed"
-        if mask is not None:
-            raise ValueError(f"{op}: mask must be None when y is PackedLabels (the mask is packed in it)")
-        if y.shape != (B, n) or y.words.dtype != torch.int32 or y.words.shape[1] != -(-n // 16):
-            raise ValueError(f"{op}: packed y is for shape {y.shape} ({y.words.dtype} words "
-                             f"{tuple(y.words.shape)}), expected ({B}, {n})")
-        labels = y.words
-    elif isinstance(y, SparseLabels):
-        label_kind = "sparse"
-        if y.shape != (B, n):
-            raise ValueError(f"{op}: sparse y is for shape {y.shape}, expected ({B}, {n}) (z's rows, U's rows)")
-        labels, indptr = y.indices, y.indptr
-    else:
-        label_kind = "dense"
-        if not isinstance(y, Tensor) or y.shape != (B, n):
-            raise ValueError(f"{op}: y has shape {_describe(y)}, expected ({B}, {n})")
-        labels = y
-    if hashed:
-        if mask.rows.shape != (B,):
-            raise ValueError(f"{op}: the HashedMask has {len(mask.rows)} rows, expected {B} (z's rows, "
-                             f"z has shape {tuple(z.shape)})")
-        mask_rows, mask_key, mask_threshold, mask_col_offset = mask.rows, mask.key, mask.threshold, mask.col_offset
-        hashed_mask, mask = mask, None
-    elif mask is not None and (not isinstance(mask, Tensor) or mask.shape != (B, n)):
-        raise ValueError(f"{op}: mask has shape {_describe(mask)}, expected ({B}, {n})")
+    n = U.shape[0]
+    args = label_args(op, y, mask, z, n)
     if bias is not None:
-        reference._check_float("bias", bias, op)
+        check_float("bias", bias, op)
         if bias.shape != (n,):
             raise ValueError(f"{op}: bias has shape {tuple(bias.shape)}, expected ({n},)")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    reference._check_same_device(op, z=z, U=U, y=labels, indptr=indptr, mask=mask, mask_rows=mask_rows, bias=bias)
+    check_same_device(op, z=z, U=U, y=args.labels, indptr=args.indptr, mask=args.mask, mask_rows=args.mask_rows,
+                      bias=bias)
     backend = _resolve_backend(op, backend, z.device, z.dtype)
     if backend == "reference":
-        if label_kind == "packed":
+        if args.label_kind == "packed":
             y, mask = y.unpack(z.dtype)
-        return reference.dual_bce(z, U, y, hashed_mask if hashed else mask, bias=bias, reduction=reduction)
+        return reference.dual_bce(z, U, y, mask, bias=bias, reduction=reduction)
     if U.dtype != z.dtype:
         U = U.to(z.dtype)
     if bias is not None and bias.dtype != z.dtype:
         bias = bias.to(z.dtype)
-    if label_kind == "dense":
-        labels = labels.view(torch.uint8) if labels.dtype == torch.bool else labels
-    if mask is not None and mask.dtype == torch.bool:
-        mask = mask.view(torch.uint8)
+    args = args.for_kernels(contiguous=backend == "cpu")
     grad_mode = torch.is_grad_enabled()
-    need_dz = grad_mode and z.requires_grad
     need_dU = grad_mode and (U.requires_grad or (bias is not None and bias.requires_grad))
-    grads_in_fwd = backend == "cpu" and reduction != "none" and need_dU
-    need_csc = backend == "triton" and label_kind == "sparse" and need_dU
     if backend == "cpu":
-        z, U, labels = z.contiguous(), U.contiguous(), labels.contiguous()
-        mask = mask.contiguous() if mask is not None else None
+        z, U = z.contiguous(), U.contiguous()
         bias = bias.contiguous() if bias is not None else None
-        indptr = indptr.contiguous() if indptr is not None else None
-        mask_rows = mask_rows.contiguous() if mask_rows is not None else None
-    loss, *_ = torch.ops.dualvae.dual_bce(z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key,
-                                          mask_threshold, mask_col_offset, reduction, need_dz, grads_in_fwd,
-                                          need_csc, backend, bool(check_labels))
+    loss, *_ = torch.ops.dualvae.dual_bce(
+        z=z, U=U, **args._asdict(), bias=bias, n=n, reduction=reduction, need_dz=grad_mode and z.requires_grad,
+        grads_in_fwd=backend == "cpu" and reduction != "none" and need_dU,
+        need_csc=backend == "triton" and args.label_kind == "sparse" and need_dU, backend=backend,
+        check_labels=bool(check_labels))
     return loss

@@ -18,7 +18,8 @@ import torch
 from dualvae import kernels
 from dualvae.kernels import ops, reference as ref
 from dualvae.kernels._jit import interpreting
-from dualvae.kernels.dual_bce import dual_bce_bwd, dual_bce_fwd
+from dualvae.kernels.dual_bce_triton import dual_bce_bwd, dual_bce_fwd
+from dualvae.kernels.labels import LabelArgs
 
 import kernel_cases
 from kernel_cases import require_backend
@@ -130,14 +131,15 @@ def test_dual_bce_extreme_logits(reduction, backend):
 def test_dual_bce_split_reductions_agree():
     """Partial sums over splits of n (forward) and of B (backward) give what one split gives."""
     z, U, y, mask, bias = on("triton", *bce_inputs(50, 70, 24, "random", seed=8))
-    one = dual_bce_fwd(z, U, y, mask, bias, 70, "dense", True, splits=1)
-    three = dual_bce_fwd(z, U, y, mask, bias, 70, "dense", True, splits=3)
+    args = LabelArgs(y, "dense", mask=mask)
+    one = dual_bce_fwd(z, U, args, bias, 70, True, splits=1)
+    three = dual_bce_fwd(z, U, args, bias, 70, True, splits=3)
     for a, b in zip(one[:3], three[:3]):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
     assert int(one[3]) == int(three[3]) == 0
     gs = torch.rand(50, device=TRITON_DEVICE)
-    for a, b in zip(dual_bce_bwd(gs, z, U, y, mask, bias, 70, "dense", True, splits=1),
-                    dual_bce_bwd(gs, z, U, y, mask, bias, 70, "dense", True, splits=4)):
+    for a, b in zip(dual_bce_bwd(gs, z, U, args, bias, 70, True, splits=1),
+                    dual_bce_bwd(gs, z, U, args, bias, 70, True, splits=4)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
 
 

@@ -10,7 +10,10 @@ import torch
 from dualvae import kernels
 from dualvae.kernels import HashedMask, SparseLabels, reference as ref
 from dualvae.kernels._jit import jit
-from dualvae.kernels.dual_bce import _hash_observed, _mask_row_key, dual_bce_fwd, sparse_csc
+from dualvae.kernels._triton_labels import hash_observed, mask_row_key
+from dualvae.kernels.dual_bce_sparse import sparse_csc
+from dualvae.kernels.dual_bce_triton import dual_bce_fwd
+from dualvae.kernels.labels import LabelArgs
 
 from kernel_cases import require_backend
 from test_fused_ops import HAVE_TRITON, TRITON_DEVICE, assert_error_rule, backend, device_of  # noqa: F401 (fixture)
@@ -137,8 +140,8 @@ def test_hashed_mask_in_kernel_is_the_reference_bit_for_bit(labels, backend):
 def _hash_probe_kernel(mr_ptr, out_ptr, N, mask_key, mask_thr, mask_off, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
-    row_key = _mask_row_key(mask_key, tl.load(mr_ptr + row))
-    obs = _hash_observed(row_key, cols, mask_thr, mask_off)
+    row_key = mask_row_key(mask_key, tl.load(mr_ptr + row))
+    obs = hash_observed(row_key, cols, mask_thr, mask_off)
     tl.store(out_ptr + row * N + cols, obs.to(tl.int8), mask=cols < N)
 
 
@@ -147,7 +150,7 @@ def test_hash_helpers_are_the_reference_bit_for_bit():
     2**31 or not, thresholds 1, 2**32 and between (0 is no mask: the launchers pass none), label offsets that
     wrap past 2**32."""
     require_backend("triton")
-    from dualvae.kernels.dual_bce import _signed32, threshold_arg
+    from dualvae.kernels._triton_labels import signed32, threshold_arg
     B, n = 9, 64
     rows = torch.tensor([0, 1, 2**31 - 1, 5, 77777, 2**30, 3, 123456789, 42])
     for seed in (0, 1, 2**62 + 5, 987654321):
@@ -155,7 +158,7 @@ def test_hash_helpers_are_the_reference_bit_for_bit():
         for thr in (1, 2, 2**31, 2**31 + 1, ref.mask_threshold(0.3), 2**32 - 1, 2**32):
             for off in (0, 2**31 - 10):
                 out = torch.empty(B, n, dtype=torch.int8, device=TRITON_DEVICE)
-                _hash_probe_kernel[(B,)](rows.to(TRITON_DEVICE), out, n, _signed32(key), threshold_arg(thr), off,
+                _hash_probe_kernel[(B,)](rows.to(TRITON_DEVICE), out, n, signed32(key), threshold_arg(thr), off,
                                          BLOCK=n)
                 want = ref.hashed_observed(key, thr, rows, torch.arange(off, off + n))
                 assert torch.equal(out.cpu().bool(), want), (seed, thr, off)
@@ -205,10 +208,10 @@ def test_triton_forward_counts_per_row():
     mask = HashedMask(5, 0.45, torch.arange(17) * 1000 + 3, col_offset=9)
     dev = TRITON_DEVICE
     for kind, labels, indptr in (("sparse", sp.indices, sp.indptr), ("dense", y.float(), None)):
-        _, cnt, _, _ = dual_bce_fwd(z.float().to(dev), U.float().to(dev), labels.to(dev), None, None, 40, kind,
-                                    False, indptr=indptr.to(dev) if indptr is not None else None,
-                                    mask_rows=mask.rows.to(dev), mask_key=mask.key, mask_threshold=mask.threshold,
-                                    mask_col_offset=mask.col_offset)
+        args = LabelArgs(labels.to(dev), kind, indptr=indptr.to(dev) if indptr is not None else None,
+                         mask_rows=mask.rows.to(dev), mask_key=mask.key, mask_threshold=mask.threshold,
+                         mask_col_offset=mask.col_offset)
+        _, cnt, _, _ = dual_bce_fwd(z.float().to(dev), U.float().to(dev), args, None, 40, False)
         assert torch.equal(cnt.cpu().double(), mask.dense(40, torch.float64).sum(1)), kind
 
 

@@ -24,16 +24,10 @@ Labels come as (y, mask) of any float/bool-as-uint8/uint8 dtype and any strides,
 16 entries per int32 word, bit 0 the label and bit 1 "observed" (`labels.pack_labels`), or sparse: the CSR
 positives (`labels.SparseLabels`). The mask may instead be hashed (`labels.HashedMask`): each tile computes its
 weights from (key, threshold, the batch's global rows, the label offset) in uint32 arithmetic, bit for bit
-`reference.hashed_observed`, so no (B, n) mask is read or formed.
+`mask_hash.hashed_observed` (_triton_labels.py), so no (B, n) mask is read or formed.
 
-Sparse labels: the tiles take y = 0 (no label loads), so they make sum w softplus(L) and w sigmoid(L); the
-positives, y = 1, subtract w L from the loss and w from the residual. That correction is a sparse term:
-loss_b -= sum_{j in pos(b)} w_bj L_bj, the positives' logits as indexed dot products z_b . u_j + b_j (as Cut
-Cross-Entropy computes the target logit); dz_b -= sum_{j in pos(b)} w_bj u_j (one program per CSR row: row
-ownership); dU_j -= sum_{b: j in pos(b)} gscale_b w_bj z_b and db_j likewise (one program per column of a CSC
-order that a stable sort makes once in the forward: column ownership). No atomics; every sum has an order fixed
-by the labels, so results are deterministic. Extra bytes: the nnz indices and, for the backward, the CSC order
-(n + 1 + nnz int64).
+Sparse labels: the tiles take y = 0 (no label loads); the positives' terms are subtracted by the sparse
+corrections of dual_bce_sparse.py.
 
 The kernels run on CUDA tensors, and on CPU tensors under TRITON_INTERPRET=1; autograd and registration live in
 `ops.py`.
@@ -45,39 +39,13 @@ import triton
 import triton.language as tl
 
 from ._jit import LAUNCH_OPTIONS, interpreting, jit, on_device_of
+from ._triton_labels import hash_observed, kernel_labels, mask_row_key
+from .dual_bce_sparse import sparse_cols_correction, sparse_csc, sparse_rows_correction
+from .labels import LabelArgs
 
 # tl.sum is a jitted triton function, frozen in the mode triton was imported in; tl.reduce with its combine
 # function is a builtin (see _jit.LazyKernel).
 _sum_combine = tl.standard._sum_combine
-
-
-@jit
-def _fmix32(x):
-    """MurmurHash3's 32-bit finalizer of uint32 x (`reference.fmix32`); the constants are uint32, so the
-    products wrap mod 2**32."""
-    x = x ^ (x >> 16)
-    x = x * 0x85EBCA6B
-    x = x ^ (x >> 13)
-    x = x * 0xC2B2AE35
-    return x ^ (x >> 16)
-
-
-@jit
-def _mask_row_key(mask_key, grows):
-    """fmix32(key + r * 0x9E3779B1) of global rows r (an int tensor in [0, 2**31)); mask_key is the uint32 key's
-    int32 bit pattern (`reference.mask_row_keys`)."""
-    return _fmix32(grows.to(tl.uint32) * 0x9E3779B1 + mask_key.to(tl.uint32, bitcast=True))
-
-
-@jit
-def _hash_observed(row_key, lcols, mask_thr, mask_off):
-    """Whether entries (row_key's rows, label mask_off + lcols) are observed: fmix32(row_key ^ j * 0x85EBCA77)
-    >= threshold (`reference.hashed_observed`). mask_thr is threshold - 1 as an int32 bit pattern (the
-    launchers pass a threshold of 0 as no mask at all), so h >= threshold is h > mask_thr in uint32 for every
-    threshold in [1, 2**32], and the argument has one type whatever its value."""
-    gcols = lcols.to(tl.uint32) + mask_off.to(tl.uint32)
-    h = _fmix32(row_key ^ (gcols * 0x85EBCA77))
-    return h > mask_thr.to(tl.uint32, bitcast=True)
 
 
 @jit
@@ -104,8 +72,8 @@ def _labels_tile(y_ptr, m_ptr, mr_ptr, rows, cols, row_ok, ok, stride_y_b, strid
             y_off = r64 * stride_y_b + cols[None, :].to(tl.int64) * stride_y_n
             y = tl.load(y_ptr + y_off, mask=ok, other=0).to(tl.float32)
         if HASHED:
-            row_key = _mask_row_key(mask_key, tl.load(mr_ptr + r64, mask=row_ok[:, None], other=0))
-            w = tl.where(ok & _hash_observed(row_key, cols[None, :], mask_thr, mask_off), 1.0, 0.0)
+            row_key = mask_row_key(mask_key, tl.load(mr_ptr + r64, mask=row_ok[:, None], other=0))
+            w = tl.where(ok & hash_observed(row_key, cols[None, :], mask_thr, mask_off), 1.0, 0.0)
         elif HAS_MASK:
             if MASK_LIKE_Y and not SPARSE:
                 m_off = y_off
@@ -300,126 +268,6 @@ def _dual_bce_bwd_kernel(
             tl.store(db_ptr + out, db, mask=col_ok)
 
 
-@jit
-def _positive_weight(m_ptr, mr_ptr, r64, j64, ok, stride_m_b, stride_m_n, mask_key, mask_thr, mask_off,
-                     HAS_MASK: tl.constexpr, HASHED: tl.constexpr):
-    """The observed weight w of positives (r64, j64) (int64 vectors), 0 where not ok: 1, the dense mask's value,
-    or the hash."""
-    if HASHED:
-        row_key = _mask_row_key(mask_key, tl.load(mr_ptr + r64, mask=ok, other=0))
-        w = tl.where(ok & _hash_observed(row_key, j64, mask_thr, mask_off), 1.0, 0.0)
-    elif HAS_MASK:
-        w = tl.load(m_ptr + r64 * stride_m_b + j64 * stride_m_n, mask=ok, other=0).to(tl.float32)
-    else:
-        w = tl.where(ok, 1.0, 0.0)
-    return w
-
-
-@jit
-def _gathered_rows_sum(x_ptr, rows, w, ok, k64, k_ok, stride_x_n, stride_x_d):
-    """sum_p w_p x[rows_p, k64] (fp32, one BLOCK_K chunk of d): the weighted sum of gathered rows of x that both
-    corrections accumulate (rows of U into dz_b, rows of z into dU_j)."""
-    xk = tl.load(x_ptr + rows[:, None] * stride_x_n + k64[None, :] * stride_x_d,
-                 mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-    return tl.reduce(w[:, None] * xk, 0, _sum_combine)
-
-
-@jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
-def _sparse_rows_kernel(
-    z_ptr, u_ptr, b_ptr, idx_ptr, indptr_ptr, m_ptr, mr_ptr, loss_ptr, dz_ptr,
-    D,
-    stride_z_b, stride_z_d, stride_u_n, stride_u_d, stride_b, stride_m_b, stride_m_n,
-    mask_key, mask_thr, mask_off,
-    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, HASHED: tl.constexpr, NEED_DZ: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The positives' correction of row b (one program per CSR row, which alone writes loss[b] and dz[b]):
-    loss_b -= sum_{j in pos(b)} w_bj L_bj with L_bj = z_b . u_j + b_j (indexed dot products), and
-    dz_b -= sum_{j in pos(b)} w_bj u_j. The dense tiles took y = 0 there; y = 1 subtracts w L from the BCE and
-    w from sigmoid(L) - y. loss (B,) and dz (B, d) are the reduced fp32 outputs, updated in place."""
-    row = tl.program_id(0).to(tl.int64)
-    lo = tl.load(indptr_ptr + row)
-    hi = tl.load(indptr_ptr + row + 1)
-    acc = tl.full([BLOCK_P], 0, dtype=tl.float32)
-    for p0 in range(lo, hi, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        ok = ps < hi
-        j = tl.load(idx_ptr + ps, mask=ok, other=0).to(tl.int64)
-        w = _positive_weight(m_ptr, mr_ptr, j * 0 + row, j, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
-                             mask_off, HAS_MASK, HASHED)
-        logit = tl.full([BLOCK_P], 0, dtype=tl.float32)
-        for k0 in range(0, D, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < D
-            k64 = ks.to(tl.int64)
-            zk = tl.load(z_ptr + row * stride_z_b + k64 * stride_z_d, mask=k_ok, other=0.0).to(tl.float32)
-            uk = tl.load(u_ptr + j[:, None] * stride_u_n + k64[None, :] * stride_u_d,
-                         mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
-            logit += tl.reduce(uk * zk[None, :], 1, _sum_combine)
-        if HAS_BIAS:
-            logit += tl.load(b_ptr + j * stride_b, mask=ok, other=0.0).to(tl.float32)
-        acc += w * logit
-    tl.store(loss_ptr + row, tl.load(loss_ptr + row) - tl.reduce(acc, 0, _sum_combine))
-    if NEED_DZ:
-        for k0 in range(0, D, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_ok = ks < D
-            k64 = ks.to(tl.int64)
-            g = tl.full([BLOCK_K], 0, dtype=tl.float32)
-            for p0 in range(lo, hi, BLOCK_P):
-                ps = p0 + tl.arange(0, BLOCK_P)
-                ok = ps < hi
-                j = tl.load(idx_ptr + ps, mask=ok, other=0).to(tl.int64)
-                w = _positive_weight(m_ptr, mr_ptr, j * 0 + row, j, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
-                                     mask_off, HAS_MASK, HASHED)
-                g += _gathered_rows_sum(u_ptr, j, w, ok, k64, k_ok, stride_u_n, stride_u_d)
-            dz_row = dz_ptr + row * D + k64
-            tl.store(dz_row, tl.load(dz_row, mask=k_ok, other=0.0) - g, mask=k_ok)
-
-
-@jit(do_not_specialize=["mask_key", "mask_thr", "mask_off"])
-def _sparse_cols_kernel(
-    z_ptr, colptr_ptr, crow_ptr, m_ptr, mr_ptr, gscale_ptr, du_ptr, db_ptr,
-    D,
-    stride_z_b, stride_z_d, stride_m_b, stride_m_n, stride_g,
-    mask_key, mask_thr, mask_off,
-    HAS_MASK: tl.constexpr, HASHED: tl.constexpr, NEED_DB: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """The positives' correction of column j (one program per column of the CSC order, which alone writes
-    dU[j] and db[j]): dU_j -= sum_{b: j in pos(b)} gscale_b w_bj z_b and db_j -= sum gscale_b w_bj, the rows
-    of column j in increasing order (colptr (n + 1,), crow the rows in CSC order). dU (n, d) and db (n,) are
-    the reduced fp32 outputs, updated in place."""
-    col = tl.program_id(0).to(tl.int64)
-    lo = tl.load(colptr_ptr + col)
-    hi = tl.load(colptr_ptr + col + 1)
-    if NEED_DB:
-        acc = tl.full([BLOCK_P], 0, dtype=tl.float32)
-        for p0 in range(lo, hi, BLOCK_P):
-            ps = p0 + tl.arange(0, BLOCK_P)
-            ok = ps < hi
-            r = tl.load(crow_ptr + ps, mask=ok, other=0)
-            w = _positive_weight(m_ptr, mr_ptr, r, r * 0 + col, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
-                                 mask_off, HAS_MASK, HASHED)
-            acc += w * tl.load(gscale_ptr + r * stride_g, mask=ok, other=0.0).to(tl.float32)
-        tl.store(db_ptr + col, tl.load(db_ptr + col) - tl.reduce(acc, 0, _sum_combine))
-    for k0 in range(0, D, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_ok = ks < D
-        k64 = ks.to(tl.int64)
-        g = tl.full([BLOCK_K], 0, dtype=tl.float32)
-        for p0 in range(lo, hi, BLOCK_P):
-            ps = p0 + tl.arange(0, BLOCK_P)
-            ok = ps < hi
-            r = tl.load(crow_ptr + ps, mask=ok, other=0)
-            w = _positive_weight(m_ptr, mr_ptr, r, r * 0 + col, ok, stride_m_b, stride_m_n, mask_key, mask_thr,
-                                 mask_off, HAS_MASK, HASHED)
-            gw = w * tl.load(gscale_ptr + r * stride_g, mask=ok, other=0.0).to(tl.float32)
-            g += _gathered_rows_sum(z_ptr, r, gw, ok, k64, k_ok, stride_z_b, stride_z_d)
-        du_row = du_ptr + col * D + k64
-        tl.store(du_row, tl.load(du_row, mask=k_ok, other=0.0) - g, mask=k_ok)
-
-
 def _sm_count(device) -> int:
     if device.type != "cuda":
         return 1
@@ -472,110 +320,18 @@ def _splits(blocks: int, work: int, block: int, device, per_split_bytes: int, ov
     return max(1, min(want, triton.cdiv(work, block), cap))
 
 
-LABEL_KINDS = ("dense", "packed", "sparse")
-
-
-def _signed32(x: int) -> int:
-    """A uint32 as the int32 with its bits: a kernel argument of one type (i32) whatever its value."""
-    return x - 2**32 if x >= 2**31 else x
-
-
-def threshold_arg(threshold: int) -> int:
-    """The kernels' mask_thr for a hashed mask's threshold in [1, 2**32]: threshold - 1 as an int32 bit pattern
-    (see _hash_observed; a threshold of 0 is passed as no mask)."""
-    return _signed32(threshold - 1)
-
-
-def _label_args(z, labels, mask, label_kind, mask_rows, mask_key, mask_threshold, mask_col_offset):
-    """The label and mask arguments of the dense kernels: (y, mask, mask_rows) pointers (unread stand-ins
-    where absent), the four label strides, and the hashed mask's three scalars."""
-    if label_kind == "sparse":  # the dense tiles load no labels
-        y = mask if mask is not None else z
-        y_strides = (0, 0)
-    else:
-        y, y_strides = labels, labels.stride()
-    m = mask if mask is not None else y
-    m_strides = mask.stride() if mask is not None else y_strides
-    rows = mask_rows if mask_rows is not None else z
-    return (y, m, rows, (*y_strides, *m_strides),
-            (_signed32(mask_key), threshold_arg(max(mask_threshold, 1)), mask_col_offset))
-
-
-def _label_flags(labels, mask, label_kind, mask_rows) -> dict:
-    return {"HAS_MASK": mask is not None, "PACKED": label_kind == "packed", "SPARSE": label_kind == "sparse",
-            "HASHED": mask_rows is not None,
-            "MASK_LIKE_Y": mask is None or (label_kind == "dense" and mask.stride() == labels.stride())}
-
-
-def sparse_config(D: int, interpret: bool | None = None) -> dict:
-    """Block shape of the sparse correction kernels: BLOCK_P positives at a time, d in BLOCK_K chunks."""
-    dp = max(16, triton.next_power_of_2(D))
-    if interpreting() if interpret is None else interpret:
-        return {"BLOCK_P": 16, "BLOCK_K": min(dp, 32), "num_warps": 4}
-    return {"BLOCK_P": 16, "BLOCK_K": min(dp, 64), "num_warps": 4}
-
-
-def sparse_csc(indptr, indices, n: int):
-    """The CSC order of CSR positives: (colptr (n + 1,) int64, the rows (nnz,) int64 in column order, each
-    column's rows increasing). A stable sort by column keeps the row-major order within a column, so the
-    correction sums in an order fixed by the labels alone."""
-    B = indptr.shape[0] - 1
-    nnz = indices.shape[0]
-    rows = torch.repeat_interleave(torch.arange(B, device=indptr.device), indptr[1:] - indptr[:-1],
-                                   output_size=nnz)
-    cols = indices.to(torch.int64)
-    order = torch.sort(cols, stable=True)
-    colptr = torch.searchsorted(order.values, torch.arange(n + 1, device=indptr.device))
-    return colptr, rows[order.indices]
-
-
-def _sparse_rows(z, U, bias, indices, indptr, mask, mask_rows, mask_args, loss, dz):
-    """Subtracts the positives' terms from the dense tiles' per-row loss and dz (in place)."""
-    B, D = z.shape
-    cfg = sparse_config(D)
-    m = mask if mask is not None else z
-    with on_device_of(z):
-        _sparse_rows_kernel[(B,)](
-            z, U, bias if bias is not None else z, indices, indptr, m,
-            mask_rows if mask_rows is not None else z, loss, dz if dz is not None else loss,
-            D, *z.stride(), *U.stride(), bias.stride(0) if bias is not None else 0,
-            *(mask.stride() if mask is not None else (0, 0)), *mask_args,
-            HAS_BIAS=bias is not None, HAS_MASK=mask is not None, HASHED=mask_rows is not None,
-            NEED_DZ=dz is not None, BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
-            **LAUNCH_OPTIONS,
-        )
-
-
-def _sparse_cols(gscale, z, colptr, crows, mask, mask_rows, mask_args, du, db):
-    """Subtracts the positives' terms from the dense tiles' dU and db (in place)."""
-    n = colptr.shape[0] - 1
-    D = z.shape[1]
-    cfg = sparse_config(D)
-    m = mask if mask is not None else z
-    with on_device_of(z):
-        _sparse_cols_kernel[(n,)](
-            z, colptr, crows, m, mask_rows if mask_rows is not None else z, gscale, du,
-            db if db is not None else du,
-            D, *z.stride(), *(mask.stride() if mask is not None else (0, 0)), gscale.stride(0), *mask_args,
-            HAS_MASK=mask is not None, HASHED=mask_rows is not None, NEED_DB=db is not None,
-            BLOCK_P=cfg["BLOCK_P"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS,
-        )
-
-
-def dual_bce_fwd(z, U, labels, mask, bias, n: int, label_kind: str, need_dz: bool, *, indptr=None,
-                 mask_rows=None, mask_key: int = 0, mask_threshold: int = 0, mask_col_offset: int = 0,
-                 splits: int | None = None):
+def dual_bce_fwd(z, U, args: LabelArgs, bias, n: int, need_dz: bool, *, splits: int | None = None):
     """(per-row loss (B,) fp32, observed count per row (B,) fp32, unscaled dz (B, d) fp32 or None,
     number of labels outside {0, 1} (a 0-d int64 tensor on z's device, 0 for packed and sparse labels): a
     tensor, so that reading it back to the host is the caller's choice).
-    labels: label_kind "dense": (B, n) y; "packed": (B, ceil(n / 16)) int32 words; "sparse": the (nnz,) int32 or
-    int64 indices of the CSR positives, with indptr (B + 1,) int64. Any strides. mask: None or (B, n); mask_rows
-    (B,) int64: the hashed mask of (mask_key, mask_threshold, mask_col_offset) instead. splits: force S (tests)."""
-    if mask_threshold == 0:  # nothing missing: the hashed mask is all ones
-        mask_rows = None
+    args (labels.LabelArgs): label_kind "dense": (B, n) y; "packed": (B, ceil(n / 16)) int32 words; "sparse":
+    the (nnz,) int32 or int64 indices of the CSR positives, with indptr (B + 1,) int64. Any strides. mask: None
+    or (B, n); mask_rows (B,) int64: the hashed mask of (mask_key, mask_threshold, mask_col_offset) instead.
+    splits: force S (tests)."""
+    kl = kernel_labels(z, args)
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
+    cfg = dual_bce_config(B, n, D, z.dtype, hashed=kl.flags["HASHED"])
     S = _splits(triton.cdiv(B, cfg["BLOCK_B"]), n, cfg["BLOCK_N"], dev, B * D * 4 if need_dz else B * 8, splits)
     n_per_split = triton.cdiv(triton.cdiv(max(n, 1), S), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     S = triton.cdiv(max(n, 1), n_per_split)
@@ -583,17 +339,15 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, label_kind: str, need_dz: boo
     cnt = torch.empty(S, B, dtype=torch.float32, device=dev)
     bad = torch.zeros(S, B, dtype=torch.int32, device=dev)
     dz = torch.empty(S, B, D, dtype=torch.float32, device=dev) if need_dz else None
-    y_arg, m_arg, r_arg, label_strides, mask_args = _label_args(z, labels, mask, label_kind, mask_rows, mask_key,
-                                                                mask_threshold, mask_col_offset)
     if B and n:
         b_arg = bias if bias is not None else z
         grid = (triton.cdiv(B, cfg["BLOCK_B"]), S, triton.cdiv(D, cfg["BLOCK_K"]))
         with on_device_of(z):
             _dual_bce_fwd_kernel[grid](
-                z, U, b_arg, y_arg, m_arg, r_arg, loss, cnt, dz if need_dz else loss, bad,
+                z, U, b_arg, *kl.pointers, loss, cnt, dz if need_dz else loss, bad,
                 B, n, D, n_per_split,
-                *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *label_strides, *mask_args,
-                HAS_BIAS=bias is not None, **_label_flags(labels, mask, label_kind, mask_rows),
+                *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *kl.strides, *kl.mask_scalars,
+                HAS_BIAS=bias is not None, **kl.flags,
                 NEED_DZ=need_dz,
                 PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
                 BLOCK_K=cfg["BLOCK_K"], ONE_K=D <= cfg["BLOCK_K"],
@@ -605,39 +359,35 @@ def dual_bce_fwd(z, U, labels, mask, bias, n: int, label_kind: str, need_dz: boo
         if need_dz:
             dz.zero_()
     loss, cnt, dz = loss.sum(0), cnt.sum(0), (dz.sum(0) if need_dz else None)
-    if label_kind == "sparse" and labels.shape[0] and B and n:
-        _sparse_rows(z, U, bias, labels, indptr, mask, mask_rows, mask_args, loss, dz)
+    if args.label_kind == "sparse" and args.labels.shape[0] and B and n:
+        sparse_rows_correction(z, U, bias, kl, loss, dz)
     return loss, cnt, dz, bad.sum()
 
 
-def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, label_kind: str, need_db: bool, *, indptr=None,
-                 mask_rows=None, mask_key: int = 0, mask_threshold: int = 0, mask_col_offset: int = 0, csc=None,
+def dual_bce_bwd(gscale, z, U, args: LabelArgs, bias, n: int, need_db: bool, *, csc=None,
                  splits: int | None = None):
     """(dU (n, d) fp32, db (n,) fp32 or None) for per-row upstream scales gscale (B,) of any float dtype and
     stride (a scalar expanded to (B,) is read in place). Labels and mask as for dual_bce_fwd; csc: sparse_csc's
     (colptr, rows) of sparse labels, made here when not given."""
-    if mask_threshold == 0:  # nothing missing: the hashed mask is all ones
-        mask_rows = None
+    kl = kernel_labels(z, args)
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype, hashed=mask_rows is not None)
+    cfg = dual_bce_config(B, n, D, z.dtype, hashed=kl.flags["HASHED"])
     S = _splits(triton.cdiv(n, cfg["BLOCK_N"]), B, cfg["BLOCK_B"], dev, n * D * 4, splits)
     b_per_split = triton.cdiv(triton.cdiv(max(B, 1), S), cfg["BLOCK_B"]) * cfg["BLOCK_B"]
     S = triton.cdiv(max(B, 1), b_per_split)
     du = torch.empty(S, n, D, dtype=torch.float32, device=dev)
     db = torch.empty(S, n, dtype=torch.float32, device=dev) if need_db else None
-    y_arg, m_arg, r_arg, label_strides, mask_args = _label_args(z, labels, mask, label_kind, mask_rows, mask_key,
-                                                                mask_threshold, mask_col_offset)
     if B and n:
         b_arg = bias if bias is not None else z
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), S, triton.cdiv(D, cfg["BLOCK_K"]))
         with on_device_of(z):
             _dual_bce_bwd_kernel[grid](
-                z, U, b_arg, y_arg, m_arg, r_arg, gscale, du, db if need_db else du,
+                z, U, b_arg, *kl.pointers, gscale, du, db if need_db else du,
                 B, n, D, b_per_split,
-                *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *label_strides,
-                gscale.stride(0), *mask_args,
-                HAS_BIAS=bias is not None, **_label_flags(labels, mask, label_kind, mask_rows),
+                *z.stride(), *U.stride(), b_arg.stride(0) if bias is not None else 0, *kl.strides,
+                gscale.stride(0), *kl.mask_scalars,
+                HAS_BIAS=bias is not None, **kl.flags,
                 NEED_DB=need_db,
                 PRECISION=_precision(z.dtype), BLOCK_B=cfg["BLOCK_B"], BLOCK_N=cfg["BLOCK_N"],
                 BLOCK_K=cfg["BLOCK_K"], ONE_K=D <= cfg["BLOCK_K"],
@@ -648,7 +398,7 @@ def dual_bce_bwd(gscale, z, U, labels, mask, bias, n: int, label_kind: str, need
         if need_db:
             db.zero_()
     du, db = du.sum(0), (db.sum(0) if need_db else None)
-    if label_kind == "sparse" and labels.shape[0] and B and n:
-        colptr, crows = csc if csc is not None else sparse_csc(indptr, labels, n)
-        _sparse_cols(gscale, z, colptr, crows, mask, mask_rows, mask_args, du, db)
+    if args.label_kind == "sparse" and args.labels.shape[0] and B and n:
+        colptr, crows = csc if csc is not None else sparse_csc(args.indptr, args.labels, n)
+        sparse_cols_correction(gscale, z, colptr, crows, kl, du, db)
     return du, db
