@@ -18,7 +18,8 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/cs
 	touch $@
 
 # First every Triton kernel is compiled for sm_80/sm_90 (no GPU needed; fails on any spill), then the tests run
-# with the Triton kernels on CPU tensors under the interpreter. Slow tests are left to test-slow.
+# with the Triton kernels on CPU tensors under the interpreter, and last the oldest supported triton (3.6) gets the
+# compile check, the Triton kernel tests and the GPU check's dry run (bench/compat.py). Slow tests: test-slow.
 test: install
 	$(PY) -m dualvae.kernels.compile_check
 	DUALVAE_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -m "not slow and not gpu" -q

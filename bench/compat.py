@@ -101,6 +101,8 @@ def versions(venv: str) -> dict:
     code = ("import json, platform, torch, triton, numpy; print(json.dumps({'python': platform.python_version(), "
             "'torch': torch.__version__, 'torch_cuda': torch.version.cuda, 'triton': triton.__version__, "
             "'numpy': numpy.__version__}))")
+    if not os.path.exists(venv_python(venv)):
+        return {"error": f"no venv at {venv}"}
     proc = subprocess.run([venv_python(venv), "-c", code], capture_output=True, text=True, env=clean_env(),
                           cwd=tempfile.gettempdir())
     return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
