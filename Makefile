@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= demo-out
 
-.PHONY: install test test-slow demo clean gpu-check
+.PHONY: install test test-slow demo clean gpu-check compat
 
 install: $(VENV)/.installed
 
@@ -18,10 +18,19 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard kernels/cs
 	touch $@
 
 # First every Triton kernel is compiled for sm_80/sm_90 (no GPU needed; fails on any spill), then the tests run
-# with the Triton kernels on CPU tensors under the interpreter. Slow tests are left to test-slow.
+# with the Triton kernels on CPU tensors under the interpreter, and last the oldest supported triton (3.6) gets the
+# compile check, the Triton kernel tests and the GPU check's dry run (bench/compat.py). Slow tests: test-slow.
 test: install
 	$(PY) -m dualvae.kernels.compile_check
 	DUALVAE_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) bench/compat.py triton36 --base $(VENV) --venv $(VENV)-triton36 --out $(VENV)-triton36/compat.json
+
+# The oldest supported stack at both halves (bench/compat.py): triton 3.6 over the test venv (also the last step of
+# `make test`), then torch 2.11 from the registry, a CUDA build of about 3 GB, in a venv of its own, installing a
+# fresh clone with no CUDA toolkit in sight. Reports: bench/results/compat-*.json.
+compat: install
+	$(PY) bench/compat.py triton36 --base $(VENV) --venv $(VENV)-triton36
+	$(PY) bench/compat.py torch211 --venv $(VENV)-torch211
 
 # The one-shot GPU check (bench/gpu_check.py; README "On a GPU"). Needs no install and no venv: on a bare CUDA host
 # `make gpu-check OUT=DIR` runs from the source tree with python3 where there is no venv; DRY=1 is its CPU form
@@ -38,4 +47,4 @@ demo: install
 	$(VENV)/bin/dualvae demo --out $(DEMO_OUT)
 
 clean:
-	rm -rf build $(VENV) kernels/_C*.so *.egg-info
+	rm -rf build $(VENV) $(VENV)-triton36 $(VENV)-torch211 kernels/_C*.so *.egg-info

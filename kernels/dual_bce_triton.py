@@ -292,10 +292,10 @@ def dual_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool 
         if dp == 128:
             return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
         return {"BLOCK_B": 16, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 1}
-    # (triton 3.6's ptxas spills the sm_80 backward at 64 x 32 tiles for d <= 16, and for the hashed d = 32
-    # with two stages; the tiles and stages below fit under every supported triton)
+    # (with eight warps, some supported triton's ptxas spills the sm_80 kernels at d <= 16, and the hashed
+    # backward at d = 32 with two stages; the warps and stages below fit under every supported triton)
     if dp == 16 and not hashed:
-        return {"BLOCK_B": 32, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 8, "num_stages": 2}
+        return {"BLOCK_B": 64, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 4, "num_stages": 2}
     if dp == 32 and hashed:
         return {"BLOCK_B": 64, "BLOCK_N": 32, "BLOCK_K": dp, "num_warps": 8, "num_stages": 3}
     if dp < 128 or (dp == 128 and not hashed):
