@@ -32,7 +32,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-from dualvae.atomic import write_text_atomic  # noqa: E402
+from dualvae.data.atomic import write_text_atomic  # noqa: E402
 from dualvae.sysinfo import cpu_report  # noqa: E402
 
 STACKS = {
