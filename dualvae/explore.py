@@ -149,11 +149,12 @@ class Explorer:
                 pixels = preprocess_image(img, self.image_size)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise ValueError(f"{name} is not an image that can be read (PNG, JPEG, ...): {exc}") from None
-        x = to_unit_range(torch.from_numpy(pixels).permute(2, 0, 1)[None].contiguous())
+        x = to_unit_range(torch.from_numpy(np.array(pixels)).permute(2, 0, 1)[None].contiguous())
         return self._picture(x, f"upload {name}", {"upload": name})
 
     def lams_of(self, values: dict[str, float]) -> dict[int, float]:
-        """Slider values by label name -> {label index: lam} for the nonzero ones, checked against the range."""
+        """Slider values by label name -> {label index: lam} for the nonzero ones in label order (the order a
+        baseline applies them in), checked against the range."""
         position = {n: i for i, n in enumerate(self.names)}
         lo, hi = self.lam_range
         out = {}
@@ -165,7 +166,7 @@ class Explorer:
                 raise ValueError(f"{name}: lam {lam:g} is outside [{lo:g}, {hi:g}]")
             if lam != 0.0:
                 out[position[name]] = lam
-        return out
+        return dict(sorted(out.items()))
 
     @torch.no_grad()
     def transfer(self, pic: Picture, values: dict[str, float]) -> Transfer:
