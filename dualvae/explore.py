@@ -316,13 +316,14 @@ def build_app(ex: Explorer, out: str, model_path: str = ""):
         return (i, *new_picture(ex.pick(i), *args))
 
     def on_upload(path, pic, *args):
+        # The file box is emptied each time, so its drop zone is ready for the next file.
         if not path:
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 6 + (None,)
         try:
             pic = ex.upload(path)
         except ValueError as exc:
-            return pic, gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Upload refused:** {exc}"
-        return new_picture(pic, *args)
+            return (pic, gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"**Upload refused:** {exc}", None)
+        return (*new_picture(pic, *args), None)
 
     def on_slider(pic, *args):
         image, rows, status = show(pic, args)
@@ -376,7 +377,7 @@ def build_app(ex: Explorer, out: str, model_path: str = ""):
         picture_out = [state, original, recon, transfer, probs, status]
         index.submit(on_index, [index, *sliders], picture_out)
         rand.click(on_random, sliders, [index, *picture_out])
-        upload.upload(on_upload, [upload, state, *sliders], picture_out)
+        upload.upload(on_upload, [upload, state, *sliders], [*picture_out, upload])
         for s in sliders:
             s.input(on_slider, [state, *sliders], [transfer, probs, status], trigger_mode="always_last")
         zeros = [gr.update(value=0.0) if isinstance(s, gr.Slider) else gr.update() for s in sliders]
