@@ -192,7 +192,7 @@ class Explorer:
             f = pic.f_original if x_t is None else self.classifier.probs(x_t)[0]
         return Transfer(image, {self.names[i]: lam for i, lam in lams.items()}, f, seconds)
 
-    def probability_rows(self, pic: Picture, t: Transfer, top: int = 12) -> list[list]:
+    def probability_rows(self, pic: Picture, t: Transfer, top: int = 8) -> list[list]:
         """[attribute, f(original), f(transfer), change] for the `top` attributes that moved most."""
         if pic.f_original is None or t.f_transfer is None:
             return []
@@ -296,9 +296,13 @@ def build_app(ex: Explorer, out: str, model_path: str = ""):
         return v
 
     def show(pic: Picture, args):
-        t = ex.transfer(pic, values(args))
+        try:
+            t = ex.transfer(pic, values(args))
+        except ValueError as exc:  # a value typed past the slider's range
+            raise gr.Error(str(exc)) from None
         moved = ", ".join(f"{n} {lam:+g}" for n, lam in t.lams.items()) or "none (the reconstruction)"
-        return shown(t.image), ex.probability_rows(pic, t), f"{pic.name}; sliders: {moved}; decoded in {t.seconds * 1e3:.0f} ms"
+        status = f"{pic.name}; sliders: {moved}; transfer computed in {t.seconds * 1e3:.0f} ms"
+        return shown(t.image), ex.probability_rows(pic, t), status
 
     def new_picture(pic: Picture, *args):
         image, rows, status = show(pic, args)
@@ -346,13 +350,18 @@ def build_app(ex: Explorer, out: str, model_path: str = ""):
             transfer = gr.Image(shown(first.reconstruction), label="transfer", elem_id="transfer", **kw)
         status = gr.Markdown(first.name, elem_id="status")
         with gr.Row():
-            index = gr.Number(0, label=f"{ex.split} image (0 to {len(ex.images) - 1}; Enter)", precision=0,
-                              minimum=0, maximum=len(ex.images) - 1, elem_id="index")
-            with gr.Column():
+            with gr.Column(scale=1):
+                index = gr.Number(0, label=f"{ex.split} image (0 to {len(ex.images) - 1}; Enter)", precision=0,
+                                  minimum=0, maximum=len(ex.images) - 1, elem_id="index")
+                upload = gr.File(label="or your own image", type="filepath", height=110, elem_id="upload")
+            with gr.Column(scale=1):
                 rand = gr.Button("random image", elem_id="random")
                 reset = gr.Button("reset sliders", elem_id="reset")
                 save = gr.Button("save", variant="primary", elem_id="save")
-            upload = gr.File(label="or your own image", type="filepath", height=120, elem_id="upload")
+            probs = gr.Dataframe(ex.probability_rows(first, ex.transfer(first, {})),
+                                 headers=["attribute", "original", "transfer", "change"],
+                                 label="f(x) probabilities: the attributes that moved most", max_height=260,
+                                 visible=ex.classifier is not None, interactive=False, scale=2, elem_id="probs")
         saved = gr.Markdown("", elem_id="saved")
         rule = "z + sum of lam_i u_i" if ex.latent else "the transfers applied in turn"
         gr.Markdown(f"Strength lam per domain, in [{lo:g}, {hi:g}]; several at once: {rule}.")
@@ -370,9 +379,6 @@ def build_app(ex: Explorer, out: str, model_path: str = ""):
                                     elem_id="identity")
                 sliders += [ident, gr.Slider(lo, hi, 0.0, step=step, label="identity lam", buttons=[],
                                              elem_id="lam-identity")]
-        probs = gr.Dataframe(headers=["attribute", "f(original)", "f(transfer)", "change"], label=
-                             "f's probabilities, the attributes that moved most", visible=ex.classifier is not None,
-                             interactive=False, elem_id="probs")
 
         picture_out = [state, original, recon, transfer, probs, status]
         index.submit(on_index, [index, *sliders], picture_out)
