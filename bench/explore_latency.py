@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     model, clf = models(a.model)
     images = torch.randint(0, 256, (1, 3, model.config.image_size, model.config.image_size), dtype=torch.uint8)
-    rows = []
+    rows, load_before = [], os.getloadavg()
     for threads in [int(t) for t in a.threads.split(",")]:
         torch.set_num_threads(threads)
         for with_f in (False, True):
@@ -84,7 +84,8 @@ def main(argv=None) -> int:
     report = {"what": "Explorer.transfer of one picture, three sliders nonzero (one slider move of dualvae explore)",
               "model": a.model or "DualVAE at the demo's sizes, fresh weights", "kind": model.kind,
               "image_size": cfg.image_size, "num_labels": cfg.num_labels, "dtype": "float32", "device": "cpu",
-              "moves": a.moves, "rows": rows, "cpu": cpu_report(), "torch": torch.__version__,
+              "moves": a.moves, "rows": rows,
+              "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "cpu": cpu_report(), "torch": torch.__version__,
               "python": platform.python_version(), "date": _dt.date.today().isoformat()}
     print(f"wrote {write_json_atomic(a.out, report)}")
     return 0
