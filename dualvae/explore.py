@@ -9,7 +9,6 @@ after another, m^{d_k}(... m^{d_1}(x)), each at its own strength.
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import socket
@@ -66,8 +65,10 @@ class Transfer:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(1, C, H, W) in [-1, 1] -> (H, W, C) uint8."""
-    return ((x[0].detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    """A batch of one, (1, C, H, W) in [-1, 1] -> (H, W, C) uint8."""
+    from dualvae.transfer import to_uint8_hwc
+
+    return to_uint8_hwc(x[0])
 
 
 def check_match(model, data_names: list[str], image_size: int, classifier=None, data: str = "data") -> None:
