@@ -103,6 +103,7 @@ COUNT_OPTIONS = [
                                 "--val-images", "--domains"]),
     ("demo", ["--out", "OUT"], ["--seed"]),
     ("experiment", ["all", "--data", "DATA", "--out", "OUT"], ["--seeds", "--jobs"]),
+    ("explore", ["--model", "M", "--data", "DATA", "--out", "OUT"], ["--num-images", "--port"]),
 ]
 
 
