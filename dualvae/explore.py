@@ -38,7 +38,7 @@ class ExploreConfig:
     num_images: int = option(500, "images offered by the picker (the first of the split)")
     out: str = option("explore-out", "folder the page's save button writes to")
     host: str = option("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
-    port: int = option(7860, "port; a free one is taken when it is busy")
+    port: int = option(7860, "port; a free one is taken when it is busy (0: the system picks one)", min=0)
     lam_max: float | None = option(None, "slider range [-lam_max, lam_max] (DualVAE) or [0, lam_max] (baselines)",
                                    none=f"{DUALVAE_LAM_MAX:g} for DualVAE, {BASELINE_LAM_MAX:g} for a baseline")
 
