@@ -193,6 +193,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = args.out or os.path.join(HERE, "results", f"compat-{args.stack}.json")
     start = time.monotonic()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"compat-{args.stack}-") as scratch:
         steps = Steps(os.path.splitext(out)[0] + ".log")
         info = (triton36 if args.stack == "triton36" else torch211)(args, steps, scratch)
