@@ -56,6 +56,13 @@ struct BceProblem {
   const float* bias = nullptr;   // (n,) or null
   const float* gscale = nullptr;  // (B,) or null (= 1)
   Labels labels;
+  // linear_bce's options (all off for dual_bce). soft: targets t = smooth_a * y + smooth_c, any value in [0, 1]
+  // (bad counts targets outside [0, 1]); pos_weight (n,): loss (1 - t) x + (1 + (p - 1) t) softplus(-x);
+  // label_weight (n,): multiplies each column's loss like the mask.
+  bool soft = false;
+  float smooth_a = 1.0f, smooth_c = 0.0f;
+  const float* pos_weight = nullptr;
+  const float* label_weight = nullptr;
   int64_t tile_b = 256, tile_n = 256;
 };
 
@@ -64,7 +71,7 @@ struct BceProblem {
 struct BceOutputs {
   double* rows = nullptr;     // (B,) per-row loss sum_j mask * BCE
   double* count = nullptr;    // () sum of mask
-  int64_t* bad = nullptr;     // () labels outside {0, 1} (dense labels; 0 for packed and sparse ones)
+  int64_t* bad = nullptr;     // () dense labels outside {0, 1} ([0, 1] when soft); 0 for packed and sparse ones
   float* dz = nullptr;        // (B, d) G U
   float* dU = nullptr;        // (n, d) G^T z
   float* db = nullptr;        // (n,) column sums of G

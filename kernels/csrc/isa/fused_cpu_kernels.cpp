@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <utility>
 #include <vector>
 
 // Fortran BLAS sgemm, exported by libtorch_cpu (MKL on x86 wheels). Weak: where a torch build does not export
@@ -197,9 +198,23 @@ float hsum(const Vec& v) {
 // (exp_u20: 20 ulp, ~1e-6 relative, inside the error budget of the fp32 result) and one division:
 //   BCE = max(x, 0) - y x + log1p(e),   sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below,
 //   q = 1 / ((1 + e)(2 + e)) gives both 1 / (1 + e) = (2 + e) q and log1p's e / (2 + e) = e (1 + e) q.
-template <bool kLoss, bool kMask>
+// linear_bce's options, compile-time flags of the epilogue, so that dual_bce (none set) runs the code it always
+// ran: kPosWeight (per-column pos_weight), kLabelWeight (per-column weight), kSoft (targets t = a y + c of any
+// value in [0, 1], bad = targets outside [0, 1]).
+constexpr int kPosWeight = 1, kLabelWeight = 2, kSoft = 4;
+struct ColumnOptions {
+  const float* pos_weight;    // columns j0.. of pos_weight, or null
+  const float* label_weight;  // columns j0.. of label_weight, or null
+  float smooth_a, smooth_c;
+};
+
+inline Vec load(const float* p, int64_t j, int64_t m, bool full) {
+  return full ? Vec::loadu(p + j) : Vec::loadu(p + j, m);  // zero past m
+}
+
+template <bool kLoss, bool kMask, int kOpts>
 void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float scale, float* db_acc, double* loss,
-                  double* cnt, int64_t* bad) {
+                  double* cnt, int64_t* bad, const ColumnOptions& opt) {
   const Vec zero(0.0f), one(1.0f), two(2.0f), s(scale);
   Vec loss_v(0.0f), cnt_v(0.0f), bad_v(0.0f);
   for (int64_t j = 0; j < nj; j += Vec::size()) {
@@ -207,16 +222,29 @@ void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float s
     const bool full = m == Vec::size();
     Vec x = full ? Vec::loadu(t + j) : Vec::loadu(t + j, m);
     if (bias != nullptr) x = x + (full ? Vec::loadu(bias + j) : Vec::loadu(bias + j, m));
-    const Vec yv = full ? Vec::loadu(lab.y + j) : Vec::loadu(lab.y + j, m);  // zero past m: no contribution
+    const Vec yraw = full ? Vec::loadu(lab.y + j) : Vec::loadu(lab.y + j, m);  // zero past m: no contribution
+    Vec yv = yraw;
+    if constexpr ((kOpts & kSoft) != 0) yv = at::vec::fmadd(yraw, Vec(opt.smooth_a), Vec(opt.smooth_c));
     const Vec e = x.abs().neg().exp_u20();
     const Vec one_e = one + e, two_e = two + e;
     const Vec q = one / (one_e * two_e);
     const Vec r = two_e * q;
     const Vec sig = Vec::blendv(e * r, r, x >= zero);
-    Vec g = (sig - yv) * s;
+    Vec g, pw, lw;
+    if constexpr ((kOpts & kPosWeight) != 0) {  // d/dx [(1 - t) x + lw softplus(-x)] = lw sigmoid(x) - p t
+      pw = load(opt.pos_weight, j, m, full);
+      lw = at::vec::fmadd(pw - one, yv, one);
+      g = (lw * sig - pw * yv) * s;
+    } else {
+      g = (sig - yv) * s;
+    }
     Vec wv = one;
     if constexpr (kMask) {
       wv = full ? Vec::loadu(lab.w + j) : Vec::loadu(lab.w + j, m);
+      if constexpr ((kOpts & kLabelWeight) != 0) wv = wv * load(opt.label_weight, j, m, full);
+      g = g * wv;
+    } else if constexpr ((kOpts & kLabelWeight) != 0) {
+      wv = load(opt.label_weight, j, m, full);  // zero past m
       g = g * wv;
     } else if (!full) {
       wv = Vec::set(zero, one, m);  // the first m lanes
@@ -241,10 +269,19 @@ void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float s
       p = at::vec::fmadd(p, s2, Vec(1.0f / 3.0f));
       p = at::vec::fmadd(p, s2, one);
       const Vec log1p_e = two * sl * p;  // 2 atanh(sl): first omitted term < 2e-9 relative
-      const Vec bce = at::vec::maximum(x, zero) - yv * x + log1p_e;
+      Vec bce;
+      if constexpr ((kOpts & kPosWeight) != 0) {
+        bce = (one - yv) * x + lw * (at::vec::maximum(x.neg(), zero) + log1p_e);
+      } else {
+        bce = at::vec::maximum(x, zero) - yv * x + log1p_e;
+      }
       loss_v = at::vec::fmadd(wv, bce, loss_v);
       cnt_v = cnt_v + wv;
-      bad_v = bad_v + (((yv != zero) & (yv != one)) & one);  // 1.0 where y is not 0 or 1 (NaN included)
+      if constexpr ((kOpts & kSoft) != 0) {  // 1.0 where y is outside [0, 1] (NaN included)
+        bad_v = bad_v + (one - (((yraw >= zero) & (yraw <= one)) & one));
+      } else {
+        bad_v = bad_v + (((yv != zero) & (yv != one)) & one);  // 1.0 where y is not 0 or 1 (NaN included)
+      }
     }
   }
   if constexpr (kLoss) {
@@ -254,7 +291,7 @@ void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float s
   }
 }
 
-template <bool kLoss>
+template <bool kLoss, int kOpts>
 void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
   const int64_t B = p.B, n = p.n, d = p.d, TB = p.tile_b, TN = p.tile_n;
   const BcePlan plan = plan_bce(B, n, d, TB, TN);
@@ -297,6 +334,8 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
         const int64_t j0 = tn * TN, nj = std::min(TN, n - j0);
         const float* u = p.U + j0 * d;
         const float* bias = p.bias ? p.bias + j0 : nullptr;
+        const ColumnOptions opt{p.pos_weight ? p.pos_weight + j0 : nullptr,
+                                p.label_weight ? p.label_weight + j0 : nullptr, p.smooth_a, p.smooth_c};
         // Column sums of G go to this item's own slice of db_part (or to scratch nobody reads).
         float* db_acc = o.db ? db_part.data() + bg * n + j0 : db_scratch;
         for (int64_t tb = tb0; tb < tb1; ++tb) {
@@ -317,9 +356,9 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
             float* t = tile + r * ldt;
             double* row_loss = kLoss ? rows + b : nullptr;
             if (lab.w != nullptr) {
-              epilogue_row<kLoss, true>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad);
+              epilogue_row<kLoss, true, kOpts>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad, opt);
             } else {
-              epilogue_row<kLoss, false>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad);
+              epilogue_row<kLoss, false, kOpts>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad, opt);
             }
           }
           if (dz != nullptr)  // dz_b (+)= G U_n
@@ -388,14 +427,25 @@ inline float philox_randn(uint64_t seed, uint64_t counter) {
 
 constexpr int64_t kReparamGrain = 1 << 14;  // elements per parallel chunk
 
+template <int kOpts>
+void dual_bce_with(const BceProblem& p, const BceOutputs& o) {
+  if (o.rows || o.count || o.bad) {
+    dual_bce_impl<true, kOpts>(p, o);
+  } else {
+    dual_bce_impl<false, kOpts>(p, o);
+  }
+}
+
+template <int... kAll>
+void dual_bce_dispatch(int opts, const BceProblem& p, const BceOutputs& o, std::integer_sequence<int, kAll...>) {
+  ((opts == kAll ? dual_bce_with<kAll>(p, o) : void()), ...);
+}
+
 }  // namespace
 
 void dual_bce(const BceProblem& p, const BceOutputs& o) {
-  if (o.rows || o.count || o.bad) {
-    dual_bce_impl<true>(p, o);
-  } else {
-    dual_bce_impl<false>(p, o);
-  }
+  const int opts = (p.pos_weight ? kPosWeight : 0) | (p.label_weight ? kLabelWeight : 0) | (p.soft ? kSoft : 0);
+  dual_bce_dispatch(opts, p, o, std::make_integer_sequence<int, 8>{});
 }
 
 namespace {
