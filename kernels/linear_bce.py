@@ -57,6 +57,8 @@ def _linear_bce_op(input: Tensor, weight: Tensor, labels: Tensor, mask: Optional
     """(sum of the losses fp32 (), unscaled dz (B, d) fp32 or (0,), with grads_in_fwd (backend "cpu") unscaled
     dW (n, d) and db (n,) fp32, else (0,)). labels .. mask_col_offset: a LabelArgs, flat."""
     args = LabelArgs(labels, label_kind, indptr, mask, mask_rows, mask_key, mask_threshold, mask_col_offset)
+    if check_targets and _may_read_back(input):
+        _check_weights(pos_weight, label_weight, mask)
     if backend == "cpu":
         rows, _, bad, dz, dW, db = torch.ops.dualvae.dual_bce_cpu(
             z=input, U=weight, **args._asdict(), bias=bias, gscale=None, n=n, need_loss=True, need_dz=need_dz,
@@ -176,9 +178,12 @@ def _per_label(name: str, w, n: int, dtype, B: int):
                      f"({n},){rows}")
 
 
-def _check_nonnegative(name: str, w: Tensor | None) -> None:
-    if w is not None and w.numel() and not bool((w >= 0).all()):  # NaN fails too
-        raise ValueError(f"{OP}: {name} must be >= 0 everywhere, got min {w.min().item()!r}")
+def _check_weights(pos_weight, label_weight, mask) -> None:
+    """ValueError unless every weight is >= 0 (NaN fails too): a host read, so the fused path makes it inside
+    its op (where torch.compile does not trace it), the reference path here."""
+    for name, w in (("pos_weight", pos_weight), ("label_weight", label_weight), ("mask", mask)):
+        if w is not None and w.is_floating_point() and w.numel() and not bool((w >= 0).all()):
+            raise ValueError(f"{OP}: {name} must be >= 0 everywhere, got min {w.min().item()!r}")
 
 
 def linear_binary_cross_entropy_with_logits(
@@ -222,8 +227,6 @@ def linear_binary_cross_entropy_with_logits(
     args = label_args(OP, target, mask, input, n)
     check_same_device(OP, input=input, weight=weight, target=args.labels, mask=args.mask, mask_rows=args.mask_rows,
                       bias=bias, pos_weight=pos_weight, label_weight=label_weight)
-    for name, w in (("pos_weight", pos_weight), ("label_weight", label_weight), ("mask", args.mask)):
-        _check_nonnegative(name, w if name != "mask" or w is None or w.is_floating_point() else None)
     backend = _resolve_backend(OP, backend, input.device, input.dtype)
     if label_weight_bn is not None:  # a weight with rows: one more factor of the (dense) mask
         if args.label_kind == "packed" or args.mask_rows is not None:
@@ -235,6 +238,7 @@ def linear_binary_cross_entropy_with_logits(
         raise ValueError(f"{OP}: SparseLabels are not supported by backend 'triton' (its sparse correction holds "
                          "for dual_bce's 0/1 loss only); pass dense or PackedLabels targets, or use dual_bce")
     if backend == "reference" or reduction == "none":
+        _check_weights(pos_weight, label_weight, args.mask)
         if args.label_kind == "dense" and args.labels.numel() and not bool(
                 ((args.labels >= 0) & (args.labels <= 1)).all()):
             raise ValueError(f"{OP}: target must hold values in [0, 1], got values outside it")

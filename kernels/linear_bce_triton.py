@@ -174,6 +174,16 @@ def _linear_bce_bwd_kernel(
             tl.store(db_ptr + out, db, mask=col_ok)
 
 
+def linear_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool | None = None,
+                      hashed: bool = False) -> dict:
+    """dual_bce_config's tiles, but for fp32 at 16 < d <= 32, where the options' column loads make ptxas spill the
+    32-row tile with packed labels on sm_90: 16 rows there (compile_check compiles every entry)."""
+    cfg = dual_bce_config(B, N, D, dtype, interpret=interpret, hashed=hashed)
+    if dtype == torch.float32 and cfg["BLOCK_K"] == 32 and cfg["BLOCK_B"] == 32:
+        cfg = {**cfg, "BLOCK_B": 16}
+    return cfg
+
+
 def _options(z, pos_weight, label_weight, smoothing: float):
     """(pointers, strides, scalars, flags) of the per-label options; absent ones are unread stand-ins."""
     pw = pos_weight if pos_weight is not None else z
@@ -191,7 +201,7 @@ def linear_bce_fwd(z, U, args: LabelArgs, bias, n: int, pos_weight, label_weight
     kl = kernel_labels(z, args)
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype, hashed=kl.flags["HASHED"])
+    cfg = linear_bce_config(B, n, D, z.dtype, hashed=kl.flags["HASHED"])
     S = _splits(triton.cdiv(B, cfg["BLOCK_B"]), n, cfg["BLOCK_N"], dev, B * D * 4 if need_dz else B * 8, splits)
     n_per_split = triton.cdiv(triton.cdiv(max(n, 1), S), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     S = triton.cdiv(max(n, 1), n_per_split)
@@ -223,7 +233,7 @@ def linear_bce_bwd(gscale, z, U, args: LabelArgs, bias, n: int, pos_weight, labe
     kl = kernel_labels(z, args)
     B, D = z.shape
     dev = z.device
-    cfg = dual_bce_config(B, n, D, z.dtype, hashed=kl.flags["HASHED"])
+    cfg = linear_bce_config(B, n, D, z.dtype, hashed=kl.flags["HASHED"])
     S = _splits(triton.cdiv(n, cfg["BLOCK_N"]), B, cfg["BLOCK_B"], dev, n * D * 4, splits)
     b_per_split = triton.cdiv(triton.cdiv(max(B, 1), S), cfg["BLOCK_B"]) * cfg["BLOCK_B"]
     S = triton.cdiv(max(B, 1), b_per_split)
