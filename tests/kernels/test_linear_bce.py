@@ -277,3 +277,41 @@ def test_module_is_a_drop_in_for_linear_and_bcewithlogitsloss(backend):
     assert set(head.state_dict()) == {"weight", "bias", "pos_weight"}
     with pytest.raises(ValueError, match="reduction must be one of"):
         LinearBCEWithLogits(d, n, reduction="avg")
+
+
+def check_cpu_build(isa):
+    """Every option at once, on several tiles with rows that are no multiple of the vector width, on the C++
+    build `isa` (the one this process runs), against float64 PyTorch; soft targets, packed labels, hashed mask."""
+    from dualvae import kernels
+    assert kernels.cpu_isa() == isa, (kernels.cpu_isa(), isa)
+    B, n, d = 300, 701, 19
+    for reduction in ("sum", "mean"):
+        x, W, y, b, g = make(B, n, d, seed=5)
+        opts = options("everything", B, n, g)
+        out, grads, ref, ref_grads = run("cpu", x, W, y, b, reduction, opts)
+        close(out, ref, B * n if reduction == "sum" else 1)
+        for got, want in zip(grads, ref_grads):
+            close(got, want, 10)
+    x, W, y, b, g = make(B, n, d, seed=6, soft=False)
+    mask = (torch.rand(B, n, generator=g) > 0.3).double()
+    pw = torch.rand(n, generator=g, dtype=torch.float64) * 2
+    want = torch_f64(x, W, y, b, pos_weight=pw, mask=mask, label_smoothing=0.1, reduction="sum")
+    got = lbce(x.float(), W.float(), pack_labels(y, mask), b.float(), pos_weight=pw.float(), label_smoothing=0.1,
+               reduction="sum", backend="cpu")
+    close(got, want, B * n)
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_every_cpu_build(isa):
+    import os
+    import subprocess
+    import sys
+
+    from test_fused_ops import _skip_unless_cpu_runs
+    require_backend("cpu")
+    _skip_unless_cpu_runs(isa)
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import test_linear_bce as t; t.check_cpu_build(sys.argv[2])"
+    run_ = subprocess.run([sys.executable, "-c", code, here, isa], env=dict(os.environ, DUALVAE_CPU_ISA=isa),
+                          capture_output=True, text=True, timeout=300)
+    assert run_.returncode == 0, f"DUALVAE_CPU_ISA={isa}: {run_.stderr[-3000:]}"
