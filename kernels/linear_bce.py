@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from ._autograd import FusedOp
 from ._checks import REDUCTIONS, check_float, check_same_device
 from ._library import has_compiled_ops
 from .labels import LabelArgs, PackedLabels, SparseLabels, label_args
@@ -48,20 +49,21 @@ except ImportError:  # no triton: the triton backend is unavailable (ops._resolv
 OP = "linear_binary_cross_entropy_with_logits"
 
 
-@torch.library.custom_op("dualvae::linear_bce", mutates_args=())
-def _linear_bce_op(input: Tensor, weight: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
+def _linear_bce_impl(input: Tensor, weight: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor],
                    n: int, label_kind: str, indptr: Optional[Tensor], mask_rows: Optional[Tensor], mask_key: int,
                    mask_threshold: int, mask_col_offset: int, pos_weight: Optional[Tensor],
-                   label_weight: Optional[Tensor], label_smoothing: float, need_dz: bool, grads_in_fwd: bool,
-                   backend: str, check_targets: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(sum of the losses fp32 (), unscaled dz (B, d) fp32 or (0,), with grads_in_fwd (backend "cpu") unscaled
-    dW (n, d) and db (n,) fp32, else (0,)). labels .. mask_col_offset: a LabelArgs, flat."""
+                   label_weight: Optional[Tensor], label_smoothing: float, loss_scale: float, need_dz: bool,
+                   grads_in_fwd: bool, backend: str, check_targets: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss_scale times the sum of the losses, fp32 (); dz (B, d) fp32 or (0,); with grads_in_fwd (backend
+    "cpu") dW (n, d) and db (n,) fp32, else (0,)). The gradients are of the scaled loss on the cpu backend (its
+    kernels take the scale), of the unscaled sum on triton. labels .. mask_col_offset: a LabelArgs, flat."""
     args = LabelArgs(labels, label_kind, indptr, mask, mask_rows, mask_key, mask_threshold, mask_col_offset)
     if check_targets and _may_read_back(input):
         _check_weights(pos_weight, label_weight, mask)
     if backend == "cpu":
         rows, _, bad, dz, dW, db = torch.ops.dualvae.dual_bce_cpu(
-            z=input, U=weight, **args._asdict(), bias=bias, gscale=None, n=n, need_loss=True, need_dz=need_dz,
+            z=input, U=weight, **args._asdict(), bias=bias, n=n, need_loss=True, need_dz=need_dz,
+            gscale=input.new_full((input.shape[0],), loss_scale, dtype=torch.float32) if loss_scale != 1 else None,
             need_dU=grads_in_fwd, need_db=grads_in_fwd and bias is not None, pos_weight=pos_weight,
             label_weight=label_weight, label_smoothing=label_smoothing, soft_targets=True)
     else:
@@ -76,12 +78,13 @@ def _linear_bce_op(input: Tensor, weight: Tensor, labels: Tensor, mask: Optional
             raise ValueError(f"{OP}: target must hold values in [0, 1], got {bad} outside it")
     if dz is None or not need_dz:
         dz = input.new_empty(0, dtype=torch.float32)
-    return rows.sum(), dz, dW, db
+    total = rows.sum()
+    return total * loss_scale if loss_scale != 1 else total, dz, dW, db
 
 
-@_linear_bce_op.register_fake
-def _(input, weight, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
-      mask_col_offset, pos_weight, label_weight, label_smoothing, need_dz, grads_in_fwd, backend, check_targets):
+def _linear_bce_fake(input, weight, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
+                     mask_col_offset, pos_weight, label_weight, label_smoothing, loss_scale, need_dz, grads_in_fwd,
+                     backend, check_targets):
     B, d = input.shape
     f32 = torch.float32
     return (input.new_empty((), dtype=f32), input.new_empty((B, d) if need_dz else (0,), dtype=f32),
@@ -120,7 +123,7 @@ _SAVED = ("input", "weight", "labels", "mask", "bias", "indptr", "mask_rows", "p
 
 def _setup(ctx, inputs, output):
     (input, weight, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
-     mask_col_offset, pos_weight, label_weight, label_smoothing, need_dz, grads_in_fwd, backend,
+     mask_col_offset, pos_weight, label_weight, label_smoothing, loss_scale, need_dz, grads_in_fwd, backend,
      check_targets) = inputs
     _, dz, dW, db = output
     if grads_in_fwd:  # the backward only scales dW and db
@@ -130,6 +133,7 @@ def _setup(ctx, inputs, output):
                               None, None)
     ctx.static = (n, label_kind, mask_key, mask_threshold, mask_col_offset, label_smoothing, backend)
     ctx.need_dz, ctx.grads_in_fwd = need_dz, grads_in_fwd
+    ctx.kernel_scale = 1.0 if backend == "cpu" else loss_scale  # what the saved gradients still need
     ctx.set_materialize_grads(False)  # only the loss carries a gradient
     ctx.dtypes = (input.dtype, weight.dtype)
 
@@ -138,29 +142,34 @@ def _backward(ctx, g_loss, g_dz, g_dW, g_db):
     (input, weight, labels, mask, bias, indptr, mask_rows, pos_weight, label_weight, dz_unscaled, dW_fwd,
      db_fwd) = ctx.saved_tensors
     n, label_kind, mask_key, mask_threshold, mask_col_offset, label_smoothing, backend = ctx.static
-    scale = g_loss.float()  # "mean" divided the loss before this op's gradient (outside it), so only the scale
+    scale = g_loss.float() * ctx.kernel_scale if ctx.kernel_scale != 1 else g_loss.float()
+    # An eager loss.backward() hands in exactly 1: the gradients need no scaling (as Liger hands them over); a
+    # host read, so only in the eager path (never traced by torch.compile) and on CPU (no device sync).
+    if getattr(ctx, "eager", False) and scale.device.type == "cpu" and scale.item() == 1.0:
+        scale = None
+    mul = (lambda t: t) if scale is None else (lambda t: scale * t)  # noqa: E731
     dz = dW = db = None
     if ctx.needs_input_grad[0]:
         if not ctx.need_dz:
             raise RuntimeError(f"{OP}: input needs a gradient but the forward ran without one "
                                "(input.requires_grad was False or grad mode was off)")
-        dz = (scale * dz_unscaled).to(ctx.dtypes[0])
+        dz = mul(dz_unscaled).to(ctx.dtypes[0])
     need_db = bias is not None and ctx.needs_input_grad[4]
     if ctx.grads_in_fwd:
-        dW = (scale * dW_fwd).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        db = (scale * db_fwd).to(bias.dtype) if need_db else None
+        dW = mul(dW_fwd).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        db = mul(db_fwd).to(bias.dtype) if need_db else None
     elif ctx.needs_input_grad[1] or need_db:
         dW32, db32 = torch.ops.dualvae.linear_bce_backward(
-            gscale=scale.expand(input.shape[0]), input=input, weight=weight, labels=labels, mask=mask, bias=bias,
+            gscale=(scale if scale is not None else g_loss.new_ones(())).float().expand(input.shape[0]), input=input, weight=weight, labels=labels, mask=mask, bias=bias,
             n=n, label_kind=label_kind, indptr=indptr, mask_rows=mask_rows, mask_key=mask_key,
             mask_threshold=mask_threshold, mask_col_offset=mask_col_offset, pos_weight=pos_weight,
             label_weight=label_weight, label_smoothing=label_smoothing, need_db=need_db, backend=backend)
         dW = dW32.to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         db = db32.to(bias.dtype) if need_db else None
-    return (dz, dW, None, None, db) + (None,) * 14
+    return (dz, dW, None, None, db) + (None,) * 15
 
 
-_linear_bce_op.register_autograd(_backward, setup_context=_setup)
+_linear_bce_op = FusedOp("dualvae::linear_bce", _linear_bce_impl, _setup, _backward, _linear_bce_fake)
 
 
 def _per_label(name: str, w, n: int, dtype, B: int):
@@ -258,9 +267,9 @@ def linear_binary_cross_entropy_with_logits(
     if cpu:
         input, weight = input.contiguous(), weight.contiguous()
         bias = bias.contiguous() if bias is not None else None
-    total, *_ = torch.ops.dualvae.linear_bce(
+    total, *_ = _linear_bce_op(
         input=input, weight=weight, **args._asdict(), bias=bias, n=n, pos_weight=pos_weight_n,
         label_weight=label_weight_n, label_smoothing=float(label_smoothing),
-        need_dz=grad_mode and input.requires_grad, grads_in_fwd=cpu and need_dW, backend=backend,
+        loss_scale=1.0 if reduction == "sum" else 1.0 / (B * n) if B * n else float("nan"), need_dz=grad_mode and input.requires_grad, grads_in_fwd=cpu and need_dW, backend=backend,
         check_targets=True)
-    return total if reduction == "sum" else total / (B * n)
+    return total
