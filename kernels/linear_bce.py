@@ -258,8 +258,10 @@ def linear_binary_cross_entropy_with_logits(
             input, weight, y, bias, pos_weight=pos_weight, label_weight=label_weight, mask=m,
             label_smoothing=float(label_smoothing), reduction=reduction)
     dtype = input.dtype
-    weight = weight.to(dtype)
-    bias = bias.to(dtype) if bias is not None else None
+    if weight.dtype != dtype:
+        weight = weight.to(dtype)
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
     cpu = backend == "cpu"
     args = args.for_kernels(contiguous=cpu)
     grad_mode = torch.is_grad_enabled()
@@ -267,9 +269,15 @@ def linear_binary_cross_entropy_with_logits(
     if cpu:
         input, weight = input.contiguous(), weight.contiguous()
         bias = bias.contiguous() if bias is not None else None
+    loss_scale = 1.0 if reduction == "sum" else 1.0 / (B * n) if B * n else float("nan")
+    if cpu and not torch.compiler.is_compiling():  # one C++ call with its autograd in C++ (bce_eager_cpu.cpp)
+        return torch.ops.dualvae.bce_cpu_eager(
+            input, weight, bias, args.labels, args.mask, n, args.label_kind, args.indptr, args.mask_rows,
+            args.mask_key, args.mask_threshold, args.mask_col_offset, pos_weight_n, label_weight_n,
+            float(label_smoothing), True, reduction, loss_scale, _may_read_back(input), grad_mode)
     total, *_ = _linear_bce_op(
         input=input, weight=weight, **args._asdict(), bias=bias, n=n, pos_weight=pos_weight_n,
         label_weight=label_weight_n, label_smoothing=float(label_smoothing),
-        loss_scale=1.0 if reduction == "sum" else 1.0 / (B * n) if B * n else float("nan"), need_dz=grad_mode and input.requires_grad, grads_in_fwd=cpu and need_dW, backend=backend,
+        loss_scale=loss_scale, need_dz=grad_mode and input.requires_grad, grads_in_fwd=cpu and need_dW, backend=backend,
         check_targets=True)
     return total

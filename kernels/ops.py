@@ -103,7 +103,8 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
         backend = backend.value
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if backend == "auto":
         if dtype not in TRITON_DTYPES:
             return "reference"
@@ -421,6 +422,11 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
     if backend == "cpu":
         z, U = z.contiguous(), U.contiguous()
         bias = bias.contiguous() if bias is not None else None
+    if backend == "cpu" and reduction != "none" and not torch.compiler.is_compiling():  # one C++ call, autograd
+        return torch.ops.dualvae.bce_cpu_eager(                                         # in C++: bce_eager_cpu.cpp
+            z, U, bias, args.labels, args.mask, n, args.label_kind, args.indptr, args.mask_rows, args.mask_key,
+            args.mask_threshold, args.mask_col_offset, None, None, 0.0, False, reduction, 1.0,
+            bool(check_labels) and _may_read_back(z), grad_mode)
     loss, *_ = _dual_bce_op(
         z=z, U=U, **args._asdict(), bias=bias, n=n, reduction=reduction, need_dz=grad_mode and z.requires_grad,
         grads_in_fwd=backend == "cpu" and reduction != "none" and need_dU,

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 namespace dualvae::cpu {
 
@@ -107,6 +109,15 @@ inline BcePlan plan_bce(int64_t B, int64_t n, int64_t d, int64_t tile_b, int64_t
                       const at::Tensor& logvar, const at::Tensor& eps, int64_t seed, int64_t offset,     \
                       at::Tensor& dmu, at::Tensor& dlogvar, at::Tensor& deps);                           \
   }
+
+// The dualvae::dual_bce_cpu op (ops_cpu.cpp; its schema in schema.cpp): checks, float32 staging, the kernel.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_bce_cpu(
+    const at::Tensor& z, const at::Tensor& U, const at::Tensor& labels, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gscale, int64_t n,
+    c10::string_view label_kind, const std::optional<at::Tensor>& indptr, const std::optional<at::Tensor>& mask_rows,
+    int64_t mask_key, int64_t mask_threshold, int64_t mask_col_offset, bool need_loss, bool need_dz, bool need_dU,
+    bool need_db, const std::optional<at::Tensor>& pos_weight, const std::optional<at::Tensor>& label_weight,
+    double label_smoothing, bool soft_targets);
 
 DUALVAE_CPU_KERNELS(DEFAULT)
 DUALVAE_CPU_KERNELS(AVX2)

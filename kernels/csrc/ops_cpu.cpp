@@ -264,6 +264,8 @@ void check_sparse(const char* op, const at::Tensor& indptr, const at::Tensor& in
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_bce_cpu(
     const at::Tensor& z, const at::Tensor& U, const at::Tensor& labels, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gscale, int64_t n,
@@ -404,7 +406,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {need_loss ? rows.to(at::kFloat) : rows, count.to(at::kFloat), bad, dz, dU, db};
 }
 
-}  // namespace
 }  // namespace dualvae::cpu
 
 TORCH_LIBRARY_IMPL(dualvae, CPU, m) {

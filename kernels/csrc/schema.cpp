@@ -29,6 +29,14 @@ TORCH_LIBRARY(dualvae, m) {
         "bool need_loss, bool need_dz, bool need_dU, bool need_db, Tensor? pos_weight=None, "
         "Tensor? label_weight=None, float label_smoothing=0.0, bool soft_targets=False) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // An eager CPU call of dual_bce (soft_targets False) or linear_bce (True), reduction "sum" or "mean", with its
+  // autograd in C++ (bce_eager_cpu.cpp): the arguments of dual_bce_cpu as the Python ops stage them; loss_scale:
+  // linear_bce's 1 / (B n) for "mean"; check: raise on bad labels and (linear_bce) negative weights; grad_mode:
+  // torch.is_grad_enabled() of the caller. Returns the loss, fp32 ().
+  m.def("bce_cpu_eager(Tensor z, Tensor U, Tensor? bias, Tensor labels, Tensor? mask, int n, str label_kind, "
+        "Tensor? indptr, Tensor? mask_rows, int mask_key, int mask_threshold, int mask_col_offset, "
+        "Tensor? pos_weight, Tensor? label_weight, float label_smoothing, bool soft_targets, str reduction, "
+        "float loss_scale, bool check, bool grad_mode) -> Tensor");
   // The build of the fused CPU kernels that runs in this process: "default", "avx2" or "avx512".
   m.def("cpu_isa() -> str");
 }

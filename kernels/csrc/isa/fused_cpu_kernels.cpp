@@ -304,7 +304,8 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
   std::vector<double> rows_part(kLoss ? NG * B : 0, 0.0), cnt_part(kLoss ? items : 0, 0.0);
   std::vector<int64_t> bad_part(items, 0);
 
-  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+  // A lone item runs on the calling thread: waking a thread team costs more than a small head's arithmetic.
+  at::parallel_for(0, items, items == 1 ? 2 : 1, [&](int64_t i0, int64_t i1) {
     const SingleThreadedBlas blas_guard;
     // Scratch sized to the problem (a small one must not pay for a 256 KiB tile), left uninitialized where
     // every entry is written before it is read.
