@@ -307,6 +307,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--quick", action="store_true", help="two tiny sizes, one round (CI)")
     ap.add_argument("--sizes", default=None, help="comma list of BxDxN to keep")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the other sizes from an existing <out>/linear_bce-<device>.json")
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -321,6 +323,17 @@ def main(argv=None) -> int:
     load0, t0, rows = [round(v, 2) for v in os.getloadavg()], time.perf_counter(), []
     for B, d, n in sizes:
         rows += measure_size(B, d, n, device, 1 if args.quick else args.rounds, impls)
+    base = os.path.join(args.out, f"linear_bce-{device}")
+    runs = [dict(sizes=[list(s) for s in sizes], loadavg_start=load0, loadavg_end=[round(v, 2) for v in os.getloadavg()],
+                 date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))]
+    if args.merge and os.path.exists(base + ".json"):
+        with open(base + ".json") as f:
+            old = json.load(f)
+        rows = [r for r in old["rows"] if (r["B"], r["d"], r["n"]) not in set(sizes)] + rows
+        runs = old.get("runs", []) + runs
+    for r in rows:
+        for k in [k for k in r if k.startswith(("speedup_", "mem_vs", "vs_"))]:
+            del r[k]
     add_ratios(rows)
     import dualvae.kernels as K
     report = dict(benchmark="linear_bce", device=device,
@@ -332,11 +345,10 @@ def main(argv=None) -> int:
                   elapsed_s=round(time.perf_counter() - t0, 1),
                   skipped=[dict(B=B, d=d, n=n, impl="eager, compile",
                                 reason=f"B*n > {EAGER_ENTRIES_CAP}: several 4 GiB tensors, minutes a step")
-                           for B, d, n in sizes if B * n > EAGER_ENTRIES_CAP],
-                  rows=rows)
+                           for B, d, n in SIZES if B * n > EAGER_ENTRIES_CAP],
+                  runs=runs, rows=rows)
     report["targets"] = targets(rows)
     os.makedirs(args.out, exist_ok=True)
-    base = os.path.join(args.out, f"linear_bce-{device}")
     md = markdown(report)
     write_text_atomic(base + ".json", json.dumps(report, indent=1, default=str) + "\n")
     write_text_atomic(base + ".md", md)

@@ -1,5 +1,5 @@
 // Fused CPU kernels of dualvae::dual_bce and dualvae::reparameterize_kl: the interface between the op
-// registrations (ops_cpu.cpp, compiled once) and the kernels (isa/fused_cpu_kernels.cpp, compiled once per
+// registrations (ops_cpu.cpp, compiled once) and the kernels (isa/*.cpp, each compiled once per
 // instruction set with CPU_CAPABILITY set, the way ATen builds its own kernels; chosen at run time).
 #pragma once
 
