@@ -195,7 +195,8 @@ def measure_size(B, d, n, device, rounds, impls_all) -> list[dict]:
             for k in order[r % len(order):] + order[:r % len(order)]:
                 times[k].append(timed(fns[k], k, mode, leaves, device))
         for k in fns:
-            rows.append(dict(B=B, d=d, n=n, mode=mode, impl=k, ms=statistics.median(times[k]), ms_rounds=times[k],
+            rows.append(dict(B=B, d=d, n=n, mode=mode, impl=k, threads=torch.get_num_threads(),
+                             ms=statistics.median(times[k]), ms_rounds=times[k],
                              extra_peak_mib=mem[k], loadavg=[round(load0, 2), round(os.getloadavg()[0], 2)]))
         print(" ".join(f"{k}={statistics.median(v):.3f}ms" for k, v in times.items()),
               f"[B={B} d={d} n={n} {mode}, load {load0:.1f}]", flush=True)
@@ -269,7 +270,9 @@ def markdown(report) -> str:
             o = cell.get("ours", {})
             ratios = [f"{o[k]:.2f}" if k in o else "" for k in ("speedup_vs_eager", "speedup_vs_compile")]
             ratios.append(f"{1 / o['speedup_vs_gemm-floor']:.2f}" if "speedup_vs_gemm-floor" in o else "")
-            lines.append(f"| {s[0]} | {s[1]} | {s[2]} | " + " | ".join(fmt(cell[i]) if i in cell else "—" for i in impls)
+            threads = {r.get("threads") for r in cell.values()} - {report["threads"], None}
+            note = f" ({threads.pop()} thread)" if threads else ""
+            lines.append(f"| {s[0]} | {s[1]} | {s[2]}{note} | " + " | ".join(fmt(cell[i]) if i in cell else "—" for i in impls)
                          + " | " + " | ".join(ratios) + " |")
         lines.append("")
     lines += ["Targets: " + json.dumps(report["targets"]), ""]
