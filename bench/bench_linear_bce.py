@@ -255,9 +255,12 @@ def targets(rows):
 def markdown(report) -> str:
     rows = report["rows"]
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    lines = [f"# linear_bce on {report['device_name']}, {report['threads']} threads, fp32, reduction=mean",
-             "", f"{report['date']}; load average {report['loadavg_start']} -> {report['loadavg_end']}; "
-                 f"torch {report['torch']}; C++ build {report['cpu_isa']}", ""]
+    main_threads = statistics.mode(r.get("threads") for r in rows)
+    lines = [f"# linear_bce on {report['device_name']}, {main_threads} threads (unless a row says), fp32, "
+             "reduction=mean",
+             "", f"torch {report['torch']}; C++ build {report['cpu_isa']}; runs (sizes, date, load average):", ""]
+    lines += [f"- {[tuple(s) for s in run['sizes']]}: {run['date']}, load {run['loadavg_start']} -> "
+              f"{run['loadavg_end']}" for run in report.get("runs", [])] + [""]
     for mode in MODES:
         lines += [f"## {mode}: median ms (extra peak MiB)", "",
                   "| B | d | n | " + " | ".join(impls) + " | ours ×eager | ours ×compile | ours / floor |",
@@ -270,7 +273,7 @@ def markdown(report) -> str:
             o = cell.get("ours", {})
             ratios = [f"{o[k]:.2f}" if k in o else "" for k in ("speedup_vs_eager", "speedup_vs_compile")]
             ratios.append(f"{1 / o['speedup_vs_gemm-floor']:.2f}" if "speedup_vs_gemm-floor" in o else "")
-            threads = {r.get("threads") for r in cell.values()} - {report["threads"], None}
+            threads = {r.get("threads") for r in cell.values()} - {main_threads, None}
             note = f" ({threads.pop()} thread)" if threads else ""
             lines.append(f"| {s[0]} | {s[1]} | {s[2]}{note} | " + " | ".join(fmt(cell[i]) if i in cell else "—" for i in impls)
                          + " | " + " | ".join(ratios) + " |")
@@ -333,7 +336,7 @@ def main(argv=None) -> int:
         with open(base + ".json") as f:
             old = json.load(f)
         rows = [r for r in old["rows"] if (r["B"], r["d"], r["n"]) not in set(sizes)] + rows
-        runs = old.get("runs", []) + runs
+        runs = old.get("runs", []) + (runs if sizes else [])  # no sizes: the report re-rendered
     for r in rows:
         for k in [k for k in r if k.startswith(("speedup_", "mem_vs", "vs_"))]:
             del r[k]
