@@ -275,7 +275,8 @@ def markdown(report) -> str:
             ratios.append(f"{1 / o['speedup_vs_gemm-floor']:.2f}" if "speedup_vs_gemm-floor" in o else "")
             threads = {r.get("threads") for r in cell.values()} - {main_threads, None}
             note = f" ({threads.pop()} thread)" if threads else ""
-            lines.append(f"| {s[0]} | {s[1]} | {s[2]}{note} | " + " | ".join(fmt(cell[i]) if i in cell else "—" for i in impls)
+            lines.append(f"| {s[0]} | {s[1]} | {s[2]}{note} | "
+                         + " | ".join(fmt(cell[i]) if i in cell else "—" for i in impls)
                          + " | " + " | ".join(ratios) + " |")
         lines.append("")
     lines += ["Targets: " + json.dumps(report["targets"]), ""]
@@ -330,7 +331,8 @@ def main(argv=None) -> int:
     for B, d, n in sizes:
         rows += measure_size(B, d, n, device, 1 if args.quick else args.rounds, impls)
     base = os.path.join(args.out, f"linear_bce-{device}")
-    runs = [dict(sizes=[list(s) for s in sizes], loadavg_start=load0, loadavg_end=[round(v, 2) for v in os.getloadavg()],
+    runs = [dict(sizes=[list(s) for s in sizes], loadavg_start=load0,
+                 loadavg_end=[round(v, 2) for v in os.getloadavg()],
                  date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))]
     if args.merge and os.path.exists(base + ".json"):
         with open(base + ".json") as f:

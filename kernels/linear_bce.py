@@ -118,9 +118,6 @@ def _(gscale, input, weight, labels, mask, bias, n, label_kind, indptr, mask_row
             weight.new_empty((n,) if need_db else (0,), dtype=torch.float32))
 
 
-_SAVED = ("input", "weight", "labels", "mask", "bias", "indptr", "mask_rows", "pos_weight", "label_weight")
-
-
 def _setup(ctx, inputs, output):
     (input, weight, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
      mask_col_offset, pos_weight, label_weight, label_smoothing, loss_scale, need_dz, grads_in_fwd, backend,
@@ -159,9 +156,10 @@ def _backward(ctx, g_loss, g_dz, g_dW, g_db):
         dW = mul(dW_fwd).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
         db = mul(db_fwd).to(bias.dtype) if need_db else None
     elif ctx.needs_input_grad[1] or need_db:
+        gscale = (scale if scale is not None else g_loss.new_ones((), dtype=torch.float32)).expand(input.shape[0])
         dW32, db32 = torch.ops.dualvae.linear_bce_backward(
-            gscale=(scale if scale is not None else g_loss.new_ones(())).float().expand(input.shape[0]), input=input, weight=weight, labels=labels, mask=mask, bias=bias,
-            n=n, label_kind=label_kind, indptr=indptr, mask_rows=mask_rows, mask_key=mask_key,
+            gscale=gscale, input=input, weight=weight, labels=labels, mask=mask, bias=bias, n=n,
+            label_kind=label_kind, indptr=indptr, mask_rows=mask_rows, mask_key=mask_key,
             mask_threshold=mask_threshold, mask_col_offset=mask_col_offset, pos_weight=pos_weight,
             label_weight=label_weight, label_smoothing=label_smoothing, need_db=need_db, backend=backend)
         dW = dW32.to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None

@@ -231,7 +231,8 @@ def test_opcheck(reduction, backend):
         args = label_args("t", y, torch.ones(6, 9), x, 9)
         kwargs = dict(input=x.requires_grad_(), weight=W.requires_grad_(), **args._asdict(),
                       bias=b.requires_grad_(), n=9, pos_weight=pw, label_weight=lw, label_smoothing=0.1,
-                      loss_scale=1.0 if reduction == "sum" else 1 / 54, need_dz=True, grads_in_fwd=grads_in_fwd, backend=backend, check_targets=True)
+                      loss_scale=1.0 if reduction == "sum" else 1 / 54, need_dz=True, grads_in_fwd=grads_in_fwd,
+                      backend=backend, check_targets=True)
         torch.library.opcheck(torch.ops.dualvae.linear_bce.default, (), kwargs)
     bwd = dict(gscale=torch.rand(6), input=x.detach(), weight=W.detach(), **args._asdict(), bias=b.detach(), n=9,
                pos_weight=pw, label_weight=lw, label_smoothing=0.1, need_db=True, backend=backend)
