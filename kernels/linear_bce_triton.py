@@ -176,11 +176,14 @@ def _linear_bce_bwd_kernel(
 
 def linear_bce_config(B: int, N: int, D: int, dtype: torch.dtype, interpret: bool | None = None,
                       hashed: bool = False) -> dict:
-    """dual_bce_config's tiles, but for fp32 at 16 < d <= 32, where the options' column loads make ptxas spill the
-    32-row tile with packed labels on sm_90: 16 rows there (compile_check compiles every entry)."""
+    """dual_bce_config's tiles, but with half the rows where the options' column loads make ptxas spill: fp32 at
+    16 < d <= 32 (the packed-label forward on sm_90, triton 3.9) and bf16/fp16 at d <= 16 (the backward on sm_80,
+    triton 3.6). compile_check compiles every entry under both."""
     cfg = dual_bce_config(B, N, D, dtype, interpret=interpret, hashed=hashed)
     if dtype == torch.float32 and cfg["BLOCK_K"] == 32 and cfg["BLOCK_B"] == 32:
         cfg = {**cfg, "BLOCK_B": 16}
+    elif dtype != torch.float32 and cfg["BLOCK_K"] == 16 and cfg["BLOCK_B"] == 64:
+        cfg = {**cfg, "BLOCK_B": 32}
     return cfg
 
 
