@@ -122,7 +122,10 @@ def hidden_toolkit(argv: list[str], scratch: str) -> tuple[list[str], dict, bool
         return argv, env, False
     env.update(HIDE_EMPTY=os.path.join(scratch, "empty"), HIDE_DIRS=" ".join(dirs),
                HIDE_FILES=os.path.realpath(nvcc) if nvcc else "")
-    return ["unshare", "-m", "sh", "-c", HIDE, "hide-cuda", *argv], env, True
+    script = os.path.join(scratch, "hide-cuda.sh")
+    with open(script, "w") as f:
+        f.write(HIDE)
+    return ["unshare", "-m", "sh", script, *argv], env, True
 
 
 def triton36(args, steps: Steps, scratch: str) -> dict:
@@ -172,8 +175,9 @@ def torch211(args, steps: Steps, scratch: str) -> dict:
               env=clean_env(), cwd=outside)
     steps.run("compile_check", [venv_python(venv), "-m", "dualvae.kernels.compile_check"], env=clean_env(),
               cwd=outside)
-    steps.run("kernel tests (C++, Triton interpreter)", [os.path.join(venv, "bin", "pytest"), *KERNEL_TESTS],
-              env=clean_env(TRITON_INTERPRET="1", DUALVAE_REQUIRE_EXT="1"), cwd=clone)
+    steps.run("kernel tests (C++, Triton interpreter)",
+              [os.path.join(venv, "bin", "pytest"), os.path.join(clone, KERNEL_TESTS[0]), *KERNEL_TESTS[1:]],
+              env=clean_env(TRITON_INTERPRET="1", DUALVAE_REQUIRE_EXT="1"), cwd=outside)
     steps.run("gpu_check --dry", [venv_python(venv), os.path.join(clone, "bench", "gpu_check.py"), "--dry",
                                   "--out", os.path.join(scratch, "gpu-check-dry")], env=clean_env(), cwd=outside)
     return {"venv": venv, "toolkit_hidden": hidden,

@@ -105,7 +105,7 @@ class Runner:
     def _step(self, batch) -> None:
         from dualvae.training import train_step
 
-        x, y, m = batch
+        x, y, m, _ = batch
         eps = torch.randn(len(x), self.cfg.latent_dim, generator=self.gen).to(self.device)
         stats = train_step(self.model, self.g, self.g_e, x, y, m, eps, self.cfg, fns=self.fns, scaler=self.scaler)
         self.last_neg_elbo = stats["neg_elbo"]

@@ -1,4 +1,4 @@
-"""`dualvae` command line: synth | prepare | train | train-classifier | transfer | cis | demo | experiment.
+"""`dualvae` command line: synth | prepare | train | train-classifier | transfer | cis | explore | demo | experiment.
 
 Each subcommand's options are the fields of its config dataclass (dualvae.options), so defaults and help are
 written once, beside the code that uses them.
@@ -181,6 +181,7 @@ def _commands():
     from dualvae.classifier import ClassifierConfig
     from dualvae.demo import DemoConfig, run_demo
     from dualvae.experiments import ExperimentConfig, run_experiment
+    from dualvae.explore import ExploreConfig, serve
     from dualvae.training import TrainConfig
 
     return [
@@ -193,6 +194,8 @@ def _commands():
         ("transfer", "transfer grid PNG: rows images, columns original + each domain", TransferConfig,
          cmd_transfer),
         ("cis", "conditional inception score (Algorithm 2), one pass over one or several lam", CISConfig, cmd_cis),
+        ("explore", "a local web page: one slider per domain, live transfers of test images or your own",
+         ExploreConfig, serve),
         ("demo", "synth -> train -> classifier -> transfer grid -> CIS, on generated data", DemoConfig, run_demo),
         ("experiment", "the paper's experiments: Table 1, Figures 4-6, training curves (runs cached in OUT)",
          ExperimentConfig, run_experiment),

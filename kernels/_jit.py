@@ -79,7 +79,7 @@ class LazyKernel:
 
 def _interpreter_range(*bounds):
     """`range` inside interpreted kernels. The interpreter holds a scalar (a runtime argument such as n, or
-    tl.minimum of two) as a (1,)-shaped numpy array, and triton before 3.7 turns it into a Python int with
+    tl.minimum of two) as a (1,)-shaped numpy array, and triton 3.6 turns it into a Python int with
     int(array), which numpy 2.4 refuses for arrays that are not 0-d; the bounds are read here instead."""
     return range(*(int(b.handle.data.reshape(-1)[0]) if hasattr(b, "handle") else operator.index(b)
                    for b in bounds))

@@ -103,17 +103,20 @@ COUNT_OPTIONS = [
                                 "--val-images", "--domains"]),
     ("demo", ["--out", "OUT"], ["--seed"]),
     ("experiment", ["all", "--data", "DATA", "--out", "OUT"], ["--seeds", "--jobs"]),
+    ("explore", ["--model", "M", "--data", "DATA", "--out", "OUT"], ["--num-images", "--port"]),
 ]
 
 
 @pytest.mark.parametrize("command, required, options", COUNT_OPTIONS)
 def test_every_count_option_refuses_out_of_range_values(command, required, options, tmp_path, capsys):
     """`dualvae train --steps -3` and its kind: refused before anything runs or is written, naming the option
-    and the least value (1 for counts; 0 for seeds and worker counts, where 0 means "in this process")."""
+    and the least value (1 for counts; 0 for seeds, worker counts, where 0 means "in this process", and explore's
+    port, where 0 means "the system picks one")."""
     args = [str(tmp_path / "out") if a == "OUT" else a.replace("OUT", str(tmp_path / "out")) for a in required]
     args = [str(tmp_path) if a == "DATA" else a for a in args]
     for option in options:
-        least = 0 if option == "--seed" or (option == "--workers" and command in ("train", "train-classifier")) else 1
+        zero_ok = option in ("--seed", "--port") or (option == "--workers" and command in ("train", "train-classifier"))
+        least = 0 if zero_ok else 1
         for bad in (least - 1, -3):
             assert main([command, *args, option, str(bad)]) == 2
             err = capsys.readouterr().err

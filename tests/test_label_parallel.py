@@ -291,13 +291,13 @@ def test_label_parallel_resume_past_a_bad_shard(runs, cache, tmp_path, monkeypat
 
 
 def test_rotation_removes_shards_without_their_main_file(tmp_path):
-    from dualvae.training.state import _rotate
+    from dualvae.checkpoint import rotate_checkpoints
 
     names = ["step-000000002.pt", "step-000000004.pt", "step-000000005.shard-1-of-2.pt"]
     names += [label_shard_name(f"step-00000000{s}.pt", r, 2) for s in (2, 4) for r in range(2)]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    _rotate(str(tmp_path), keep=1)
+    rotate_checkpoints(str(tmp_path), keep=1)
     assert sorted(os.listdir(tmp_path)) == ["step-000000004.pt", "step-000000004.shard-0-of-2.pt",
                                             "step-000000004.shard-1-of-2.pt"]
 

@@ -91,7 +91,7 @@ def test_core_dependencies_are_torch_numpy_triton():
     extra_names = {k: {re.match(r"[A-Za-z0-9_.\[\],-]+", d).group(0).lower() for d in v} for k, v in extras.items()}
     assert extra_names["data"] == {"nvidia-dali-cuda120", "h5py", "pillow"}
     assert extra_names["app"] == {"matplotlib", "tqdm"}
-    assert extra_names["all"] == {"dualvae[data,app]"}
+    assert extra_names["all"] == {"dualvae[data,app,ui]"}
     assert "test" in extras
 
 
