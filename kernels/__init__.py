@@ -17,8 +17,14 @@ Labels for many classes (dual_bce's y and mask, on every backend):
     mask = HashedMask(seed, missing_ratio, rows)            # the missing-label mask as a hash of the global rows
     loss = head(z, y, mask)                                 # fused: no B x n label matrix or mask is formed
 
-Functions: `reparameterize_kl`, `dual_bce`, `pack_labels` / `PackedLabels`, `SparseLabels`, `HashedMask`,
-`kl_standard_normal`; modules: `ReparameterizeKL`, `DualHead`. Each takes backend="auto" | "triton" |
+For any multi-label head, nn.Linear + nn.BCEWithLogitsLoss fused, with BCEWithLogitsLoss's options:
+
+    loss = linear_binary_cross_entropy_with_logits(h, head.weight, y, head.bias, pos_weight=pw)
+    head = LinearBCEWithLogits(in_features, num_labels, pos_weight=pw)   # head(h, y); head.logits(h) to predict
+
+Functions: `reparameterize_kl`, `dual_bce`, `linear_binary_cross_entropy_with_logits`, `pack_labels` /
+`PackedLabels`, `SparseLabels`, `HashedMask`, `kl_standard_normal`; modules: `ReparameterizeKL`, `DualHead`,
+`LinearBCEWithLogits`. Each takes backend="auto" | "triton" |
 "reference" | "cpu" (`BACKENDS`, the `Backend` enum); `resolve_backend(backend, device=..., dtype=...)` says which
 one runs. The pure-PyTorch definitions are in `reference`.
 
@@ -40,10 +46,12 @@ import torch
 from . import reference
 from ._library import cpu_isa, has_compiled_ops
 from .labels import HashedMask, PackedLabels, SparseLabels, pack_labels
-from .modules import DualHead, ReparameterizeKL
+from .linear_bce import linear_binary_cross_entropy_with_logits
+from .modules import DualHead, LinearBCEWithLogits, ReparameterizeKL
 from .ops import BACKENDS, Backend, dual_bce, reparameterize_kl, resolve_backend
 
-__all__ = ["reparameterize_kl", "dual_bce", "pack_labels", "PackedLabels", "SparseLabels", "HashedMask", "BACKENDS",
+__all__ = ["reparameterize_kl", "dual_bce", "linear_binary_cross_entropy_with_logits", "LinearBCEWithLogits",
+           "pack_labels", "PackedLabels", "SparseLabels", "HashedMask", "BACKENDS",
            "Backend", "resolve_backend", "DualHead", "ReparameterizeKL", "kl_standard_normal", "has_compiled_ops",
            "cpu_isa", "reference"]
 

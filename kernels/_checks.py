@@ -38,6 +38,9 @@ def check_float(name: str, t: torch.Tensor, op: str) -> None:
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
     """ValueError naming each tensor's device unless the given ones (None skipped) share one."""
     present = {k: v for k, v in tensors.items() if v is not None}
+    first = next(iter(present.values()), None)
+    if first is None or all(v.device == first.device for v in present.values()):  # the common case, cheaply
+        return
     devices = {v.device for v in present.values()}
     if len(devices) > 1:
         seen = ", ".join(f"{k} on {v.device}" for k, v in present.items())

@@ -35,6 +35,7 @@ def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
 
     from dualvae.kernels.dual_bce_sparse import sparse_config
     from dualvae.kernels.dual_bce_triton import dual_bce_config
+    from dualvae.kernels.linear_bce_triton import linear_bce_config
     from dualvae.kernels.reparam_kl import reparam_config
 
     dtypes = (torch.float32, torch.bfloat16, torch.float16)
@@ -48,12 +49,21 @@ def gpu_configs() -> dict[str, list[tuple[str, dict]]]:
                 bce.add((_dtype_name(dt), tuple(sorted(cfg.items()))))
     reparam_list = [(_dtype_name(dt), dict(c)) for dt in dtypes for c in sorted(reparam)]
     bce_list = [(name, dict(c)) for name, c in sorted(bce)]
+    linear = set()
+    for dt in dtypes:
+        for d in (16, 32, 64, 128, 256):
+            for hashed in (False, True):
+                cfg = linear_bce_config(1, 1, d, dt, interpret=False, hashed=hashed)
+                cfg = {**cfg, "ONE_K": d <= cfg["BLOCK_K"], "hashed": hashed}
+                linear.add((_dtype_name(dt), tuple(sorted(cfg.items()))))
+    linear_list = [(name, dict(c)) for name, c in sorted(linear)]
     # The sparse correction kernels gather rows of U (z): elementwise loads and sums, fp16 compiles to bf16's
     # code but for the conversions.
     sparse = {tuple(sorted(sparse_config(d, interpret=False).items())) for d in (16, 32, 64, 128)}
     sparse_list = [(_dtype_name(dt), dict(c)) for dt in (torch.float32, torch.bfloat16) for c in sorted(sparse)]
     return {"reparam_kl_fwd": reparam_list, "reparam_kl_bwd": reparam_list,
             "dual_bce_fwd": bce_list, "dual_bce_bwd": bce_list,
+            "linear_bce_fwd": linear_list, "linear_bce_bwd": linear_list,
             "sparse_rows": sparse_list, "sparse_cols": sparse_list}
 
 
@@ -74,6 +84,16 @@ def _jobs(arches: list[int]) -> list[dict]:
                         [{"SPARSE": True, "HASHED": True}] if dtype == "fp32" else [])
                 else:
                     variants = [{"PACKED": False}] + ([{"PACKED": True}] if dtype == "fp32" else [])
+            elif kernel.startswith("linear_bce"):
+                # Every option on (pos_weight, label_weight, smoothing: the most registers) with dense targets
+                # and a dense or (its configs) hashed mask, for fp32 and bf16 (fp16 is bf16's code but for the
+                # conversions); packed targets change only the label loads, as for dual_bce.
+                if dtype == "fp16":
+                    variants = []
+                elif cfg["hashed"]:
+                    variants = [{"HASHED": True, "OPTIONS": True}]
+                else:
+                    variants = [{"OPTIONS": True}] + ([{"PACKED": True, "OPTIONS": True}] if dtype == "fp32" else [])
             elif kernel.startswith("sparse"):
                 variants = [{"HASHED": True}]
             for variant in variants:
@@ -101,6 +121,7 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
     from dualvae.kernels.reparam_kl import _reparam_kl_bwd_kernel, _reparam_kl_fwd_kernel
 
     from dualvae.kernels.dual_bce_sparse import _sparse_cols_kernel, _sparse_rows_kernel
+    from dualvae.kernels.linear_bce_triton import _linear_bce_bwd_kernel, _linear_bce_fwd_kernel
 
     t = PTR[dtype]
     blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK_") or k == "ONE_K"}  # not "hashed"
@@ -147,11 +168,28 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
         unit = ("stride_z_d", "stride_u_d", "stride_b", "stride_y_n", "stride_m_n")
         flags = {"HAS_BIAS": True, "HAS_MASK": not (packed or hashed), "MASK_LIKE_Y": True, "PACKED": packed,
                  "SPARSE": sparse, "HASHED": hashed}
+        options = variant.get("OPTIONS", False)
+        if options:  # linear_bce: per-label pos_weight and label_weight, smoothing's two fp32 scalars
+            common.update({"pw_ptr": t, "lw_ptr": t})
+            names += " stride_pw stride_lw"
+            unit += ("stride_pw", "stride_lw")
+            flags.update({"HAS_POS_W": True, "HAS_LABEL_W": True, "SMOOTH": True})
         if kernel == "dual_bce_fwd":
             sig = {**common, "loss_ptr": "*fp32", "cnt_ptr": "*fp32", "dz_ptr": "*fp32", "bad_ptr": "*i32",
                    "B": "i32", "N": "i32", "D": "i32", "n_per_split": "i32"}
             const = {**flags, "NEED_DZ": True}
             fn = _dual_bce_fwd_kernel
+        elif kernel == "linear_bce_fwd":
+            sig = {**common, "loss_ptr": "*fp32", "dz_ptr": "*fp32", "bad_ptr": "*i32",
+                   "B": "i32", "N": "i32", "D": "i32", "n_per_split": "i32"}
+            const = {**flags, "NEED_DZ": True}
+            fn = _linear_bce_fwd_kernel
+        elif kernel == "linear_bce_bwd":
+            sig = {**common, "gscale_ptr": "*fp32", "du_ptr": "*fp32", "db_ptr": "*fp32", "B": "i32", "N": "i32",
+                   "D": "i32", "b_per_split": "i32"}
+            names += " stride_g"
+            const = {**flags, "NEED_DB": True}
+            fn = _linear_bce_bwd_kernel
         else:
             sig = {**common, "gscale_ptr": "*fp32", "du_ptr": "*fp32", "db_ptr": "*fp32", "B": "i32", "N": "i32",
                    "D": "i32", "b_per_split": "i32"}
@@ -160,6 +198,8 @@ def _source(kernel: str, dtype: str, cfg: dict, variant: dict):
             fn = _dual_bce_bwd_kernel
         ssig, sconst = _strides(names, unit)
         ssig.update(hash_sig)
+        if options:
+            ssig.update({"smooth_a": "fp32", "smooth_c": "fp32"})
         const.update({"PRECISION": "tf32x3" if dtype == "fp32" else "ieee", **blocks})
     sig.update(ssig)
     const.update(sconst)
@@ -213,7 +253,7 @@ def _fmt_cfg(row: dict) -> str:
     parts = [f"{k.removeprefix('BLOCK_')}={v}" for k, v in c.items() if k.startswith("BLOCK_")]
     parts += ["K-loop"] if c.get("ONE_K") is False else []
     parts += [f"w{c['num_warps']}"] + ([f"s{c['num_stages']}"] if "num_stages" in c else [])
-    parts += [name.lower() for name in ("PACKED", "SPARSE", "HASHED") if row["variant"].get(name)]
+    parts += [name.lower() for name in ("PACKED", "SPARSE", "HASHED", "OPTIONS") if row["variant"].get(name)]
     return " ".join(parts)
 
 

@@ -252,12 +252,16 @@ class LabelArgs(NamedTuple):
     def for_kernels(self, contiguous: bool) -> "LabelArgs":
         """Bool labels and masks viewed as uint8 (the kernels read bytes); every tensor made contiguous when
         `contiguous` (the C++ kernels read row-major memory; the Triton ones take strides)."""
-        labels = self.labels.view(torch.uint8) if self.labels.dtype == torch.bool else self.labels
-        mask = self.mask.view(torch.uint8) if self.mask is not None and self.mask.dtype == torch.bool else self.mask
-        args = self._replace(labels=labels, mask=mask)
-        if contiguous:
-            args = args._replace(**{k: v.contiguous() for k, v in args._asdict().items() if isinstance(v, Tensor)})
-        return args
+        labels, mask, indptr, rows = self.labels, self.mask, self.indptr, self.mask_rows
+        if labels.dtype == torch.bool:
+            labels = labels.view(torch.uint8)
+        if mask is not None and mask.dtype == torch.bool:
+            mask = mask.view(torch.uint8)
+        if contiguous:  # (built field by field: this runs on every call, where _replace costs microseconds)
+            labels = labels.contiguous()
+            mask, indptr, rows = (t.contiguous() if t is not None else None for t in (mask, indptr, rows))
+        return LabelArgs(labels, self.label_kind, indptr, mask, rows, self.mask_key, self.mask_threshold,
+                         self.mask_col_offset)
 
 
 def label_args(op: str, y, mask, z: Tensor, n: int) -> LabelArgs:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .labels import HashedMask, PackedLabels, SparseLabels
+from .linear_bce import linear_binary_cross_entropy_with_logits
 from .ops import BACKENDS, Backend, dual_bce, reparameterize_kl
 from ._checks import REDUCTIONS
 
@@ -92,3 +93,47 @@ class ReparameterizeKL(nn.Module):
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}"
+
+
+class LinearBCEWithLogits(nn.Module):
+    """nn.Linear(in_features, out_features) followed by nn.BCEWithLogitsLoss(weight=label_weight,
+    pos_weight=pos_weight, reduction=reduction), fused: forward(input, target, mask=None) is
+    `linear_binary_cross_entropy_with_logits(input, weight, target, bias, ...)`, which never forms the
+    B x out_features logits; `logits(input)` is the linear layer, for predictions. `weight` and `bias` have
+    nn.Linear's names, shapes and initialisation (a state_dict of nn.Linear loads into it); pos_weight and
+    label_weight are buffers, as in nn.BCEWithLogitsLoss."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, pos_weight: Tensor | None = None,
+                 label_weight: Tensor | None = None, label_smoothing: float = 0.0, reduction: str = "mean",
+                 backend: str | Backend = "auto", device=None, dtype=None):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LinearBCEWithLogits: {name} must be a positive int, got {value!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"LinearBCEWithLogits: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"LinearBCEWithLogits: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.backend = _check_backend("LinearBCEWithLogits", backend)
+        self.reduction, self.label_smoothing = reduction, float(label_smoothing)
+        self.register_buffer("pos_weight", pos_weight)
+        self.register_buffer("label_weight", label_weight)
+        linear = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)  # its init
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, input: Tensor, target: Tensor | PackedLabels | SparseLabels,
+                mask: Tensor | HashedMask | None = None) -> Tensor:
+        return linear_binary_cross_entropy_with_logits(
+            input, self.weight, target, self.bias, pos_weight=self.pos_weight, label_weight=self.label_weight,
+            mask=mask, label_smoothing=self.label_smoothing, reduction=self.reduction, backend=self.backend)
+
+    def logits(self, input: Tensor) -> Tensor:
+        """input W^T + b, (B, out_features): materialised, for predictions, not for the loss."""
+        return nn.functional.linear(input, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"reduction={self.reduction!r}, label_smoothing={self.label_smoothing}, backend={self.backend!r}")

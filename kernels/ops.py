@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from ._autograd import FusedOp
 from ._checks import REDUCTIONS, check_float, check_same_device, check_seed, describe
 from ._library import has_compiled_ops
 from .labels import HashedMask, LabelArgs, PackedLabels, SparseLabels, label_args
@@ -102,7 +103,8 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
         backend = backend.value
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if backend == "auto":
         if dtype not in TRITON_DTYPES:
             return "reference"
@@ -237,8 +239,7 @@ def reparameterize_kl(mu: Tensor, logvar: Tensor, eps: Tensor | None = None, *, 
 # ---------------------------------------------------------------------------------------------------------
 # dual_bce
 # ---------------------------------------------------------------------------------------------------------
-@torch.library.custom_op("dualvae::dual_bce", mutates_args=())
-def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
+def _dual_bce_impl(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], bias: Optional[Tensor], n: int,
                  label_kind: str, indptr: Optional[Tensor], mask_rows: Optional[Tensor], mask_key: int,
                  mask_threshold: int, mask_col_offset: int, reduction: str, need_dz: bool, grads_in_fwd: bool,
                  need_csc: bool, backend: str,
@@ -281,9 +282,8 @@ def _dual_bce_op(z: Tensor, U: Tensor, labels: Tensor, mask: Optional[Tensor], b
     return loss, count, (dz if dz is not None and need_dz else empty()), dU, db, colptr, crows
 
 
-@_dual_bce_op.register_fake
-def _(z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold, mask_col_offset,
-      reduction, need_dz, grads_in_fwd, need_csc, backend, check_labels):
+def _dual_bce_fake(z, U, labels, mask, bias, n, label_kind, indptr, mask_rows, mask_key, mask_threshold,
+                   mask_col_offset, reduction, need_dz, grads_in_fwd, need_csc, backend, check_labels):
     B, d = z.shape
     f32 = torch.float32
     loss = z.new_empty(B if reduction == "none" else (), dtype=f32)
@@ -369,7 +369,7 @@ def _dual_bce_backward(ctx, g_loss, g_count, g_dz, g_dU, g_db, g_colptr, g_crows
     return (dz, dU, None, None, db) + (None,) * 13
 
 
-_dual_bce_op.register_autograd(_dual_bce_backward, setup_context=_dual_bce_setup)
+_dual_bce_op = FusedOp("dualvae::dual_bce", _dual_bce_impl, _dual_bce_setup, _dual_bce_backward, _dual_bce_fake)
 
 
 def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
@@ -422,7 +422,12 @@ def dual_bce(z: Tensor, U: Tensor, y: Tensor | PackedLabels | SparseLabels,
     if backend == "cpu":
         z, U = z.contiguous(), U.contiguous()
         bias = bias.contiguous() if bias is not None else None
-    loss, *_ = torch.ops.dualvae.dual_bce(
+    if backend == "cpu" and reduction != "none" and not torch.compiler.is_compiling():  # one C++ call, autograd
+        return torch.ops.dualvae.bce_cpu_eager(                                         # in C++: bce_eager_cpu.cpp
+            z, U, bias, args.labels, args.mask, n, args.label_kind, args.indptr, args.mask_rows, args.mask_key,
+            args.mask_threshold, args.mask_col_offset, None, None, 0.0, False, reduction, 1.0,
+            bool(check_labels) and _may_read_back(z), grad_mode)
+    loss, *_ = _dual_bce_op(
         z=z, U=U, **args._asdict(), bias=bias, n=n, reduction=reduction, need_dz=grad_mode and z.requires_grad,
         grads_in_fwd=backend == "cpu" and reduction != "none" and need_dU,
         need_csc=backend == "triton" and args.label_kind == "sparse" and need_dU, backend=backend,

@@ -166,3 +166,39 @@ def dual_bce(
         return total
     observed = mask.to(logits.dtype).sum() if mask is not None else torch.tensor(float(B * n), dtype=logits.dtype)
     return total / observed.clamp_min(1.0)
+
+
+def linear_binary_cross_entropy_with_logits(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    pos_weight: torch.Tensor | None = None,
+    label_weight: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """F.binary_cross_entropy_with_logits(F.linear(input, weight, bias), t, weight=label_weight,
+    pos_weight=pos_weight, reduction=reduction) with t = target (1 - label_smoothing) + label_smoothing / 2 and
+    `mask` (1 = observed) multiplying each element before the reduction: "mean" divides by B n, as PyTorch's does,
+    "none" returns the (B, n) matrix. target may be a SparseLabels and mask a HashedMask (their dense matrices).
+    The argument checks are the public op's (kernels/linear_bce.py); this is the definition it is tested against."""
+    logits = F.linear(input, weight.to(input.dtype), bias.to(input.dtype) if bias is not None else None)
+    B, n = logits.shape
+    if isinstance(target, SparseLabels):
+        target = target.dense(logits.dtype)
+    if isinstance(mask, HashedMask):
+        mask = mask.dense(n, logits.dtype)
+    t = target.to(logits.dtype)
+    if label_smoothing:
+        t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    cast = (lambda w: w.to(logits.dtype) if w is not None else None)
+    loss = F.binary_cross_entropy_with_logits(logits, t, weight=cast(label_weight), pos_weight=cast(pos_weight),
+                                              reduction="none")
+    if mask is not None:
+        loss = loss * mask.to(logits.dtype)
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.sum() / (B * n)  # 0 / 0 = nan for no entries, as PyTorch

@@ -38,3 +38,23 @@ def test_kernels_bench_quick(tmp_path):
     assert "## dual_bce" in md and "## reparameterize_kl" in md and "eager ms / MiB" in md
     assert set(report["impls"]) == {"dual_bce", "reparameterize_kl"}  # the second script kept the first's rows
     assert [run["filters"]["ops"] for run in report["runs"]] == ["dual_bce", "reparameterize_kl"]
+
+
+def test_linear_bce_bench_quick(tmp_path):
+    """bench/bench_linear_bce.py --quick: every impl measured in both modes, the targets block, the table and a
+    plot per mode."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_linear_bce.py"), "--quick", "--device",
+                           "cpu", "--threads", "1", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "linear_bce-cpu.json").read_text())
+    for key in ("device_name", "torch", "cpu_isa", "threads", "loadavg_start", "runs", "targets", "rows"):
+        assert key in report, key
+    impls = {(r["mode"], r["impl"]) for r in report["rows"]}
+    for mode in ("fwd", "fwd+bwd"):
+        for impl in ("eager", "compile", "chunked", "ours", "ours-weighted", "gemm-floor", "dual_bce-ours"):
+            assert (mode, impl) in impls, (mode, impl)
+    assert all(r["ms"] > 0 for r in report["rows"])
+    assert "| 64 | 128 | 40 |" in (tmp_path / "linear_bce-cpu.md").read_text()
+    for mode in ("fwd", "fwdbwd"):
+        assert (tmp_path / f"linear_bce-cpu-{mode}.png").stat().st_size > 1000

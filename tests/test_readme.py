@@ -88,3 +88,12 @@ def test_kernel_example_is_the_example_file(page):
 
 def test_readme_is_a_page():
     assert len(_read(PAGES[0]).splitlines()) <= 200
+
+
+def test_multilabel_head_example_is_the_example_file():
+    text = _read(os.path.join(ROOT, "README.md"))
+    section = text.split("## For any multi-label head", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "README's 'For any multi-label head' has no python example"
+    example = _read(os.path.join(ROOT, "examples", "multilabel_classifier.py"))
+    assert blocks[0].rstrip() in example, "its python example is not a verbatim part of examples/multilabel_classifier.py"

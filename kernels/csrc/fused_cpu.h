@@ -1,5 +1,5 @@
 // Fused CPU kernels of dualvae::dual_bce and dualvae::reparameterize_kl: the interface between the op
-// registrations (ops_cpu.cpp, compiled once) and the kernels (isa/fused_cpu_kernels.cpp, compiled once per
+// registrations (ops_cpu.cpp, compiled once) and the kernels (isa/*.cpp, each compiled once per
 // instruction set with CPU_CAPABILITY set, the way ATen builds its own kernels; chosen at run time).
 #pragma once
 
@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 namespace dualvae::cpu {
 
@@ -56,6 +58,13 @@ struct BceProblem {
   const float* bias = nullptr;   // (n,) or null
   const float* gscale = nullptr;  // (B,) or null (= 1)
   Labels labels;
+  // linear_bce's options (all off for dual_bce). soft: targets t = smooth_a * y + smooth_c, any value in [0, 1]
+  // (bad counts targets outside [0, 1]); pos_weight (n,): loss (1 - t) x + (1 + (p - 1) t) softplus(-x);
+  // label_weight (n,): multiplies each column's loss like the mask.
+  bool soft = false;
+  float smooth_a = 1.0f, smooth_c = 0.0f;
+  const float* pos_weight = nullptr;
+  const float* label_weight = nullptr;
   int64_t tile_b = 256, tile_n = 256;
 };
 
@@ -64,7 +73,7 @@ struct BceProblem {
 struct BceOutputs {
   double* rows = nullptr;     // (B,) per-row loss sum_j mask * BCE
   double* count = nullptr;    // () sum of mask
-  int64_t* bad = nullptr;     // () labels outside {0, 1} (dense labels; 0 for packed and sparse ones)
+  int64_t* bad = nullptr;     // () dense labels outside {0, 1} ([0, 1] when soft); 0 for packed and sparse ones
   float* dz = nullptr;        // (B, d) G U
   float* dU = nullptr;        // (n, d) G^T z
   float* db = nullptr;        // (n,) column sums of G
@@ -100,6 +109,15 @@ inline BcePlan plan_bce(int64_t B, int64_t n, int64_t d, int64_t tile_b, int64_t
                       const at::Tensor& logvar, const at::Tensor& eps, int64_t seed, int64_t offset,     \
                       at::Tensor& dmu, at::Tensor& dlogvar, at::Tensor& deps);                           \
   }
+
+// The dualvae::dual_bce_cpu op (ops_cpu.cpp; its schema in schema.cpp): checks, float32 staging, the kernel.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_bce_cpu(
+    const at::Tensor& z, const at::Tensor& U, const at::Tensor& labels, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gscale, int64_t n,
+    c10::string_view label_kind, const std::optional<at::Tensor>& indptr, const std::optional<at::Tensor>& mask_rows,
+    int64_t mask_key, int64_t mask_threshold, int64_t mask_col_offset, bool need_loss, bool need_dz, bool need_dU,
+    bool need_db, const std::optional<at::Tensor>& pos_weight, const std::optional<at::Tensor>& label_weight,
+    double label_smoothing, bool soft_targets);
 
 DUALVAE_CPU_KERNELS(DEFAULT)
 DUALVAE_CPU_KERNELS(AVX2)

@@ -264,12 +264,15 @@ void check_sparse(const char* op, const at::Tensor& indptr, const at::Tensor& in
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_bce_cpu(
     const at::Tensor& z, const at::Tensor& U, const at::Tensor& labels, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& gscale, int64_t n,
     c10::string_view label_kind, const std::optional<at::Tensor>& indptr, const std::optional<at::Tensor>& mask_rows,
     int64_t mask_key, int64_t mask_threshold, int64_t mask_col_offset, bool need_loss, bool need_dz, bool need_dU,
-    bool need_db) {
+    bool need_db, const std::optional<at::Tensor>& pos_weight, const std::optional<at::Tensor>& label_weight,
+    double label_smoothing, bool soft_targets) {
   const char* op = "dual_bce_cpu";
   check_cpu(op, "z", z);
   check_cpu(op, "U", U);
@@ -349,6 +352,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     bf = f32(*bias);
     p.bias = bf.const_data_ptr<float>();
   }
+  at::Tensor pw, lw;
+  for (auto [name, t, out, ptr_out] : {std::make_tuple("pos_weight", &pos_weight, &pw, &p.pos_weight),
+                                       std::make_tuple("label_weight", &label_weight, &lw, &p.label_weight)}) {
+    if (!t->has_value()) continue;
+    check_cpu(op, name, **t);
+    TORCH_CHECK_VALUE((*t)->dim() == 1 && (*t)->size(0) == n, op, ": ", name, " must be (", n, "), got ",
+                      (*t)->sizes());
+    *out = f32(**t);
+    *ptr_out = out->const_data_ptr<float>();
+  }
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0, op, ": label_smoothing must be in [0, 1], got ",
+                    label_smoothing);
+  TORCH_CHECK_VALUE(soft_targets || (label_smoothing == 0.0 && !pos_weight.has_value() && !label_weight.has_value()),
+                    op, ": pos_weight, label_weight and label_smoothing need soft_targets=True");
+  p.soft = soft_targets;
+  p.smooth_a = static_cast<float>(1.0 - label_smoothing);
+  p.smooth_c = static_cast<float>(0.5 * label_smoothing);
   if (gscale.has_value()) {
     check_cpu(op, "gscale", *gscale);
     TORCH_CHECK_VALUE(gscale->dim() == 1 && gscale->size(0) == B, op, ": gscale must be (", B, "), got ",
@@ -386,7 +406,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {need_loss ? rows.to(at::kFloat) : rows, count.to(at::kFloat), bad, dz, dU, db};
 }
 
-}  // namespace
 }  // namespace dualvae::cpu
 
 TORCH_LIBRARY_IMPL(dualvae, CPU, m) {

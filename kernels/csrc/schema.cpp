@@ -20,11 +20,23 @@ TORCH_LIBRARY(dualvae, m) {
   // uint32 mask_key (kernels/reference.py hashed_observed); not with a dense mask or packed labels.
   // G = gscale_row * mask * (sigmoid(L) - y). Returns (rows (B,) f32 per-row loss or empty, count () f32,
   // bad () int64 = dense labels outside {0, 1}, dz = G U (B, d), dU = G^T z (n, d), db = column sums of G (n,)),
-  // each f32 or empty when not asked for.
+  // each f32 or empty when not asked for. linear_bce's options (kernels/linear_bce.py): soft_targets takes targets
+  // t = y (1 - label_smoothing) + label_smoothing / 2 anywhere in [0, 1] (bad then counts y outside [0, 1]);
+  // pos_weight (n,) gives loss (1 - t) L + (1 + (p - 1) t) softplus(-L) and G = (1 + (p - 1) t) sigmoid(L) - p t;
+  // label_weight (n,) multiplies each column like the mask.
   m.def("dual_bce_cpu(Tensor z, Tensor U, Tensor labels, Tensor? mask, Tensor? bias, Tensor? gscale, int n, "
         "str label_kind, Tensor? indptr, Tensor? mask_rows, int mask_key, int mask_threshold, int mask_col_offset, "
-        "bool need_loss, bool need_dz, bool need_dU, bool need_db) "
+        "bool need_loss, bool need_dz, bool need_dU, bool need_db, Tensor? pos_weight=None, "
+        "Tensor? label_weight=None, float label_smoothing=0.0, bool soft_targets=False) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // An eager CPU call of dual_bce (soft_targets False) or linear_bce (True), reduction "sum" or "mean", with its
+  // autograd in C++ (bce_eager_cpu.cpp): the arguments of dual_bce_cpu as the Python ops stage them; loss_scale:
+  // linear_bce's 1 / (B n) for "mean"; check: raise on bad labels and (linear_bce) negative weights; grad_mode:
+  // torch.is_grad_enabled() of the caller. Returns the loss, fp32 ().
+  m.def("bce_cpu_eager(Tensor z, Tensor U, Tensor? bias, Tensor labels, Tensor? mask, int n, str label_kind, "
+        "Tensor? indptr, Tensor? mask_rows, int mask_key, int mask_threshold, int mask_col_offset, "
+        "Tensor? pos_weight, Tensor? label_weight, float label_smoothing, bool soft_targets, str reduction, "
+        "float loss_scale, bool check, bool grad_mode) -> Tensor");
   // The build of the fused CPU kernels that runs in this process: "default", "avx2" or "avx512".
   m.def("cpu_isa() -> str");
 }

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <utility>
 #include <vector>
 
 // Fortran BLAS sgemm, exported by libtorch_cpu (MKL on x86 wheels). Weak: where a torch build does not export
@@ -197,9 +198,23 @@ float hsum(const Vec& v) {
 // (exp_u20: 20 ulp, ~1e-6 relative, inside the error budget of the fp32 result) and one division:
 //   BCE = max(x, 0) - y x + log1p(e),   sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below,
 //   q = 1 / ((1 + e)(2 + e)) gives both 1 / (1 + e) = (2 + e) q and log1p's e / (2 + e) = e (1 + e) q.
-template <bool kLoss, bool kMask>
+// linear_bce's options, compile-time flags of the epilogue, so that dual_bce (none set) runs the code it always
+// ran: kPosWeight (per-column pos_weight), kLabelWeight (per-column weight), kSoft (targets t = a y + c of any
+// value in [0, 1], bad = targets outside [0, 1]).
+constexpr int kPosWeight = 1, kLabelWeight = 2, kSoft = 4;
+struct ColumnOptions {
+  const float* pos_weight;    // columns j0.. of pos_weight, or null
+  const float* label_weight;  // columns j0.. of label_weight, or null
+  float smooth_a, smooth_c;
+};
+
+inline Vec load(const float* p, int64_t j, int64_t m, bool full) {
+  return full ? Vec::loadu(p + j) : Vec::loadu(p + j, m);  // zero past m
+}
+
+template <bool kLoss, bool kMask, int kOpts>
 void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float scale, float* db_acc, double* loss,
-                  double* cnt, int64_t* bad) {
+                  double* cnt, int64_t* bad, const ColumnOptions& opt) {
   const Vec zero(0.0f), one(1.0f), two(2.0f), s(scale);
   Vec loss_v(0.0f), cnt_v(0.0f), bad_v(0.0f);
   for (int64_t j = 0; j < nj; j += Vec::size()) {
@@ -207,16 +222,29 @@ void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float s
     const bool full = m == Vec::size();
     Vec x = full ? Vec::loadu(t + j) : Vec::loadu(t + j, m);
     if (bias != nullptr) x = x + (full ? Vec::loadu(bias + j) : Vec::loadu(bias + j, m));
-    const Vec yv = full ? Vec::loadu(lab.y + j) : Vec::loadu(lab.y + j, m);  // zero past m: no contribution
+    const Vec yraw = full ? Vec::loadu(lab.y + j) : Vec::loadu(lab.y + j, m);  // zero past m: no contribution
+    Vec yv = yraw;
+    if constexpr ((kOpts & kSoft) != 0) yv = at::vec::fmadd(yraw, Vec(opt.smooth_a), Vec(opt.smooth_c));
     const Vec e = x.abs().neg().exp_u20();
     const Vec one_e = one + e, two_e = two + e;
     const Vec q = one / (one_e * two_e);
     const Vec r = two_e * q;
     const Vec sig = Vec::blendv(e * r, r, x >= zero);
-    Vec g = (sig - yv) * s;
+    Vec g, pw, lw;
+    if constexpr ((kOpts & kPosWeight) != 0) {  // d/dx [(1 - t) x + lw softplus(-x)] = lw sigmoid(x) - p t
+      pw = load(opt.pos_weight, j, m, full);
+      lw = at::vec::fmadd(pw - one, yv, one);
+      g = (lw * sig - pw * yv) * s;
+    } else {
+      g = (sig - yv) * s;
+    }
     Vec wv = one;
     if constexpr (kMask) {
       wv = full ? Vec::loadu(lab.w + j) : Vec::loadu(lab.w + j, m);
+      if constexpr ((kOpts & kLabelWeight) != 0) wv = wv * load(opt.label_weight, j, m, full);
+      g = g * wv;
+    } else if constexpr ((kOpts & kLabelWeight) != 0) {
+      wv = load(opt.label_weight, j, m, full);  // zero past m
       g = g * wv;
     } else if (!full) {
       wv = Vec::set(zero, one, m);  // the first m lanes
@@ -241,10 +269,19 @@ void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float s
       p = at::vec::fmadd(p, s2, Vec(1.0f / 3.0f));
       p = at::vec::fmadd(p, s2, one);
       const Vec log1p_e = two * sl * p;  // 2 atanh(sl): first omitted term < 2e-9 relative
-      const Vec bce = at::vec::maximum(x, zero) - yv * x + log1p_e;
+      Vec bce;
+      if constexpr ((kOpts & kPosWeight) != 0) {
+        bce = (one - yv) * x + lw * (at::vec::maximum(x.neg(), zero) + log1p_e);
+      } else {
+        bce = at::vec::maximum(x, zero) - yv * x + log1p_e;
+      }
       loss_v = at::vec::fmadd(wv, bce, loss_v);
       cnt_v = cnt_v + wv;
-      bad_v = bad_v + (((yv != zero) & (yv != one)) & one);  // 1.0 where y is not 0 or 1 (NaN included)
+      if constexpr ((kOpts & kSoft) != 0) {  // 1.0 where y is outside [0, 1] (NaN included)
+        bad_v = bad_v + (one - (((yraw >= zero) & (yraw <= one)) & one));
+      } else {
+        bad_v = bad_v + (((yv != zero) & (yv != one)) & one);  // 1.0 where y is not 0 or 1 (NaN included)
+      }
     }
   }
   if constexpr (kLoss) {
@@ -254,7 +291,7 @@ void epilogue_row(float* t, const float* bias, LabelRow lab, int64_t nj, float s
   }
 }
 
-template <bool kLoss>
+template <bool kLoss, int kOpts>
 void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
   const int64_t B = p.B, n = p.n, d = p.d, TB = p.tile_b, TN = p.tile_n;
   const BcePlan plan = plan_bce(B, n, d, TB, TN);
@@ -267,7 +304,8 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
   std::vector<double> rows_part(kLoss ? NG * B : 0, 0.0), cnt_part(kLoss ? items : 0, 0.0);
   std::vector<int64_t> bad_part(items, 0);
 
-  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+  // A lone item runs on the calling thread: waking a thread team costs more than a small head's arithmetic.
+  at::parallel_for(0, items, items == 1 ? 2 : 1, [&](int64_t i0, int64_t i1) {
     const SingleThreadedBlas blas_guard;
     // Scratch sized to the problem (a small one must not pay for a 256 KiB tile), left uninitialized where
     // every entry is written before it is read.
@@ -297,6 +335,8 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
         const int64_t j0 = tn * TN, nj = std::min(TN, n - j0);
         const float* u = p.U + j0 * d;
         const float* bias = p.bias ? p.bias + j0 : nullptr;
+        const ColumnOptions opt{p.pos_weight ? p.pos_weight + j0 : nullptr,
+                                p.label_weight ? p.label_weight + j0 : nullptr, p.smooth_a, p.smooth_c};
         // Column sums of G go to this item's own slice of db_part (or to scratch nobody reads).
         float* db_acc = o.db ? db_part.data() + bg * n + j0 : db_scratch;
         for (int64_t tb = tb0; tb < tb1; ++tb) {
@@ -317,9 +357,9 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
             float* t = tile + r * ldt;
             double* row_loss = kLoss ? rows + b : nullptr;
             if (lab.w != nullptr) {
-              epilogue_row<kLoss, true>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad);
+              epilogue_row<kLoss, true, kOpts>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad, opt);
             } else {
-              epilogue_row<kLoss, false>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad);
+              epilogue_row<kLoss, false, kOpts>(t, bias, lab, nj, scale, db_acc, row_loss, &cnt, &bad, opt);
             }
           }
           if (dz != nullptr)  // dz_b (+)= G U_n
@@ -363,153 +403,25 @@ void dual_bce_impl(const BceProblem& p, const BceOutputs& o) {
   if (o.db) reduce(db_part.data(), BG, n, o.db);
 }
 
-// Philox4x32-10 normal number for counter `counter` under key `seed`: triton.language.randn bit for bit
-// (kernels/reference.py philox_randn is the same generator in torch ops).
-inline float uint_to_uniform(uint32_t x) {
-  int64_t s = static_cast<int32_t>(x);
-  if (s < 0) s = -s - 1;
-  return static_cast<float>(s) * 4.6566127342e-10f;
-}
-
-inline float philox_randn(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    const uint64_t pb = uint64_t{0xCD9E8D57u} * c2, pa = uint64_t{0xD2511F53u} * c0;
-    const uint32_t n0 = static_cast<uint32_t>(pb >> 32) ^ c1 ^ k0, n1 = static_cast<uint32_t>(pb);
-    const uint32_t n2 = static_cast<uint32_t>(pa >> 32) ^ c3 ^ k1, n3 = static_cast<uint32_t>(pa);
-    c0 = n0, c1 = n1, c2 = n2, c3 = n3;
-    k0 += 0x9E3779B9u, k1 += 0xBB67AE85u;
+template <int kOpts>
+void dual_bce_with(const BceProblem& p, const BceOutputs& o) {
+  if (o.rows || o.count || o.bad) {
+    dual_bce_impl<true, kOpts>(p, o);
+  } else {
+    dual_bce_impl<false, kOpts>(p, o);
   }
-  const float u1 = std::max(uint_to_uniform(c0), 1.0e-7f);
-  const float th = 6.283185307179586f * uint_to_uniform(c1);
-  return std::sqrt(-2.0f * std::log(u1)) * std::cos(th);
 }
 
-constexpr int64_t kReparamGrain = 1 << 14;  // elements per parallel chunk
+template <int... kAll>
+void dual_bce_dispatch(int opts, const BceProblem& p, const BceOutputs& o, std::integer_sequence<int, kAll...>) {
+  ((opts == kAll ? dual_bce_with<kAll>(p, o) : void()), ...);
+}
 
 }  // namespace
 
 void dual_bce(const BceProblem& p, const BceOutputs& o) {
-  if (o.rows || o.count || o.bad) {
-    dual_bce_impl<true>(p, o);
-  } else {
-    dual_bce_impl<false>(p, o);
-  }
-}
-
-namespace {
-
-// float32 with a given eps (the trainer's case): Vec::size() lanes at a time. Loads past the row end read zeros,
-// which add exactly 0 to the KL (mu = logvar = 0: 0 + 1 - 1 - 0).
-void reparam_kl_fwd_f32(const float* pm, const float* pl, const float* pe, float* pz, float* pk, int64_t B,
-                        int64_t D) {
-  at::parallel_for(0, B, std::max<int64_t>(1, kReparamGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
-    const Vec half(0.5f), one(1.0f);
-    for (int64_t r = r0; r < r1; ++r) {
-      Vec acc(0.0f);
-      for (int64_t c = 0; c < D; c += Vec::size()) {
-        const int64_t i = r * D + c, m = std::min<int64_t>(Vec::size(), D - c);
-        const Vec mu = Vec::loadu(pm + i, m), lv = Vec::loadu(pl + i, m), e = Vec::loadu(pe + i, m);
-        const Vec sd = (half * lv).exp();
-        at::vec::fmadd(sd, e, mu).store(pz + i, m);
-        acc = acc + (mu * mu + sd * sd - one - lv);
-      }
-      pk[r] = 0.5f * hsum(acc);
-    }
-  });
-}
-
-void reparam_kl_bwd_f32(const float* pdz, const float* pdk, const float* pm, const float* pl, const float* pe,
-                        float* pdm, float* pdl, float* pde, int64_t B, int64_t D) {
-  at::parallel_for(0, B, std::max<int64_t>(1, kReparamGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
-    const Vec half(0.5f), one(1.0f);
-    for (int64_t r = r0; r < r1; ++r) {
-      const Vec k(pdk[r]);
-      for (int64_t c = 0; c < D; c += Vec::size()) {
-        const int64_t i = r * D + c, m = std::min<int64_t>(Vec::size(), D - c);
-        const Vec g = Vec::loadu(pdz + i, m), mu = Vec::loadu(pm + i, m), lv = Vec::loadu(pl + i, m);
-        const Vec e = Vec::loadu(pe + i, m);
-        const Vec sd = (half * lv).exp();
-        at::vec::fmadd(k, mu, g).store(pdm + i, m);
-        (half * (g * e * sd + k * (sd * sd - one))).store(pdl + i, m);
-        if (pde != nullptr) (g * sd).store(pde + i, m);
-      }
-    }
-  });
-}
-
-}  // namespace
-
-void reparam_kl_fwd(const at::Tensor& mu, const at::Tensor& logvar, const at::Tensor& eps, int64_t seed,
-                    int64_t offset, at::Tensor& z, at::Tensor& kl) {
-  const int64_t B = mu.size(0), D = mu.size(1);
-  const bool has_eps = eps.defined();
-  if (has_eps && mu.scalar_type() == at::kFloat) {
-    reparam_kl_fwd_f32(mu.const_data_ptr<float>(), logvar.const_data_ptr<float>(), eps.const_data_ptr<float>(),
-                       z.data_ptr<float>(), kl.data_ptr<float>(), B, D);
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, mu.scalar_type(), "reparameterize_kl_cpu", [&] {
-    const scalar_t* pm = mu.const_data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.const_data_ptr<scalar_t>();
-    const scalar_t* pe = has_eps ? eps.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* pz = z.data_ptr<scalar_t>();
-    float* pk = kl.data_ptr<float>();
-    at::parallel_for(0, B, std::max<int64_t>(1, kReparamGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float acc = 0.0f;
-        for (int64_t c = 0; c < D; ++c) {
-          const int64_t i = r * D + c;
-          const float m = static_cast<float>(pm[i]), lv = static_cast<float>(pl[i]);
-          const float e = pe ? static_cast<float>(pe[i])
-                             : philox_randn(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + i));
-          const float sd = std::exp(0.5f * lv);
-          pz[i] = static_cast<scalar_t>(m + sd * e);
-          acc += m * m + sd * sd - 1.0f - lv;
-        }
-        pk[r] = 0.5f * acc;
-      }
-    });
-  });
-}
-
-void reparam_kl_bwd(const at::Tensor& dz, const at::Tensor& dkl, const at::Tensor& mu, const at::Tensor& logvar,
-                    const at::Tensor& eps, int64_t seed, int64_t offset, at::Tensor& dmu, at::Tensor& dlogvar,
-                    at::Tensor& deps) {
-  const int64_t B = mu.size(0), D = mu.size(1);
-  const bool has_eps = eps.defined(), need_deps = deps.defined();
-  if (has_eps && mu.scalar_type() == at::kFloat) {
-    reparam_kl_bwd_f32(dz.const_data_ptr<float>(), dkl.const_data_ptr<float>(), mu.const_data_ptr<float>(),
-                       logvar.const_data_ptr<float>(), eps.const_data_ptr<float>(), dmu.data_ptr<float>(),
-                       dlogvar.data_ptr<float>(), need_deps ? deps.data_ptr<float>() : nullptr, B, D);
-    return;
-  }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, mu.scalar_type(), "reparameterize_kl_backward_cpu", [&] {
-    const scalar_t* pdz = dz.const_data_ptr<scalar_t>();
-    const float* pdk = dkl.const_data_ptr<float>();
-    const scalar_t* pm = mu.const_data_ptr<scalar_t>();
-    const scalar_t* pl = logvar.const_data_ptr<scalar_t>();
-    const scalar_t* pe = has_eps ? eps.const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* pdm = dmu.data_ptr<scalar_t>();
-    scalar_t* pdl = dlogvar.data_ptr<scalar_t>();
-    scalar_t* pde = need_deps ? deps.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B, std::max<int64_t>(1, kReparamGrain / std::max<int64_t>(D, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const float k = pdk[r];
-        for (int64_t c = 0; c < D; ++c) {
-          const int64_t i = r * D + c;
-          const float g = static_cast<float>(pdz[i]), m = static_cast<float>(pm[i]), lv = static_cast<float>(pl[i]);
-          const float e = pe ? static_cast<float>(pe[i])  // else the forward's eps, regenerated
-                             : philox_randn(static_cast<uint64_t>(seed), static_cast<uint64_t>(offset + i));
-          const float sd = std::exp(0.5f * lv);
-          pdm[i] = static_cast<scalar_t>(g + k * m);
-          pdl[i] = static_cast<scalar_t>(0.5f * (g * e * sd + k * (sd * sd - 1.0f)));
-          if (pde) pde[i] = static_cast<scalar_t>(g * sd);
-        }
-      }
-    });
-  });
+  const int opts = (p.pos_weight ? kPosWeight : 0) | (p.label_weight ? kLabelWeight : 0) | (p.soft ? kSoft : 0);
+  dual_bce_dispatch(opts, p, o, std::make_integer_sequence<int, 8>{});
 }
 
 }  // namespace CPU_CAPABILITY
