@@ -39,7 +39,7 @@ from ._autograd import FusedOp
 from ._checks import REDUCTIONS, check_float, check_same_device
 from ._library import has_compiled_ops
 from .labels import LabelArgs, PackedLabels, SparseLabels, label_args
-from .ops import _may_read_back, _resolve_backend
+from .ops import TRITON_DTYPES, _may_read_back, _resolve_backend
 
 try:
     from . import linear_bce_triton as _lbce_tl
@@ -193,6 +193,29 @@ def _check_weights(pos_weight, label_weight, mask) -> None:
             raise ValueError(f"{OP}: {name} must be >= 0 everywhere, got min {w.min().item()!r}")
 
 
+def _plain_cpu_call(input, weight, target, bias, pos_weight, label_weight, mask, label_smoothing, reduction,
+                    backend) -> bool:
+    """Whether the call is the plain one the C++ op takes as it is: contiguous CPU float tensors of one dtype and
+    matching shapes, a dense target, no weights or mask, a "sum" or "mean", in eager mode with the library
+    built. Anything else goes through the general path and its checks."""
+    if (pos_weight is not None or label_weight is not None or mask is not None or backend not in ("auto", "cpu")
+            or reduction not in ("mean", "sum") or type(label_smoothing) is not float
+            or not 0.0 <= label_smoothing <= 1.0 or not isinstance(input, Tensor) or not isinstance(weight, Tensor)
+            or type(target) is not Tensor or not (bias is None or isinstance(bias, Tensor))):
+        return False
+    dtype = input.dtype
+    if (dtype not in TRITON_DTYPES or weight.dtype != dtype or target.dtype != dtype
+            or input.device.type != "cpu" or weight.device.type != "cpu" or target.device.type != "cpu"
+            or input.dim() != 2 or weight.dim() != 2 or weight.shape[1] != input.shape[1]
+            or target.shape != (input.shape[0], weight.shape[0]) or input.shape[0] * weight.shape[0] == 0
+            or not (input.is_contiguous() and weight.is_contiguous() and target.is_contiguous())):
+        return False
+    if bias is not None and (bias.dtype != dtype or bias.device.type != "cpu" or bias.shape != (weight.shape[0],)
+                             or not bias.is_contiguous()):
+        return False
+    return has_compiled_ops() and not torch.compiler.is_compiling()
+
+
 def linear_binary_cross_entropy_with_logits(
         input: Tensor, weight: Tensor, target: Tensor | PackedLabels | SparseLabels, bias: Tensor | None = None, *,
         pos_weight: Tensor | None = None, label_weight: Tensor | None = None, mask=None,
@@ -209,6 +232,14 @@ def linear_binary_cross_entropy_with_logits(
     formed: see the module docstring). Which label formats go with which backend: the module docstring.
     Returns float32 on the fused backends, the input's dtype on the reference.
     """
+    if _plain_cpu_call(input, weight, target, bias, pos_weight, label_weight, mask, label_smoothing, reduction,
+                       backend):
+        # The common eager call, checked in full by the conditions above: straight to the C++ op, without the
+        # general staging below (it costs as much as a small head's whole forward and backward).
+        B, n = target.shape
+        return torch.ops.dualvae.bce_cpu_eager(
+            input, weight, bias, target, None, n, "dense", None, None, 0, 0, 0, None, None, float(label_smoothing),
+            True, reduction, 1.0 if reduction == "sum" else 1.0 / (B * n), True, torch.is_grad_enabled())
     check_float("input", input, OP)
     check_float("weight", weight, OP)
     if input.dim() != 2:

@@ -340,3 +340,24 @@ def test_eager_cpu_call_gives_the_custom_ops_bits(op, reduction):
         results.append((out, *torch.autograd.grad(out * 1.5, ins)))
     for a, c in zip(*results):
         assert torch.equal(a, c)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_plain_cpu_call_gives_the_general_paths_bits(reduction):
+    """The plain eager call (contiguous CPU tensors, no options) skips the general staging: the same loss and
+    gradients, bit for bit, as a call the general path takes (here: a non-contiguous target of the same values)."""
+    from dualvae.kernels.linear_bce import _plain_cpu_call
+    require_backend("cpu")
+    x, W, y, b, _ = (t.float() if isinstance(t, torch.Tensor) else t for t in make(64, 40, 128, soft=True))
+    y_strided = y.t().contiguous().t()
+    assert _plain_cpu_call(x, W, y, b, None, None, None, 0.0, reduction, "auto")
+    assert not _plain_cpu_call(x, W, y_strided, b, None, None, None, 0.0, reduction, "auto")
+    results = []
+    for target in (y, y_strided):
+        ins = [t.clone().requires_grad_() for t in (x, W, b)]
+        out = lbce(*ins[:2], target, ins[2], reduction=reduction)
+        results.append((out, *torch.autograd.grad(out * 1.5, ins)))
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
+    with pytest.raises(ValueError, match=r"target must hold values in \[0, 1\]"):
+        lbce(x, W, y + 2, b, reduction=reduction)
