@@ -85,7 +85,8 @@ def main(argv=None) -> int:
               "model": a.model or "DualVAE at the demo's sizes, fresh weights", "kind": model.kind,
               "image_size": cfg.image_size, "num_labels": cfg.num_labels, "dtype": "float32", "device": "cpu",
               "moves": a.moves, "rows": rows,
-              "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "cpu": cpu_report(), "torch": torch.__version__,
+              "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)], "cpu": cpu_report(),
+              "torch": torch.__version__,
               "python": platform.python_version(), "date": _dt.date.today().isoformat()}
     print(f"wrote {write_json_atomic(a.out, report)}")
     return 0

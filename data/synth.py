@@ -8,8 +8,8 @@ list_landmarks_align_celeba.txt.
 * Labels (`sample_attributes`) follow CelebA's published frequencies and main dependencies, from a small
   hand-written generative process: Male and Young first, then the attributes that depend on them.
 * Images (`render_face`, data/face.py) are drawn with PIL ImageDraw in canonical face coordinates that pass
-  through a random pose (rotation +-8 deg, scale +-8%, shift +-6 px) before drawing, then lit by a random darkening ramp and, for
-  Blurry, Gaussian-blurred. Every attribute has its own cue, made
+  through a random pose (rotation +-8 deg, scale +-8%, shift +-6 px) before drawing, then lit by a random darkening
+  ramp and, for Blurry, Gaussian-blurred. Every attribute has its own cue, made
   large enough to survive the 64x64 preprocessing (crop rows 20:198, downscale x0.36) and a blurry VAE
   reconstruction. All random numbers of an image are drawn up front in a fixed order, independent of its
   attributes, so rendering the same RNG state with one attribute flipped changes only that attribute's cue.

@@ -1,7 +1,7 @@
-"""The one module that reads and writes checkpoint files. Checkpoints are written atomically (a crash mid-write leaves the previous file intact, never half a file) and read
-back with `torch.load(weights_only=True)`: a checkpoint holds tensors and plain Python values (dict, list, tuple,
-str, int, float, bool, None) only, so loading one cannot run code. A file that carries any other pickled object
-is refused (UnsafeCheckpointError), naming what it carries.
+"""The one module that reads and writes checkpoint files. Checkpoints are written atomically (a crash mid-write leaves
+the previous file intact, never half a file) and read back with `torch.load(weights_only=True)`: a checkpoint holds
+tensors and plain Python values (dict, list, tuple, str, int, float, bool, None) only, so loading one cannot run
+code. A file that carries any other pickled object is refused (UnsafeCheckpointError), naming what it carries.
 
 `MODEL_KINDS` is the one model registry (kind -> model class, config class: DualVAE, the baselines, the
 attribute classifier); `build(kind, **config)` builds any of them and `load_model(path, kind)` loads any of them:

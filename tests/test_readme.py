@@ -96,4 +96,5 @@ def test_multilabel_head_example_is_the_example_file():
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     assert blocks, "README's 'For any multi-label head' has no python example"
     example = _read(os.path.join(ROOT, "examples", "multilabel_classifier.py"))
-    assert blocks[0].rstrip() in example, "its python example is not a verbatim part of examples/multilabel_classifier.py"
+    assert blocks[0].rstrip() in example, \
+        "its python example is not a verbatim part of examples/multilabel_classifier.py"
