@@ -14,12 +14,14 @@ Stages, in order of importance; one is skipped when the time left would not cove
              not tests/test_gpu_check.py (this script's own dry run)
     kernels  bench/bench_dual_bce.py and bench/bench_reparam_kl.py at the key sizes, fp32 and bf16, every
              implementation, and the copy bandwidth
+    linear_bce  bench/bench_linear_bce.py at three sizes (n = 40 to 65,536): ours (Triton) against eager,
+             torch.compile, a chunked implementation and the GEMMs alone
     train    bench/train_step.py: eager vs ours, fp32 and bf16, compiled and not (PIL data: no DALI there)
     data     bench/data_throughput.py: the rows that need no DALI (the HDF5 rows need --cache without DALI)
     ext      builds the C++ library with CMake into kernels/ and checks that it loads
-Writes to DIR at most 6 files: summary.json (a verdict per stage: pass/fail/skipped, reason, seconds, plus the
-environment), gpu_check.log (every child's output), tests.json, kernels-<gpu>.json, train-<gpu>.json,
-data-<gpu>.json. Exit status 1 when a stage failed.
+Writes to DIR at most 7 files: summary.json (a verdict per stage: pass/fail/skipped, reason, seconds, plus the
+environment), gpu_check.log (every child's output), tests.json, kernels-<gpu>.json, linear_bce-<gpu>.json,
+train-<gpu>.json, data-<gpu>.json. Exit status 1 when a stage failed.
 """
 from __future__ import annotations
 
@@ -52,12 +54,14 @@ write_text_atomic = _atomic.write_text_atomic
 ESTIMATE_S = {
     "tests": (150, 10),
     "kernels": (200, 5),
+    "linear_bce": (120, 20),
     "train": (120, 5),
     "data": (60, 5),
     "ext": (180, 0),
 }
 KEY_SIZES = "4096x128x65536,256x128x4096,65536x256"  # each script takes the sizes of its form (BxDxN, BxD)
 KERNEL_BENCHES = ("bench/bench_dual_bce.py", "bench/bench_reparam_kl.py")
+LINEAR_BCE_SIZES = "64x128x40,1024x128x8192,1024x128x65536"
 DRY_TESTS = 2  # the dry run selects the same tests but runs only the first few (the interpreter is slow)
 SITECUSTOMIZE = '''\
 """Written by bench/gpu_check.py: imports dualvae.kernels / dualvae.data from the checkout {root!r}."""
@@ -350,6 +354,23 @@ def stage_data(check: Check, left: float, cache: str | None):
     return _bench_stage(check, left, "bench/data_throughput.py", "data-", flags)
 
 
+def stage_linear_bce(check: Check, left: float):
+    sub = os.path.join(check.scratch, "linear_bce")
+    flags = ["--out", sub] + (["--quick", "--device", "cpu", "--threads", "1"] if check.dry else
+                              ["--device", "cuda", "--sizes", LINEAR_BCE_SIZES, "--rounds", "3"])
+    rc, _ = check.run([sys.executable, "bench/bench_linear_bce.py", *flags], timeout=left)
+    path = _written(sub, "linear_bce-")  # its .md and plots stay behind: the JSON holds every number
+    extra = {"files": [check.keep(path)]} if path else {}
+    if path:
+        rep = json.load(open(path))
+        extra.update(rows=len(rep.get("rows", [])), targets_ok=rep.get("targets", {}).get("all_ok"))
+    if rc is None:
+        return "fail", "bench_linear_bce.py ran out of time", extra
+    if rc != 0 or not path:
+        return "fail", f"bench_linear_bce.py exit {rc}" + ("" if path else ", no report"), extra
+    return "pass", f"{extra['rows']} rows", extra
+
+
 def stage_ext(check: Check, left: float):
     if check.dry:
         return "skipped", "dry run: the CMake build takes minutes on 2 cores (make install builds it here)", {}
@@ -376,7 +397,7 @@ def stage_ext(check: Check, left: float):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="the directory the (at most 6) result files go to")
+    ap.add_argument("--out", required=True, help="the directory the (at most 7) result files go to")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny sizes, Triton interpreter")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="total time (default 480; dry 240: a loaded 2-core machine)")
@@ -386,9 +407,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     budget = args.budget_s if args.budget_s is not None else (240.0 if args.dry else 480.0)
     if args.stages:
-        unknown = set(args.stages.split(",")) - {"tests", "kernels", "train", "data", "ext", "none"}
+        unknown = set(args.stages.split(",")) - {"tests", "kernels", "linear_bce", "train", "data", "ext", "none"}
         if unknown:
-            ap.error(f"--stages: unknown stage {sorted(unknown)[0]!r} (tests, kernels, train, data, ext, none)")
+            ap.error(f"--stages: unknown stage {sorted(unknown)[0]!r} "
+                     "(tests, kernels, linear_bce, train, data, ext, none)")
     os.makedirs(args.out, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="dualvae-gpu-check-")
     check = Check(os.path.abspath(args.out), args.dry, budget, write_shim(os.path.join(scratch, "shim")), scratch)
@@ -411,6 +433,7 @@ def main(argv=None) -> int:
         check.say(f"== env: {json.dumps(summary['env'])}")
         plan = [("tests", lambda left: stage_tests(check, left)),
                 ("kernels", lambda left: stage_kernels(check, left)),
+                ("linear_bce", lambda left: stage_linear_bce(check, left)),
                 ("train", lambda left: stage_train(check, left)),
                 ("data", lambda left: stage_data(check, left, args.cache)),
                 ("ext", lambda left: stage_ext(check, left))]

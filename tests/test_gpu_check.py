@@ -11,7 +11,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "bench", "gpu_check.py")
-STAGES = ["env", "tests", "kernels", "train", "data", "ext"]
+STAGES = ["env", "tests", "kernels", "linear_bce", "train", "data", "ext"]
 
 
 def test_gpu_check_dry_run(tmp_path):
@@ -24,14 +24,14 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-2000:], verdicts)
     assert summary["ok"] and summary["dry"]
     assert [s["stage"] for s in summary["stages"]] == STAGES
-    for name in STAGES[:5]:
+    for name in STAGES[:6]:
         assert verdicts[name]["verdict"] == "pass", verdicts[name]
     assert verdicts["ext"]["verdict"] == "skipped" and verdicts["ext"]["reason"]
     assert verdicts["tests"]["selected"] > 10 and verdicts["tests"]["passed"] >= 1
     files = sorted(os.listdir(out))
-    assert len(files) <= 7, files
-    assert {"summary.json", "gpu_check.log", "tests.json", "kernels-cpu.json", "train-cpu.json",
-            "data-cpu.json"} <= set(files), files
+    assert len(files) <= 8, files
+    assert {"summary.json", "gpu_check.log", "tests.json", "kernels-cpu.json", "linear_bce-cpu.json",
+            "train-cpu.json", "data-cpu.json"} <= set(files), files
     env_info = summary["env"]
     assert env_info["torch"] and env_info["cpu"]["cpu_isa_level"]
     # imported from the checkout through the shim, not from wherever the test runs
