@@ -108,10 +108,15 @@ def versions(venv: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-500:]}
 
 
+def toolkit_dirs() -> list[str]:
+    """The CUDA toolkit directories on this machine (symlinks resolved)."""
+    return sorted({os.path.realpath(p) for g in TOOLKIT_GLOBS for p in glob.glob(g) if os.path.isdir(p)})
+
+
 def hidden_toolkit(argv: list[str], scratch: str) -> tuple[list[str], dict, bool]:
     """argv wrapped to run with no CUDA toolkit visible, its environment, and whether the hiding could happen
     (it needs root and unshare; elsewhere argv runs as it is, with only nvcc's directories off PATH)."""
-    dirs = sorted({os.path.realpath(p) for g in TOOLKIT_GLOBS for p in glob.glob(g) if os.path.isdir(p)})
+    dirs = toolkit_dirs()
     nvcc = shutil.which("nvcc")
     path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                            if not os.path.exists(os.path.join(p, "nvcc")))
@@ -180,8 +185,7 @@ def torch211(args, steps: Steps, scratch: str) -> dict:
               env=clean_env(TRITON_INTERPRET="1", DUALVAE_REQUIRE_EXT="1"), cwd=outside)
     steps.run("gpu_check --dry", [venv_python(venv), os.path.join(clone, "bench", "gpu_check.py"), "--dry",
                                   "--out", os.path.join(scratch, "gpu-check-dry")], env=clean_env(), cwd=outside)
-    return {"venv": venv, "toolkit_hidden": hidden,
-            "toolkit_dirs_here": sorted({os.path.realpath(p) for g in TOOLKIT_GLOBS for p in glob.glob(g)})}
+    return {"venv": venv, "toolkit_hidden": hidden, "toolkit_dirs_here": toolkit_dirs()}
 
 
 def main(argv=None) -> int:
