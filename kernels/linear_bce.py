@@ -216,6 +216,15 @@ def _plain_cpu_call(input, weight, target, bias, pos_weight, label_weight, mask,
     return has_compiled_ops() and not torch.compiler.is_compiling()
 
 
+def _eager_cpu_call(input, weight, bias, args: LabelArgs, n: int, pos_weight, label_weight, label_smoothing,
+                    reduction: str, loss_scale: float) -> Tensor:
+    """One C++ call with its autograd in C++ (bce_eager_cpu.cpp): the eager cpu backend's whole op."""
+    return torch.ops.dualvae.bce_cpu_eager(
+        input, weight, bias, args.labels, args.mask, n, args.label_kind, args.indptr, args.mask_rows, args.mask_key,
+        args.mask_threshold, args.mask_col_offset, pos_weight, label_weight, float(label_smoothing), True, reduction,
+        loss_scale, _may_read_back(input), torch.is_grad_enabled())
+
+
 def linear_binary_cross_entropy_with_logits(
         input: Tensor, weight: Tensor, target: Tensor | PackedLabels | SparseLabels, bias: Tensor | None = None, *,
         pos_weight: Tensor | None = None, label_weight: Tensor | None = None, mask=None,
@@ -237,9 +246,8 @@ def linear_binary_cross_entropy_with_logits(
         # The common eager call, checked in full by the conditions above: straight to the C++ op, without the
         # general staging below (it costs as much as a small head's whole forward and backward).
         B, n = target.shape
-        return torch.ops.dualvae.bce_cpu_eager(
-            input, weight, bias, target, None, n, "dense", None, None, 0, 0, 0, None, None, float(label_smoothing),
-            True, reduction, 1.0 if reduction == "sum" else 1.0 / (B * n), True, torch.is_grad_enabled())
+        return _eager_cpu_call(input, weight, bias, LabelArgs(target, "dense"), n, None, None, label_smoothing,
+                               reduction, 1.0 if reduction == "sum" else 1.0 / (B * n))
     check_float("input", input, OP)
     check_float("weight", weight, OP)
     if input.dim() != 2:
@@ -299,11 +307,9 @@ def linear_binary_cross_entropy_with_logits(
         input, weight = input.contiguous(), weight.contiguous()
         bias = bias.contiguous() if bias is not None else None
     loss_scale = 1.0 if reduction == "sum" else 1.0 / (B * n) if B * n else float("nan")
-    if cpu and not torch.compiler.is_compiling():  # one C++ call with its autograd in C++ (bce_eager_cpu.cpp)
-        return torch.ops.dualvae.bce_cpu_eager(
-            input, weight, bias, args.labels, args.mask, n, args.label_kind, args.indptr, args.mask_rows,
-            args.mask_key, args.mask_threshold, args.mask_col_offset, pos_weight_n, label_weight_n,
-            float(label_smoothing), True, reduction, loss_scale, _may_read_back(input), grad_mode)
+    if cpu and not torch.compiler.is_compiling():
+        return _eager_cpu_call(input, weight, bias, args, n, pos_weight_n, label_weight_n, label_smoothing, reduction,
+                               loss_scale)
     total, *_ = _linear_bce_op(
         input=input, weight=weight, **args._asdict(), bias=bias, n=n, pos_weight=pos_weight_n,
         label_weight=label_weight_n, label_smoothing=float(label_smoothing),
