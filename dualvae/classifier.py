@@ -46,6 +46,12 @@ class AttributeClassifier(nn.Module):
     def probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(x))
 
+    @torch.no_grad()
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate features averaged over space, (B, channels of the last stage): the embedding the
+        realism distance compares (as FID compares Inception's pooled features)."""
+        return self.features[:-1](x).mean((2, 3))
+
     def checkpoint_state(self) -> dict:
         return {"kind": "classifier", "config": dict(self.config), "model": self.state_dict(),
                 "attr_names": self.attr_names}

@@ -80,7 +80,7 @@ def test_demo_tiny(tmp_path, capsys):
                  "--domains", "40"]) == 0
     cis = json.loads((out / "cis.json").read_text())
     assert cis["lam"] in (1.0, 2.0) and cis["lam_chosen_on"] == "val" and len(cis["domains"]) == 40
-    assert os.path.exists(out / "transfer_grid.png")
+    assert os.path.exists(out / "transfer_grid.png") and os.path.exists(out / "transfer_best.png")
     printed = capsys.readouterr().out
     assert "transfer grid" in printed and str(out / "cis.json") in printed
 

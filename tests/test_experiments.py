@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from dualvae.experiments.budgets import BUDGETS, MODELS, PAPER_TABLE1, PROTOCOLS
-from dualvae.experiments.claims import claims
+from dualvae.experiments.claims import claims, claims_markdown
 from dualvae.experiments.cli import ExperimentConfig
 from dualvae.experiments.evaluate import choose_strength, is_bracketed
 from dualvae.experiments.prepare import first_attributes_root
@@ -44,7 +44,8 @@ def model_stamps(out):
 def test_experiment_all_tiny_writes_both_protocols(tiny_all):
     out = tiny_all
     for name in ("table1.md", "table1.json", "fig4.png", "fig5.png", "fig6.png", "fig6.json", "fig6_images.png",
-                 "curves.png", "claims.json", "claims.md", "timing-all.json", "classifier-tiny.json"):
+                 "curves.png", "claims.json", "claims.md", "timing-all.json", "classifier-tiny.json",
+                 "fader_adversary.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert sorted(os.listdir(os.path.join(out, "runs", "tiny"))) == run_names()
     table = json.load(open(os.path.join(out, "table1.json")))
@@ -56,19 +57,29 @@ def test_experiment_all_tiny_writes_both_protocols(tiny_all):
             cell = table[proto][m]["40"]
             assert cell["paper"]["mean"] == PAPER_TABLE1[m][40][0]
             assert {"mean", "std_seeds", "std_subsets", "lam", "failed"} <= set(cell)
-    for m in ("cvae", "fader", "stargan"):  # the paper's protocol: unit strength
-        assert table["paper_default"][m]["40"]["lam"] == [1.0]
-    assert table["paper_default"]["dualvae"]["40"]["lam"] == table["tuned"]["dualvae"]["40"]["lam"]
+    for m in ("cvae", "fader", "stargan"):  # the baselines at unit strength
+        assert table["unit_strength"][m]["40"]["lam"] == [1.0]
+    assert table["unit_strength"]["dualvae"]["40"]["lam"] == table["tuned"]["dualvae"]["40"]["lam"]
+    for m in MODELS:
+        cell = table["tuned"][m]["40"]
+        assert 0 <= cell["transfer_accuracy"][0] <= 1 and cell["realism_fd"][0] >= 0
+        assert set(cell["plateau"]) <= {"plateaued", "still rising", "falling"}
     md = open(os.path.join(out, "table1.md")).read()
-    assert "**paper_default**" in md and "**tuned**" in md and "+0.140 ± 0.020" in md
+    assert "**unit_strength**" in md and "**tuned**" in md and "+0.140 ± 0.020" in md
+    assert "transfer accuracy" in md and "FD noise (bar)" in md
     claims = json.load(open(os.path.join(out, "claims.json")))
     assert len(claims) == 2 * (3 * 3 + 2)
     assert {c["protocol"] for c in claims} == set(PROTOCOLS)
     ev = json.load(open(os.path.join(out, "runs", "tiny", "stargan-s0.9-seed0", "eval.json")))
-    assert ev["lam"]["paper_default"] == 1.0 and ev["domain_counts"] == [20, 40]
+    assert ev["lam"]["unit_strength"] == 1.0 and ev["domain_counts"] == [20, 40]
     assert len(ev["test"]["tuned"]["40"]["subsets"]) == 2
     assert [c["step"] for c in ev["curve"]] == curve_steps(BUDGETS["tiny"].steps["stargan"], 2)
     assert isinstance(ev["failed"], bool) and ev["reconstruction_ratio"] > 0
+    assert ev["failed"] == any(ev["failed_by_protocol"].values())
+    assert set(ev["realism"]["fd"]) == set(PROTOCOLS) and ev["realism"]["fd_noise"] > 0
+    acc = ev["test"]["tuned"]["40"]["transfer_accuracy"]
+    assert len(acc["per_domain"]) == 40 and 0 <= acc["all"] <= 1
+    assert all({"tuned", "lam", "unit_strength"} <= set(c) for c in ev["curve"])
     ev20 = json.load(open(os.path.join(out, "runs", "tiny", "cvae-n20-s0-seed0", "eval.json")))
     assert ev20["labels"] == 20 and ev20["domain_counts"] == [20]
 
@@ -140,8 +151,12 @@ def test_a_ten_attribute_dataset_is_scored_at_ten_domains(synth_root, tmp_path, 
     assert "has 10 attributes; scoring [10] domains, skipping 20, 40 domains" in printed
     table = json.load(open(os.path.join(out, "table1.json")))
     assert table["columns"] == ["10"]
-    rows = [line for line in open(os.path.join(out, "table1.md")) if line.startswith("|")]
-    assert len({line.count("|") for line in rows}) == 1  # header, separator and rows have the same cells
+    blocks = [[line for line in block.splitlines() if line.startswith("|")]
+              for block in open(os.path.join(out, "table1.md")).read().split("\n\n")]
+    blocks = [b for b in blocks if b]
+    assert len(blocks) == 4  # per protocol: Table 1 and the field's metrics
+    for rows in blocks:  # header, separator and rows have the same cells
+        assert len({line.count("|") for line in rows}) == 1, rows
     assert "20" not in table["tuned"]["dualvae"] and "40" not in table["tuned"]["dualvae"]
     assert not any("-n20" in r for r in os.listdir(os.path.join(out, "runs", "tiny")))
 
@@ -180,10 +195,10 @@ def test_claims_verdicts_follow_the_numbers():
 
     t = {"dualvae": {"20": row(0.2), "40": row(0.1)}, "cvae": {"20": row(0.1), "40": row(0.2)},
          "fader": {"20": row(0.19), "40": row(0.0)}, "stargan": {"20": row(0.3), "40": row(0.05)}}
-    table = {"columns": ["20", "40"], "paper_default": t, "tuned": t}
+    table = {"columns": ["20", "40"], "unit_strength": t, "tuned": t}
 
     def s(mean, std=0.01):
-        return {"paper_default": {"cis": (mean, std)}, "tuned": {"cis": (mean, std)}}
+        return {"unit_strength": {"cis": (mean, std)}, "tuned": {"cis": (mean, std)}}
 
     fig6 = {"dualvae": {"0": s(0.1), "0.5": s(0.1), "0.9": s(0.09), "0.99": s(0.0)},
             "stargan": {"0": {**s(0.05), "failed": [False]}, "0.9": {**s(0.049), "failed": [False]}}}
@@ -200,6 +215,32 @@ def test_claims_verdicts_follow_the_numbers():
     assert {(c["protocol"], c["claim"]): c["holds"] for c in claims(table, fig6)}[p, sg] is True
     fig6["stargan"]["0"]["failed"] = [True]  # already noise at s = 0: nothing to compare
     assert {(c["protocol"], c["claim"]): c["holds"] for c in claims(table, fig6)}[p, sg] == "untestable"
+    del fig6["stargan"]["0.9"]  # not run: nothing to compare either
+    fig6["stargan"]["0"]["failed"] = [False]
+    assert {(c["protocol"], c["claim"]): c["holds"] for c in claims(table, fig6)}[p, sg] == "untestable"
+    # A failed model is never beaten, clearly or not; a model still rising leaves the verdict unsettled.
+    t["stargan"]["40"]["failed"] = [False, True]
+    t["cvae"]["40"]["plateau"] = ["plateaued", "still rising"]
+    by_claim = {(c["protocol"], c["claim"]): c for c in claims(table, fig6)}
+    beaten = by_claim[p, "DualVAE > StarGAN at 40 domains"]
+    assert (beaten["holds"], beaten["clearly"]) == ("untestable", False)
+    assert beaten["failures"] == ["StarGAN failed in 1 of 2 seeds"]
+    assert by_claim[p, "DualVAE > CVAE at 40 domains"]["not_settled"] == ["CVAE still rising in 1 of 2 seeds"]
+    md = claims_markdown(claims(table, fig6))
+    assert "**untestable**: +0.100 ± 0.010 vs +0.050 ± 0.010 (StarGAN failed in 1 of 2 seeds)" in md
+    assert "not settled: CVAE still rising in 1 of 2 seeds" in md
+
+
+def test_plateau_status_reads_the_last_two_points():
+    from dualvae.experiments.figures import plateau_status
+
+    def run(*vals):
+        return {"curve": [{"tuned": v} for v in vals]}
+
+    assert plateau_status([run(0.1, 0.3, 0.305), run(0.1, 0.2, 0.3), run(0.3, 0.2)]) == \
+        ["plateaued", "still rising", "falling"]
+    # The tolerance is the seed std of the last point when that is larger than 0.01.
+    assert plateau_status([run(0.2, 0.25), run(0.5, 0.55)]) == ["plateaued", "plateaued"]
 
 
 @pytest.mark.slow
@@ -221,7 +262,7 @@ def test_the_options_come_from_experiment_config(capsys):
     a = parser.parse_args(["fig4", "--data", "D", "--out", "O", "--source-labels", "dataset", "--quiet"])
     cfg = config_from(ExperimentConfig, a)
     assert cfg == ExperimentConfig(which="fig4", data="D", out="O", source_labels="dataset", quiet=True)
-    assert (cfg.seeds, cfg.budget, cfg.jobs) == (3, "medium", 1)
+    assert (cfg.seeds, cfg.budget, cfg.jobs) == (3, "long", 1)
     with pytest.raises(SystemExit):
         parser.parse_args(["fig4", "--data", "D", "--out", "O", "--budget", "huge"])  # not one of the choices
     with pytest.raises(SystemExit):
@@ -231,3 +272,39 @@ def test_the_options_come_from_experiment_config(capsys):
         if f.default is not dataclasses.MISSING:
             shown = "off" if f.default is False else f.default
             assert f"(default: {shown})" in text, f.name
+
+
+def test_frechet_distance_matches_the_closed_form():
+    import torch
+
+    from dualvae.experiments.realism import feature_moments, frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    d = 7
+    mu1, mu2 = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    a, b = torch.rand(d, generator=g, dtype=torch.float64) + 0.1, torch.rand(d, generator=g, dtype=torch.float64)
+    expected = float((mu1 - mu2).pow(2).sum() + (a.sqrt() - b.sqrt()).pow(2).sum())
+    assert abs(frechet_distance((mu1, torch.diag(a)), (mu2, torch.diag(b))) - expected) < 1e-9
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))  # a rotation changes nothing
+    rot = frechet_distance((q @ mu1, q @ torch.diag(a) @ q.T), (q @ mu2, q @ torch.diag(b) @ q.T))
+    assert abs(rot - expected) < 1e-9
+    x = torch.randn(500, d, generator=g)
+    assert abs(frechet_distance(feature_moments(x), feature_moments(x))) < 1e-6
+    assert frechet_distance(feature_moments(x), feature_moments(x + 1)) == pytest.approx(d, rel=1e-6)
+    with pytest.raises(ValueError, match="N >= 2"):
+        feature_moments(x[:1])
+
+
+def test_transfer_accuracy_counts_what_f_reads():
+    import torch
+
+    from dualvae.experiments.realism import transfer_accuracy
+
+    f0 = torch.tensor([[0.1, 0.9], [0.2, 0.3], [0.7, 0.1]])
+    M = torch.zeros(3, 2, 2)
+    M[:, 0, 0] = torch.tensor([0.6, 0.1, 0.0])  # domain 0: image 0 flips, image 1 does not, image 2 had it
+    M[:, 1, 1] = torch.tensor([0.0, 0.0, 0.0])  # domain 1: nothing moves
+    acc = transfer_accuracy(M, f0)
+    assert acc["per_domain"] == [round(2 / 3, 4), round(1 / 3, 4)]
+    assert acc["flip_per_domain"] == [0.5, 0.0]
+    assert acc["all"] == pytest.approx(0.5) and acc["flip"] == pytest.approx(0.25)

@@ -9,8 +9,11 @@
 
 Training, per batch: P steps on masked BCE(P(E(x)), y); then E, D step on MSE(D(E(x), y), x) +
 lam_dis(t) * masked BCE(P(E(x)), 1 - y) (fool P), lam_dis ramped linearly from 0 to `lambda_lat_dis` (1e-4, the
-original's final weight) over the whole run by default (the original ramps over its first 500k steps;
-`ramp_steps` sets a length); gradients clipped at norm 5, as the original. Adam lr 2e-4, beta1 0.5.
+original's final weight) over the first third of the run and then held, as the original ramps over its first 500k
+of about 1.56M steps (`ramp_steps` sets another length); gradients clipped at norm 5, as the original. Adam lr
+2e-4, beta1 0.5. Each step logs P's accuracy on the observed labels (`dis_acc`) beside the accuracy of always
+answering each attribute's majority value in the batch (`dis_chance`): the adversary works when the first falls
+toward the second.
 The attribute losses are summed over attributes (the original adds one cross-entropy per attribute). Missing
 labels: P's and the encoder's adversarial losses are masked; D is fed C's prediction (detached) at missing entries.
 Transfer to domain i: y = C(x), y_i <- y_i + lam (1 - y_i) (lam the attribute value shift; the other hair
@@ -35,7 +38,7 @@ class FaderConfig:
     width: int = 16  # the original starts at 16 channels and doubles per layer up to 512
     max_channels: int = 512
     lambda_lat_dis: float = 1e-4  # the original's final latent-discriminator weight
-    ramp_steps: int | None = None  # linear ramp 0 -> lambda_lat_dis over this many steps; None: the whole run
+    ramp_steps: int | None = None  # linear ramp 0 -> lambda_lat_dis over this many steps; None: a third of the run
     clip_grad_norm: float = 5.0  # the original clips the autoencoder's and the discriminator's gradients at 5
     lr: float = 2e-4
     dropout: float = 0.3  # the latent discriminator's dropout, as the original
@@ -95,7 +98,7 @@ class Fader(common.LabelConditioned):
         return h
 
     def lambda_dis(self, step: int, total_steps: int = 1) -> float:
-        ramp = self.config.ramp_steps or total_steps
+        ramp = self.config.ramp_steps or math.ceil(total_steps / 3)
         return self.config.lambda_lat_dis * min(1.0, step / max(1, ramp))
 
     def make_optimizers(self):
@@ -106,9 +109,18 @@ class Fader(common.LabelConditioned):
                 "pred": torch.optim.Adam(self.predictor.parameters(), lr=lr, betas=betas)}
 
     def dis_loss(self, x, y, mask=None):
+        """P's masked BCE on the (detached) latent code, and P's accuracy and the majority-answer accuracy on the
+        observed labels of the batch."""
         with torch.no_grad():
             z = self.encode(x)
-        return common.masked_bce(self.lat_dis(z), y, mask)
+        logits = self.lat_dis(z)
+        with torch.no_grad():
+            m = torch.ones_like(y) if mask is None else mask.to(y.dtype)
+            seen = m.sum().clamp_min(1.0)
+            acc = (((logits > 0).to(y.dtype) == y).to(y.dtype) * m).sum() / seen
+            share = (y * m).sum(0) / m.sum(0).clamp_min(1.0)  # the share of 1s per attribute
+            chance = (torch.maximum(share, 1 - share) * m.sum(0)).sum() / seen
+        return common.masked_bce(logits, y, mask), {"dis_acc": acc.item(), "dis_chance": chance.item()}
 
     def ae_loss(self, x, y, mask=None, step: int = 0, total_steps: int = 1):
         logits_c = self.predictor(x)
@@ -121,7 +133,7 @@ class Fader(common.LabelConditioned):
         return recon + self.lambda_dis(step, total_steps) * adv, pred, stats
 
     def train_step(self, opts, x, y, mask=None, step: int = 0, total_steps: int = 1) -> dict:
-        d = self.dis_loss(x, y, mask)
+        d, dis_stats = self.dis_loss(x, y, mask)
         opts["dis"].zero_grad(set_to_none=True)
         d.backward()
         clip = self.config.clip_grad_norm
@@ -136,7 +148,8 @@ class Fader(common.LabelConditioned):
             nn.utils.clip_grad_norm_([p for g in opts["ae"].param_groups for p in g["params"]], clip)
         opts["ae"].step()
         opts["pred"].step()
-        return {"loss": ae.item(), "dis": d.item(), **stats}
+        return {"loss": ae.item(), "dis": d.item(), "lambda_dis": self.lambda_dis(step, total_steps), **dis_stats,
+                **stats}
 
     @torch.no_grad()
     def predict_labels(self, x):

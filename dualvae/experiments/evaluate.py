@@ -1,6 +1,7 @@
 """One trained run scored: each strength chosen on the validation split (a grid extended until it brackets the
-optimum), test CIS at the chosen strengths per protocol and domain count, the failure detector, and the training
-curve; written to the run's eval.json."""
+optimum), test CIS and transfer accuracy at the chosen strengths per protocol and domain count, the failure
+checks (reconstruction ratio, realism distance), and the training curve of tuned validation CIS; written to the
+run's eval.json."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ from dualvae.checkpoint import load_model
 from dualvae.experiments.budgets import (BUDGETS, FAILED_RATIO, MAX_GRID_EXTENSIONS, PROTOCOLS, UNIT, Budget,
                                          domain_counts)
 from dualvae.experiments.prepare import classifier_file, load_data
+from dualvae.experiments.realism import (REALISM_IMAGES, feature_moments, frechet_distance, noise_images,
+                                         real_features, transfer_accuracy, transfer_features)
 from dualvae.experiments.runs import Run, checkpoint_step, curve_steps, run_dir
 
 
@@ -75,7 +78,8 @@ def _scores(M: torch.Tensor, k: int) -> dict:
 def score_model(model, clf, d: dict, budget: Budget, lams: dict, *, n_dom: int, counts: list[int],
                 source_labels: bool = False, subsets: bool = True) -> dict:
     """Test CIS of `model` at each protocol's strength: over the whole test set and per subset, at each domain
-    count in `counts` (blocks of the same M), with f's agreement on untouched attributes."""
+    count in `counts` (blocks of the same M), with f's transfer accuracy and its agreement on untouched
+    attributes."""
     from dualvae.cis import conditional_inception_score
     from dualvae.data import to_unit_range
 
@@ -89,6 +93,7 @@ def score_model(model, clf, d: dict, budget: Budget, lams: dict, *, n_dom: int, 
         entry = {"lam": lam, "agreement": agreement(r.M, r.f_original)}
         for k in counts:
             entry[str(k)] = _scores(r.M, k)
+            entry[str(k)]["transfer_accuracy"] = transfer_accuracy(r.M[:, :k, :k], r.f_original[:, :k])
             if subsets:
                 size = budget.subset_images
                 per = [_scores(r.M[a:a + size], k)["cis"] for a in range(0, len(test) - size + 1, size)]
@@ -99,11 +104,44 @@ def score_model(model, clf, d: dict, budget: Budget, lams: dict, *, n_dom: int, 
 
 
 @torch.no_grad()
+def realism(model, clf, d: dict, lams: dict, *, n_dom: int, source_labels: bool = False) -> dict:
+    """Fréchet distances in f's pooled features to the real test images: of the transfers of the first
+    REALISM_IMAGES test images to every domain at each protocol's strength, of their reconstructions (strength
+    0), and of pixel noise with the data's per-pixel statistics (the bar: transfers further from the data than
+    that have left it)."""
+    from dualvae.data import to_unit_range
+
+    real = to_unit_range(d["test"]["images"])
+    ref = feature_moments(real_features(clf, real))
+    src = real[:REALISM_IMAGES]
+    kw = {}
+    if source_labels:
+        kw["source_labels"] = d["test"]["labels"][:REALISM_IMAGES, :model.config.num_labels].float()
+    dist = {}
+    for lam in sorted(set(lams.values())) + [0.0]:
+        feats = transfer_features(model, clf, src, lam, n_dom if lam else 1, **kw)
+        dist[lam] = frechet_distance(feature_moments(feats), ref)
+    noise = frechet_distance(feature_moments(real_features(clf, noise_images(real, len(real)))), ref)
+    return {"fd": {proto: dist[lam] for proto, lam in lams.items()}, "fd_reconstruction": dist[0.0],
+            "fd_noise": noise, "source_images": len(src), "real_images": len(real)}
+
+
+def _checkpoint_scores(model, score_val, grid: list[float], unit: float | None) -> dict:
+    """Tuned validation CIS of one checkpoint (its strength chosen on a grid extended until it brackets the
+    optimum) and the validation CIS at the unit strength."""
+    best, values, _ = choose_strength(score_val, grid)
+    if unit is not None and unit not in values:
+        values.update(score_val([unit]))
+    return {"tuned": values[best], "lam": best, "unit_strength": values[best if unit is None else unit]}
+
+
+@torch.no_grad()
 def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = False) -> dict:
     """Strengths chosen on val (every domain of the model) per protocol, with ts/rs/CIS at every strength tried
-    (the lines of Figs. 4 and 6); test CIS at the chosen strengths (whole test set and per subset); the failure
-    detector; and the training curve (test CIS at each kept checkpoint, at the final model's strengths). Written
-    to rdir/eval.json (eval-dataset-labels.json with source_labels) and reused when it exists."""
+    (the lines of Figs. 4 and 6); test CIS, transfer accuracy and agreement at the chosen strengths (whole test
+    set and per subset); the failure checks (reconstruction ratio and realism distance); and the training curve:
+    at every kept checkpoint the tuned validation CIS (its own strength chosen) and the CIS at the unit strength.
+    Written to rdir/eval.json (eval-dataset-labels.json with source_labels) and reused when it exists."""
     from dualvae.baselines.common import reconstruction_ratio
     from dualvae.data.atomic import write_json_atomic
     from dualvae.cis import conditional_inception_score
@@ -122,54 +160,55 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     clf = AttributeClassifier.load(classifier_file(out, budget_name))
     n_dom = model.config.num_labels
     counts = [k for k in domain_counts(len(d["attr_names"])) if k <= n_dom]
+    curve_col = str(counts[-1])
     val = to_unit_range(d["val"]["images"])
     val_kw = _labels_kw(d["val"], n_dom, source_labels)
 
+    def val_scorer(m, record=None):
+        def score(lams):
+            if not lams:
+                return {}
+            res = conditional_inception_score(m, clf, val, domains=n_dom, lam=list(lams), **val_kw)
+            if record is not None:
+                for lam, r in res.items():
+                    record[lam] = {str(k): _scores(r.M, k) for k in counts}
+            return {lam: _scores(r.M, counts[-1])["cis"] for lam, r in res.items()}
+        return score
+
     val_scores = {}
-
-    def score_val(lams):
-        if not lams:
-            return {}
-        res = conditional_inception_score(model, clf, val, domains=n_dom, lam=list(lams), **val_kw)
-        for lam, r in res.items():
-            val_scores[lam] = {str(k): _scores(r.M, k) for k in counts}
-        return {lam: r.cis for lam, r in res.items()}
-
+    score_val = val_scorer(model, val_scores)
     best, val_cis, added = choose_strength(score_val, budget.lams[run.model])
     bracketed = is_bracketed(best, val_cis)
-    lams = {"paper_default": UNIT[run.model] if UNIT[run.model] is not None else best, "tuned": best}
-    if lams["paper_default"] not in val_cis:
-        val_cis.update(score_val([lams["paper_default"]]))
+    unit = UNIT[run.model]
+    lams = {"tuned": best, "unit_strength": unit if unit is not None else best}
+    if lams["unit_strength"] not in val_cis:
+        val_cis.update(score_val([lams["unit_strength"]]))
     test = score_model(model, clf, d, budget, lams, n_dom=n_dom, counts=counts, source_labels=source_labels)
+    real = realism(model, clf, d, lams, n_dom=n_dom, source_labels=source_labels)
 
-    # The training curve: the kept checkpoints on the first test subset, at the final model's strengths.
     final_step = budget.steps[run.model]
-    curve_col = str(counts[-1])
-    d_first = {**d, "test": {k: v[:budget.subset_images] for k, v in d["test"].items() if k != "filenames"}}
     curve = []
-    wanted = curve_steps(final_step, budget.curve_points)
     kept = {checkpoint_step(p): p for p in list_checkpoints(os.path.join(rdir, "ckpt"))}
-    for step in wanted:
-        if step not in kept:
-            raise FileNotFoundError(f"{rdir}/ckpt has no checkpoint of step {step} (kept: {sorted(kept)})")
-        p = kept[step]
+    for step in curve_steps(final_step, budget.curve_points):
         if step == final_step:
-            s = {proto: test[proto][curve_col]["subsets"][0] for proto in PROTOCOLS}
+            point = {"tuned": val_cis[best], "lam": best, "unit_strength": val_cis[lams["unit_strength"]]}
+        elif step in kept:
+            point = _checkpoint_scores(load_model(kept[step], run.model), val_scorer(load_model(kept[step],
+                                       run.model)), [best / 2, best, 2 * best], unit)
         else:
-            r = score_model(load_model(p, run.model), clf, d_first, budget, lams, n_dom=n_dom,
-                            counts=counts[-1:], source_labels=source_labels, subsets=False)
-            s = {proto: r[proto][curve_col]["cis"] for proto in PROTOCOLS}
-        curve.append({"step": step, **s})
+            raise FileNotFoundError(f"{rdir}/ckpt has no checkpoint of step {step} (kept: {sorted(kept)})")
+        curve.append({"step": step, **point})
     ratio = reconstruction_ratio(model, to_unit_range(d["test"]["images"][:64]),
                                  **_labels_kw(d["test"], n_dom, source_labels, limit=64))
+    failed = {proto: ratio > FAILED_RATIO or real["fd"][proto] > real["fd_noise"] for proto in PROTOCOLS}
     result = {"model": run.model, "missing_ratio": run.missing_ratio, "seed": run.seed, "labels": n_dom,
               "budget": budget_name, "source_labels": "dataset" if source_labels else "predicted",
               "lam": lams, "bracketed": bracketed, "grid_extensions": added,
               "val": {f"{lam:g}": val_scores[lam] for lam in sorted(val_scores)},
-              "test": test, "curve": curve, "curve_domains": counts[-1],
-              "reconstruction_ratio": ratio, "failed": ratio > FAILED_RATIO, "domain_counts": counts,
-              "num_val_images": len(val), "num_test_images": len(d["test"]["images"]),
-              "subset_images": budget.subset_images}
+              "test": test, "realism": real, "curve": curve, "curve_domains": counts[-1],
+              "curve_split": "val", "reconstruction_ratio": ratio, "failed_by_protocol": failed,
+              "failed": any(failed.values()), "domain_counts": counts, "num_val_images": len(val),
+              "num_test_images": len(d["test"]["images"]), "subset_images": budget.subset_images}
     write_json_atomic(path, result)
     return result
 

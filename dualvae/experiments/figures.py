@@ -6,8 +6,9 @@ import os
 import torch
 
 from dualvae.checkpoint import load_model
-from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, FIG6_DOMAINS, LABELS, MISSING_RATIOS,
-                                         MODELS, PAPER_TABLE1, PROTOCOL_TITLES, PROTOCOLS)
+from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, FAILED_RATIO, FIG6_DOMAINS, LABELS,
+                                         MISSING_RATIOS, MODELS, PAPER_TABLE1, PLATEAU_TOL, PROTOCOL_TITLES,
+                                         PROTOCOLS)
 from dualvae.experiments.evaluate import mean_std
 from dualvae.experiments.prepare import load_data
 from dualvae.experiments.runs import Run, run_dir
@@ -23,19 +24,57 @@ def _columns(results: dict[Run, dict]) -> list[str]:
     return cols
 
 
-def _cell(results: dict[Run, dict], model: str, seeds: int, proto: str, col: str) -> dict:
+def _failed(r: dict, proto: str) -> bool:
+    return r.get("failed_by_protocol", {}).get(proto, r["failed"])
+
+
+def plateau_status(runs: list[dict]) -> list[str]:
+    """Per run (the seeds of one model and setting): "plateaued" when its last two curve points (tuned validation
+    CIS) differ by at most max(PLATEAU_TOL, the std over seeds of the last point), else "still rising" or
+    "falling"."""
+    last = [r["curve"][-1]["tuned"] for r in runs]
+    tol = max(PLATEAU_TOL, mean_std(last)[1])
+    out = []
+    for r in runs:
+        c = r["curve"]
+        step = c[-1]["tuned"] - c[-2]["tuned"] if len(c) > 1 else float("nan")
+        out.append("plateaued" if abs(step) <= tol else "still rising" if step > 0 else
+                   "falling" if step < 0 else "too few points")
+    return out
+
+
+def _cell(results: dict[Run, dict], model: str, seeds: int, proto: str, col: str, s: float = 0.0) -> dict:
     labels, key = (20, "20") if col == "20_trained" else (None, col)
-    rs = [results[Run(model, 0.0, s, labels=labels)] for s in range(seeds)]
+    rs = [results[Run(model, s, seed, labels=labels)] for seed in range(seeds)]
     vals = [r["test"][proto][key] for r in rs]
     cis = [v["cis"] for v in vals]
     mean, std = mean_std(cis)
     cell = {"mean": mean, "std_seeds": std, "std_subsets": mean_std([v["subset_std"] for v in vals])[0],
             "per_seed": cis, "ts": mean_std([v["ts"] for v in vals])[0], "rs": mean_std([v["rs"] for v in vals])[0],
-            "lam": [r["lam"][proto] for r in rs], "failed": [r["failed"] for r in rs],
-            "bracketed": [r["bracketed"] for r in rs]}
+            "lam": [r["lam"][proto] for r in rs], "failed": [_failed(r, proto) for r in rs],
+            "bracketed": [r["bracketed"] for r in rs], "plateau": plateau_status(rs)}
+    if all("transfer_accuracy" in v for v in vals):
+        cell["transfer_accuracy"] = mean_std([v["transfer_accuracy"]["all"] for v in vals])
+        cell["flip_accuracy"] = mean_std([v["transfer_accuracy"]["flip"] for v in vals])
+    if all("realism" in r for r in rs):
+        cell["realism_fd"] = mean_std([r["realism"]["fd"][proto] for r in rs])
+        cell["realism_fd_reconstruction"] = mean_std([r["realism"]["fd_reconstruction"] for r in rs])
+        cell["realism_fd_noise"] = mean_std([r["realism"]["fd_noise"] for r in rs])
+    cell["reconstruction_ratio"] = mean_std([r["reconstruction_ratio"] for r in rs])
     if key in ("20", "40"):
         cell["paper"] = dict(zip(("mean", "std"), PAPER_TABLE1[model][int(key)]))
     return cell
+
+
+def _status_note(cell: dict) -> str:
+    notes = []
+    if any(cell["failed"]):
+        notes.append("failed: " + ",".join(str(s) for s, f in enumerate(cell["failed"]) if f))
+    rising = [s for s, p in enumerate(cell["plateau"]) if p != "plateaued"]
+    if rising:
+        notes.append(", ".join(sorted(set(cell["plateau"][s] for s in rising))) + ": " +
+                     ",".join(str(s) for s in rising))
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str) -> dict:
@@ -49,7 +88,10 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
     lines = [f"Table 1: test CIS, mean over {seeds} seeds ± std over seeds [std over disjoint "
              f"{r0['subset_images']}-image test subsets], `--budget {budget_name}`; {r0['num_test_images']} test "
              f"images; strengths chosen on {r0['num_val_images']} validation images. Paper: CelebA with a "
-             f"fine-tuned Inception-v3 as f (mean ± std).", ""]
+             f"fine-tuned Inception-v3 as f (mean ± std). After a cell: the seeds the failure checks flag "
+             f"(reconstruction ratio > {FAILED_RATIO}, or transfers further from the real images than pixel noise "
+             f"in f's features), and the seeds whose tuned validation CIS had not plateaued.", ""]
+    last = cols[-1]
     for proto in PROTOCOLS:
         table = {m: {c: _cell(results, m, seeds, proto, c) for c in cols} for m in MODELS}
         doc[proto] = table
@@ -64,15 +106,28 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
                 t = table[m][c]
                 best = max(MODELS, key=lambda k: table[k][c]["mean"]) == m
                 txt = f"{t['mean']:+.3f} ± {t['std_seeds']:.3f} [{t['std_subsets']:.3f}]"
-                if any(t["failed"]):
-                    txt += " (failed: " + ",".join(str(s) for s, f in enumerate(t["failed"]) if f) + ")"
-                cells.append(f"**{txt}**" if best else txt)
+                cells.append((f"**{txt}**" if best else txt) + _status_note(t))
             p = PAPER_TABLE1[m]
-            lams = table[m][cols[-1]]["lam"]
+            lams = table[m][last]["lam"]
             row = [LABELS[m], *cells, *(f"{p[int(c)][0]:+.3f} ± {p[int(c)][1]:.3f}" for c in paper_cols),
                    ", ".join(f"{v:g}" for v in lams)]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        if all("realism_fd" in table[m][last] for m in MODELS):
+            lines += [f"The field's metrics, {COLUMN_TITLES.get(last, last)}, {proto}: transfer accuracy (share of "
+                      f"transfers toward domain i that f reads as having attribute i; flip: among the images f reads "
+                      f"as lacking it), Fréchet distance in f's pooled features to the real test images "
+                      f"(transfers; reconstructions; the pixel-noise bar), reconstruction ratio.", "",
+                      "| Method | transfer accuracy | flip accuracy | FD transfers | FD reconstructions | "
+                      "FD noise (bar) | reconstruction ratio |", "|---|---|---|---|---|---|---|"]
+            for m in MODELS:
+                t = table[m][last]
+                lines.append(f"| {LABELS[m]} | {t['transfer_accuracy'][0]:.3f} ± {t['transfer_accuracy'][1]:.3f} | "
+                             f"{t['flip_accuracy'][0]:.3f} ± {t['flip_accuracy'][1]:.3f} | "
+                             f"{t['realism_fd'][0]:.2f} ± {t['realism_fd'][1]:.2f} | "
+                             f"{t['realism_fd_reconstruction'][0]:.2f} | {t['realism_fd_noise'][0]:.2f} | "
+                             f"{t['reconstruction_ratio'][0]:.2f} |")
+            lines.append("")
     write_json_atomic(os.path.join(out, "table1.json"), doc)
     write_text_atomic(os.path.join(out, "table1.md"), "\n".join(lines))
     print("\n".join(lines))
@@ -117,27 +172,85 @@ def make_fig4(out: str, results: dict[Run, dict], seeds: int) -> str:
     return path
 
 
-def make_curves(out: str, results: dict[Run, dict], seeds: int) -> str:
-    """Test CIS at each kept checkpoint of the s = 0 runs (mean ± std over seeds), one panel per protocol."""
+def make_curves(out: str, results: dict[Run, dict], seeds: int, budget_name: str) -> str:
+    """Tuned validation CIS at each kept checkpoint (each checkpoint at its own chosen strength) of the s = 0 runs,
+    and the CIS at the unit strength, against the training examples seen (mean ± std over seeds); the legend
+    says how many seeds plateaued."""
     plt = _plt()
+    budget = BUDGETS[budget_name]
     r0 = results[Run("dualvae", 0.0, 0)]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, proto in zip(axes, PROTOCOLS):
         for m in MODELS:
-            curves = [results[Run(m, 0.0, s)]["curve"] for s in range(seeds)]
+            runs = [results[Run(m, 0.0, s)] for s in range(seeds)]
+            curves = [r["curve"] for r in runs]
+            bs = budget.batch_sizes.get(m, budget.batch_size)
             steps = [c["step"] for c in curves[0]]
-            total = steps[-1]
             ms = [mean_std([c[k][proto] for c in curves]) for k in range(len(steps))]
-            ax.errorbar([s / total for s in steps], [v[0] for v in ms], yerr=[v[1] for v in ms], marker="o",
-                        color=COLORS[m], label=f"{LABELS[m]} ({total} steps)", capsize=3)
-        ax.set_xlabel("fraction of training")
+            status = plateau_status(runs)
+            flat = sum(p == "plateaued" for p in status)
+            failed = sum(any(r.get("failed_by_protocol", {}).values()) or r["failed"] for r in runs)
+            note = f"{flat}/{len(runs)} plateaued" + (f", {failed} failed" if failed else "")
+            ax.errorbar([s * bs / 1000 for s in steps], [v[0] for v in ms], yerr=[v[1] for v in ms], marker="o",
+                        ms=3, color=COLORS[m], label=f"{LABELS[m]} ({note})", capsize=2)
+        ax.set_xlabel("training examples seen (thousands; StarGAN: critic batches × 16)")
         ax.set_title(PROTOCOL_TITLES[proto], fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"test CIS, {r0['curve_domains']} domains (first subset)")
+    axes[0].set_ylabel(f"validation CIS, {r0['curve_domains']} domains")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Training curves: CIS at the final model's strengths, mean ± std over seeds", fontsize=10)
+    fig.suptitle("Training curves: CIS at every kept checkpoint, mean ± std over seeds (tuned: each checkpoint "
+                 "at its own best strength)", fontsize=10)
     fig.tight_layout()
     path = os.path.join(out, "curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def make_fader_adversary(out: str, budget_name: str, seeds: int) -> str | None:
+    """FaderNetworks' latent adversary over training (the s = 0, 40-attribute runs' log.json): the latent
+    discriminator's accuracy on the observed attributes (smoothed over 10 logged steps) against the accuracy of
+    always answering each attribute's majority value, with the adversarial weight on a second axis. None when no
+    run has a log with these fields."""
+    import json
+
+    logs = []
+    for seed in range(seeds):
+        path = os.path.join(run_dir(out, budget_name, Run("fader", 0.0, seed)), "log.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                rows = json.load(f)
+            if rows and "dis_acc" in rows[0]:
+                logs.append(rows)
+    if not logs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax2 = ax.twinx()
+    for seed, rows in enumerate(logs):
+        steps = [r["step"] for r in rows]
+        w = min(10, len(rows))
+
+        def smooth(key):
+            v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+            return torch.nn.functional.avg_pool1d(v[None, None], w, 1)[0, 0].tolist()
+
+        ax.plot(steps[w - 1:], smooth("dis_acc"), color=COLORS["fader"], alpha=0.5 + 0.2 * seed,
+                label="latent discriminator accuracy" if seed == 0 else None)
+        ax.plot(steps[w - 1:], smooth("dis_chance"), "--", color="gray",
+                label="majority answer (chance)" if seed == 0 else None)
+        if seed == 0:
+            ax2.plot(steps, [r["lambda_dis"] for r in rows], ":", color="black", label="adversarial weight")
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy on the observed attributes")
+    ax2.set_ylabel("adversarial weight λ_dis")
+    ax.grid(alpha=0.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower left")
+    ax.set_title(f"FaderNetworks' latent adversary, {len(logs)} seeds (s = 0, 40 attributes)", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, "fader_adversary.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -193,6 +306,37 @@ def make_fig5(out: str, budget_name: str, results: dict[Run, dict]) -> str:
     return path
 
 
+def _fig6_column(results: dict[Run, dict]) -> str:
+    return str(results[Run("dualvae", 0.0, 0)]["domain_counts"][-1])
+
+
+def fig6_summary(results: dict[Run, dict], seeds: int) -> dict:
+    """Fig. 6's numbers: DualVAE at each missing ratio s and StarGAN at s = 0 and 0.9 (where run): test CIS per
+    protocol (mean, std over seeds), the failure checks and plateau per seed, and DualVAE's validation sweep
+    (seed means of ts and rs per strength)."""
+    col = _fig6_column(results)
+
+    def entry(rs_):
+        return {**{proto: {"cis": mean_std([r["test"][proto][col]["cis"] for r in rs_]),
+                           "cis_per_seed": [r["test"][proto][col]["cis"] for r in rs_],
+                           "std_subsets": mean_std([r["test"][proto][col]["subset_std"] for r in rs_])[0],
+                           "lam": [r["lam"][proto] for r in rs_]} for proto in PROTOCOLS},
+                "failed": [r["failed"] for r in rs_], "plateau": plateau_status(rs_),
+                "reconstruction_ratio": mean_std([r["reconstruction_ratio"] for r in rs_])}
+
+    summary = {"dualvae": {}, "stargan": {}}
+    for s in MISSING_RATIOS:
+        rs_ = [results[Run("dualvae", s, seed)] for seed in range(seeds)]
+        lams = sorted(set.intersection(*(set(r["val"]) for r in rs_)), key=float)
+        by_lam = {l: {"ts": mean_std([r["val"][l][col]["ts"] for r in rs_])[0],
+                      "rs": mean_std([r["val"][l][col]["rs"] for r in rs_])[0]} for l in lams}
+        summary["dualvae"][f"{s:g}"] = {**entry(rs_), "by_lam": by_lam}
+    for s in (0.0, 0.9):
+        if all(Run("stargan", s, seed) in results for seed in range(seeds)):
+            summary["stargan"][f"{s:g}"] = entry([results[Run("stargan", s, seed)] for seed in range(seeds)])
+    return summary
+
+
 def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) -> dict:
     """DualVAE at each missing ratio s over its strength sweep (seed means, validation), StarGAN at s = 0
     and 0.9 at both protocols' strengths; a JSON of CIS per s and protocol; and a grid: test images transferred
@@ -202,41 +346,28 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
     from dualvae.transfer import save_grid_png
 
     budget = BUDGETS[budget_name]
-    col = str(results[Run("dualvae", 0.0, 0)]["domain_counts"][-1])
+    col = _fig6_column(results)
+    summary = fig6_summary(results, seeds)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     cmap = plt.get_cmap("viridis")
-    summary = {"dualvae": {}, "stargan": {}}
-
-    def per_protocol(rs_):
-        return {proto: {"cis": mean_std([r["test"][proto][col]["cis"] for r in rs_]),
-                        "cis_per_seed": [r["test"][proto][col]["cis"] for r in rs_],
-                        "std_subsets": mean_std([r["test"][proto][col]["subset_std"] for r in rs_])[0],
-                        "lam": [r["lam"][proto] for r in rs_]} for proto in PROTOCOLS}
-
     for k, s in enumerate(MISSING_RATIOS):
-        rs_ = [results[Run("dualvae", s, seed)] for seed in range(seeds)]
-        lams = sorted(set.intersection(*(set(r["val"]) for r in rs_)), key=float)
-        pts = [(mean_std([r["val"][l][col]["rs"] for r in rs_])[0],
-                mean_std([r["val"][l][col]["ts"] for r in rs_])[0]) for l in lams]
+        by_lam = summary["dualvae"][f"{s:g}"]["by_lam"]
         color = cmap(k / max(1, len(MISSING_RATIOS) - 1))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, alpha=0.6, label=f"DualVAE s={s:g}")
-        chosen = [r["test"]["tuned"][col] for r in rs_]  # the test points at each seed's chosen lambda
+        ax.plot([p["rs"] for p in by_lam.values()], [p["ts"] for p in by_lam.values()], "-", color=color,
+                alpha=0.6, label=f"DualVAE s={s:g}")
+        chosen = [results[Run("dualvae", s, seed)]["test"]["tuned"][col] for seed in range(seeds)]
         ax.scatter([c["rs"] for c in chosen], [c["ts"] for c in chosen], color=color, zorder=3, s=25)
-        for l, p in zip(lams, pts):
-            ax.annotate(f"{float(l):g}", p, fontsize=6, xytext=(2, 2), textcoords="offset points")
-        summary["dualvae"][f"{s:g}"] = {**per_protocol(rs_),
-                                        "by_lam": {l: {"ts": p[1], "rs": p[0]} for l, p in zip(lams, pts)},
-                                        "failed": [r["failed"] for r in rs_],
-                                        "reconstruction_ratio": mean_std([r["reconstruction_ratio"] for r in rs_])}
+        for l, p in by_lam.items():
+            ax.annotate(f"{float(l):g}", (p["rs"], p["ts"]), fontsize=6, xytext=(2, 2), textcoords="offset points")
     for s, marker in ((0.0, "s"), (0.9, "X")):
+        if f"{s:g}" not in summary["stargan"]:
+            continue
         rs_ = [results[Run("stargan", s, seed)] for seed in range(seeds)]
-        for proto, fill in zip(PROTOCOLS, ("none", COLORS["stargan"])):
+        for proto, fill in zip(PROTOCOLS, (COLORS["stargan"], "none")):
             pts = [r["test"][proto][col] for r in rs_]
             ax.scatter([p["rs"] for p in pts], [p["ts"] for p in pts], marker=marker, s=50, zorder=3,
                        edgecolors=COLORS["stargan"], facecolors=fill, label=f"StarGAN s={s:g} ({proto})")
-        summary["stargan"][f"{s:g}"] = {**per_protocol(rs_), "failed": [r["failed"] for r in rs_],
-                                        "reconstruction_ratio": mean_std([r["reconstruction_ratio"] for r in rs_])}
     ax.set_xlabel("rs (reconstruction score)")
     ax.set_ylabel("ts (transfer score)")
     ax.set_title(f"Fig. 6: missing ratio s, {col} domains\nlines: λ sweep on validation (seed means); "
@@ -258,6 +389,8 @@ def make_fig6(out: str, budget_name: str, results: dict[Run, dict], seeds: int) 
     parts = []
     for i, m in enumerate(("dualvae", "stargan")):
         run = Run(m, 0.9, 0)
+        if run not in results:
+            continue
         p = os.path.join(out, f"fig6_{m}.png")
         model = load_model(os.path.join(run_dir(out, budget_name, run), "model.pt"), m)
         lam = results[run]["lam"]["tuned"]

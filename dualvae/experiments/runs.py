@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -124,3 +125,25 @@ def table1_runs(seeds: int, num_attrs: int = 40) -> list[Run]:
 def fig6_runs(seeds: int) -> list[Run]:
     return ([Run("dualvae", s, seed) for s in MISSING_RATIOS for seed in range(seeds)]
             + [Run("stargan", s, seed) for s in (0.0, 0.9) for seed in range(seeds)])
+
+
+RUN_NAME = re.compile(r"^(?P<model>[a-z]+)(?:-n(?P<labels>\d+))?-s(?P<s>[0-9.]+)-seed(?P<seed>\d+)$")
+
+
+def parse_run(name: str) -> Run:
+    """The Run whose folder is called `name` (Run.name's inverse)."""
+    m = RUN_NAME.match(name)
+    if not m or m["model"] not in MODELS:
+        raise ValueError(f"{name!r} is not a run folder name (<model>[-n<labels>]-s<missing ratio>-seed<seed>)")
+    return Run(m["model"], float(m["s"]), int(m["seed"]), int(m["labels"]) if m["labels"] else None)
+
+
+def read_evaluated(budget_dir: str, eval_name: str = "eval.json") -> dict[Run, dict]:
+    """Every evaluated run under OUT/runs/<budget>/: {Run: its eval.json}."""
+    out = {}
+    for name in sorted(os.listdir(budget_dir)):
+        path = os.path.join(budget_dir, name, eval_name)
+        if os.path.exists(path):
+            with open(path) as f:
+                out[parse_run(name)] = json.load(f)
+    return out

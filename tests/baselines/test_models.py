@@ -32,7 +32,7 @@ def fixed_losses(model, x, y, mask) -> dict:
         return {"loss": model.loss(x, y, mask)[0]}
     if model.kind == "fader":
         ae, pred, _ = model.ae_loss(x, y, mask, step=1)
-        return {"ae": ae, "pred": pred, "dis": model.dis_loss(x, y, mask)}
+        return {"ae": ae, "pred": pred, "dis": model.dis_loss(x, y, mask)[0]}
     y_src = model.source_labels(x, y, mask)
     c_trg = y_src.flip(0)
     return {"d": model.d_loss(x, y, mask, c_trg)[0], "g": model.g_loss(x, y_src, c_trg)[0]}
@@ -160,3 +160,21 @@ def test_domains_by_name_and_source_labels_checked(kind):
         model.transfer_all(x, ["nope"])
     with pytest.raises(ValueError, match=r"source_labels have shape \(2, 5\), expected \(2, 6\)"):
         model.transfer_all(x, [0], source_labels=y[:, :5])
+
+
+def test_fader_adversary_ramps_over_a_third_then_holds_and_logs_its_accuracy():
+    model = make("fader")
+    model.config.ramp_steps = None
+    total = 30
+    weights = [model.lambda_dis(t, total) for t in range(total)]
+    full = model.config.lambda_lat_dis
+    assert weights[0] == 0 and weights[5] == pytest.approx(full / 2) and all(w == full for w in weights[10:])
+    x, y, mask = batch(b=6)
+    stats = model.train_step(model.make_optimizers(), x, y, mask, step=3, total_steps=total)
+    assert 0 <= stats["dis_acc"] <= 1 and 0.5 <= stats["dis_chance"] <= 1
+    assert stats["lambda_dis"] == pytest.approx(full * 3 / 10)
+    # The majority-answer accuracy of the observed labels: a column of 1, 1, 0 (all observed) scores 2/3.
+    y3 = torch.tensor([[1.0], [1.0], [0.0]])
+    one = baselines.build("fader", image_size=SIZE, num_labels=1, **CONFIGS["fader"])
+    _, s = one.dis_loss(x[:3], y3)
+    assert s["dis_chance"] == pytest.approx(2 / 3)
