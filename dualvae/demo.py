@@ -153,9 +153,10 @@ def run_demo(c: DemoConfig) -> None:
         print(f"  {what:<18} {path}")
 
 
-def best_domains(result, k: int) -> list[int]:
-    """The k domains with the highest per-domain CIS (ts_i + rs_i: the target rises, the rest stays) in a CIS
-    result with its M, best first."""
+def best_domains(result, k: int, min_ts: float = 0.5) -> list[int]:
+    """From a CIS result with its M (the lam chosen on validation): the k domains whose transfers keep the rest
+    of the face best (highest rs_i, the other attributes' mean |change|) among those whose target f reads as
+    risen by at least `min_ts` (ts_i); the best first, topped up by ts_i when fewer pass."""
     import torch
 
     M = result.M  # (N, n, n)
@@ -163,13 +164,15 @@ def best_domains(result, k: int) -> list[int]:
     ts = torch.diagonal(M, dim1=-2, dim2=-1).mean(0)
     off = ~torch.eye(n, dtype=torch.bool)
     rs = -torch.stack([M[:, i][:, off[i]].abs().mean() for i in range(n)]) if n > 1 else torch.zeros(n)
-    order = torch.argsort(ts + rs, descending=True)[:k]
-    return [result.domains[i] for i in order.tolist()]
+    passed = sorted((i for i in range(n) if ts[i] >= min_ts), key=lambda i: -rs[i].item())
+    rest = sorted((i for i in range(n) if ts[i] < min_ts), key=lambda i: -ts[i].item())
+    return [result.domains[i] for i in (passed + rest)[:k]]
 
 
 def write_best_transfers(model, images, val_result, path: str, k: int = 8) -> str:
     """The picture of what the model does at its best: each image, its reconstruction (lam = 0), then its
-    transfers at the lam chosen on validation to the k domains whose transfers scored best there (ts and rs)."""
+    transfers at the lam chosen on validation to the k domains of `best_domains` (the target changes, the rest
+    of the face stays)."""
     import torch
 
     from dualvae.transfer import save_grid_png

@@ -137,3 +137,19 @@ def test_counts_are_checked_for_configs_built_in_python(tmp_path):
     with pytest.raises(ValueError, match=r"train: steps must be >= 1, got -3"):
         train(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), steps=-3))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_demo_picture_shows_transfers_that_change_the_target_and_keep_the_rest():
+    import torch
+
+    from dualvae.cis import CISResult
+    from dualvae.demo import best_domains
+
+    M = torch.zeros(2, 4, 4)
+    M[:, 0, 0], M[:, 1, 1], M[:, 2, 2], M[:, 3, 3] = 0.9, 0.6, 0.2, 0.7  # ts per domain
+    M[:, 0, 1:] = 0.3  # domain 0 moves the others most; domain 2's target barely rises
+    M[:, 1, 0] = 0.1
+    M[:, 3, 0] = 0.05
+    r = CISResult(ts=0.0, rs=0.0, cis=0.0, lam=32.0, domains=[5, 6, 7, 8], M=M, f_original=torch.zeros(2, 4))
+    assert best_domains(r, 4) == [8, 6, 5, 7]  # rs order among ts >= 0.5, then the rest by ts
+    assert best_domains(r, 2) == [8, 6]

@@ -126,7 +126,7 @@ def realism(model, clf, d: dict, lams: dict, *, n_dom: int, source_labels: bool 
             "fd_noise": noise, "source_images": len(src), "real_images": len(real)}
 
 
-def _checkpoint_scores(model, score_val, grid: list[float], unit: float | None) -> dict:
+def _checkpoint_scores(score_val, grid: list[float], unit: float | None) -> dict:
     """Tuned validation CIS of one checkpoint (its strength chosen on a grid extended until it brackets the
     optimum) and the validation CIS at the unit strength."""
     best, values, _ = choose_strength(score_val, grid)
@@ -160,7 +160,6 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
     clf = AttributeClassifier.load(classifier_file(out, budget_name))
     n_dom = model.config.num_labels
     counts = [k for k in domain_counts(len(d["attr_names"])) if k <= n_dom]
-    curve_col = str(counts[-1])
     val = to_unit_range(d["val"]["images"])
     val_kw = _labels_kw(d["val"], n_dom, source_labels)
 
@@ -193,8 +192,9 @@ def evaluate_run(out: str, budget_name: str, run: Run, source_labels: bool = Fal
         if step == final_step:
             point = {"tuned": val_cis[best], "lam": best, "unit_strength": val_cis[lams["unit_strength"]]}
         elif step in kept:
-            point = _checkpoint_scores(load_model(kept[step], run.model), val_scorer(load_model(kept[step],
-                                       run.model)), [best / 2, best, 2 * best], unit)
+            # Each checkpoint at its own best strength, searched from around the final model's.
+            point = _checkpoint_scores(val_scorer(load_model(kept[step], run.model)), [best / 2, best, 2 * best],
+                                       unit)
         else:
             raise FileNotFoundError(f"{rdir}/ckpt has no checkpoint of step {step} (kept: {sorted(kept)})")
         curve.append({"step": step, **point})
