@@ -170,7 +170,8 @@ class StarGAN(common.LabelConditioned):
         return loss, {"g_loss": loss.item(), "g_cls": cls.item(), "g_rec": rec.item()}
 
     def train_step(self, opts, x, y, mask=None, step: int = 0, total_steps: int = 1) -> dict:
-        """One D update; one G update too every n_critic-th step."""
+        """One D update; one G update too every n_critic-th step. The stats carry the latest G update's losses
+        on every step, so a log that samples steps sees G too."""
         y_src = self.source_labels(x, y, mask)
         c_trg = y_src[torch.randperm(len(x), device=x.device)]
         d, stats = self.d_loss(x, y, mask, c_trg)
@@ -183,7 +184,8 @@ class StarGAN(common.LabelConditioned):
             opts["g"].zero_grad(set_to_none=True)
             g.backward()
             opts["g"].step()
-            stats.update(g_stats)
+            self._last_g_stats = g_stats
+        stats.update(getattr(self, "_last_g_stats", {}))
         return stats
 
     @torch.no_grad()

@@ -178,3 +178,16 @@ def test_fader_adversary_ramps_over_a_third_then_holds_and_logs_its_accuracy():
     one = baselines.build("fader", image_size=SIZE, num_labels=1, **CONFIGS["fader"])
     _, s = one.dis_loss(x[:3], y3)
     assert s["dis_chance"] == pytest.approx(2 / 3)
+
+
+def test_stargan_stats_carry_the_latest_generator_update():
+    model = make("stargan")
+    model.config.n_critic = 3
+    opts = model.make_optimizers()
+    x, y, mask = batch()
+    first = model.train_step(opts, x, y, mask, step=0)
+    assert "g_rec" not in first  # no G update yet
+    model.train_step(opts, x, y, mask, step=1)
+    g = model.train_step(opts, x, y, mask, step=2)  # the n_critic-th step updates G
+    later = model.train_step(opts, x, y, mask, step=3)
+    assert {"g_loss", "g_cls", "g_rec"} <= set(later) and later["g_rec"] == g["g_rec"]
