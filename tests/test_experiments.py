@@ -70,7 +70,7 @@ def test_experiment_all_tiny_writes_both_protocols(tiny_all):
     claims = json.load(open(os.path.join(out, "claims.json")))
     assert len(claims) == 2 * (3 * 3 + 2)
     assert {c["protocol"] for c in claims} == set(PROTOCOLS)
-    ev = json.load(open(os.path.join(out, "runs", "tiny", "stargan-s0.9-seed0", "eval.json")))
+    ev = json.load(open(os.path.join(out, "runs", "tiny", "stargan-s0-seed0", "eval.json")))
     assert ev["lam"]["unit_strength"] == 1.0 and ev["domain_counts"] == [20, 40]
     assert len(ev["test"]["tuned"]["40"]["subsets"]) == 2
     assert [c["step"] for c in ev["curve"]] == curve_steps(BUDGETS["tiny"].steps["stargan"], 2)
@@ -97,6 +97,27 @@ def test_every_subcommand_reuses_the_cached_runs(tiny_all, synth_root, capsys):
         assert "runs cached" in printed and "to run:" not in printed, which
         assert os.path.getsize(os.path.join(tiny_all, name)) > 0, which
     assert model_stamps(tiny_all) == stamps
+
+
+def test_stargan_at_s09_is_run_only_when_it_works_at_s0(tiny_all, synth_root, tmp_path, capsys):
+    runs = os.path.join(tiny_all, "runs", "tiny")
+    assert json.load(open(os.path.join(runs, "stargan-s0-seed0", "eval.json")))["failed"]  # a 5-step GAN
+    assert not os.path.exists(os.path.join(runs, "stargan-s0.9-seed0"))
+    claim = [c for c in json.load(open(os.path.join(tiny_all, "claims.json"))) if c["claim"].startswith("StarGAN")]
+    assert {c["holds"] for c in claim} == {"untestable"}
+    assert "StarGAN already fails at s = 0" in open(os.path.join(tiny_all, "claims.md")).read()
+    out = str(tmp_path / "exp")
+    shutil.copytree(tiny_all, out, symlinks=True)
+    path = os.path.join(out, "runs", "tiny", "stargan-s0-seed0", "eval.json")
+    ev = json.load(open(path))
+    ev["failed"] = False  # as if it worked
+    json.dump(ev, open(path, "w"))
+    capsys.readouterr()
+    assert main(["experiment", "fig6", "--data", synth_root, "--out", out, "--budget", "tiny", "--seeds", "1",
+                 "--quiet"]) == 0
+    assert "to run: stargan-s0.9-seed0" in capsys.readouterr().out
+    fig6 = json.load(open(os.path.join(out, "fig6.json")))["summary"]
+    assert set(fig6["stargan"]) == {"0", "0.9"}
 
 
 def test_dataset_source_labels_are_an_option(tiny_all, synth_root):

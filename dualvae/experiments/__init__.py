@@ -23,7 +23,8 @@ budget on the training split with every label, scores every model. A failed mode
 input) is told apart by its reconstruction ratio (`baselines.common.reconstruction_ratio`), and a model whose
 transfers leave the data by the realism distance (`realism`: the Fréchet distance in f's features to real images,
 against pixel noise); each run also reports f's transfer accuracy and a curve of tuned validation CIS over its
-checkpoints, from which the tables call it plateaued or still rising.
+checkpoints, from which the tables call it plateaued or still rising. StarGAN's s = 0.9 runs are made only when
+StarGAN works at s = 0 (otherwise the claim that it fails at s = 0.9 is untestable and the command says so).
 
 Budgets: `tiny` (CI: seconds), `small` (a quick look: 32x32, hundreds of steps), `medium` (32x32, 1,500 steps),
 `long` (the committed results: 32x32, 6,400 steps, 8 scored checkpoints, sized for 2 CPU cores with --jobs 2),
