@@ -45,7 +45,7 @@ def test_experiment_all_tiny_writes_both_protocols(tiny_all):
     out = tiny_all
     for name in ("table1.md", "table1.json", "fig4.png", "fig5.png", "fig6.png", "fig6.json", "fig6_images.png",
                  "curves.png", "claims.json", "claims.md", "timing-all.json", "classifier-tiny.json",
-                 "fader_adversary.png"):
+                 "fader_adversary.png", "runs.md"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert sorted(os.listdir(os.path.join(out, "runs", "tiny"))) == run_names()
     table = json.load(open(os.path.join(out, "table1.json")))

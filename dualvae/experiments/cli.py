@@ -11,7 +11,7 @@ import torch
 from dualvae.experiments.budgets import BUDGETS, DOMAIN_COUNTS, domain_counts
 from dualvae.experiments.claims import claims, claims_markdown
 from dualvae.experiments.figures import (make_curves, make_fader_adversary, make_fig4, make_fig5, make_fig6,
-                                         make_table1)
+                                         make_run_list, make_table1)
 from dualvae.experiments.pool import ensure_runs
 from dualvae.experiments.runs import fig6_runs, stargan_s09_runs, table1_runs
 from dualvae.options import check_counts, option
@@ -86,6 +86,8 @@ def run_experiment(cfg: ExperimentConfig) -> None:
     if which in ("table1", "all"):
         table = make_table1(out, results, cfg.seeds, cfg.budget)
         written += ["table1.md", "table1.json"]
+    if which == "all":
+        written.append(os.path.basename(make_run_list(out, results, cfg.budget)))
     if which in ("fig4", "all"):
         written.append(os.path.basename(make_fig4(out, results, cfg.seeds)))
     if which in ("curves", "all"):

@@ -134,6 +134,44 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
     return doc
 
 
+def run_statuses(results: dict[Run, dict]) -> dict[Run, str]:
+    """Every run's plateau status, judged among the seeds of its setting (model, labels, missing ratio)."""
+    groups = {}
+    for run in results:
+        groups.setdefault((run.model, run.labels, run.missing_ratio), []).append(run)
+    out = {}
+    for runs in groups.values():
+        runs = sorted(runs, key=lambda r: r.seed)
+        out.update(zip(runs, plateau_status([results[r] for r in runs])))
+    return out
+
+
+def make_run_list(out: str, results: dict[Run, dict], budget_name: str) -> str:
+    """runs.md: one line per run: its setting, steps, the tuned validation CIS at its last two checkpoints, the
+    plateau status, the failure checks and the test CIS of both protocols."""
+    from dualvae.data.atomic import write_text_atomic
+
+    status = run_statuses(results)
+    lines = [f"Every run of `--budget {budget_name}`: the tuned validation CIS ({PLATEAU_TOL} or the seed std decides "
+             f"plateaued) at the last two of its checkpoints, the failure checks (reconstruction ratio > "
+             f"{FAILED_RATIO}, or the realism distance (FD) above the pixel-noise bar), and the test CIS at the "
+             f"largest domain count.", "",
+             "| run | steps | val CIS, last two checkpoints | status | reconstruction ratio | FD tuned / noise | "
+             "failed | test CIS tuned | test CIS unit_strength |", "|---" * 9 + "|"]
+    for run in sorted(results, key=lambda r: (MODELS.index(r.model), r.labels or 0, r.missing_ratio, r.seed)):
+        r = results[run]
+        c = r["curve"]
+        col = str(r["domain_counts"][-1])
+        failed = [p for p in PROTOCOLS if r.get("failed_by_protocol", {}).get(p, r["failed"])]
+        lines.append(f"| {run.name} | {c[-1]['step']} | {c[-2]['tuned']:+.3f} → {c[-1]['tuned']:+.3f} | "
+                     f"{status[run]} | {r['reconstruction_ratio']:.2f} | {r['realism']['fd']['tuned']:.2f} / "
+                     f"{r['realism']['fd_noise']:.2f} | {', '.join(failed) or 'no'} | "
+                     f"{r['test']['tuned'][col]['cis']:+.3f} | {r['test']['unit_strength'][col]['cis']:+.3f} |")
+    path = os.path.join(out, "runs.md")
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
 def _plt():
     import matplotlib
 
