@@ -48,6 +48,8 @@ def test_experiment_all_tiny_writes_both_protocols(tiny_all):
                  "fader_adversary.png", "runs.md"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     assert sorted(os.listdir(os.path.join(out, "runs", "tiny"))) == run_names()
+    control = json.load(open(os.path.join(out, "runs", "tiny-controls", "fader-no-adversary-seed0", "log.json")))
+    assert all(r["lambda_dis"] == 0 for r in control)
     table = json.load(open(os.path.join(out, "table1.json")))
     assert table["columns"] == ["20", "20_trained", "40"]
     assert table["test_images"] == 4 and table["subset_images"] == 2

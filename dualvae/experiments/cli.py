@@ -13,7 +13,7 @@ from dualvae.experiments.claims import claims, claims_markdown
 from dualvae.experiments.figures import (make_curves, make_fader_adversary, make_fig4, make_fig5, make_fig6,
                                          make_run_list, make_table1)
 from dualvae.experiments.pool import ensure_runs
-from dualvae.experiments.runs import fig6_runs, stargan_s09_runs, table1_runs
+from dualvae.experiments.runs import fig6_runs, stargan_s09_runs, table1_runs, train_fader_control
 from dualvae.options import check_counts, option
 
 COMMANDS = ("table1", "fig4", "fig5", "fig6", "curves", "all")
@@ -92,6 +92,7 @@ def run_experiment(cfg: ExperimentConfig) -> None:
         written.append(os.path.basename(make_fig4(out, results, cfg.seeds)))
     if which in ("curves", "all"):
         written.append(os.path.basename(make_curves(out, results, cfg.seeds, cfg.budget)))
+        train_fader_control(out, cfg.budget, progress=not cfg.quiet)
         fader = make_fader_adversary(out, cfg.budget, cfg.seeds)
         written += [os.path.basename(fader)] if fader else []
     if which in ("fig5", "all"):

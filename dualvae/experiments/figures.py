@@ -11,7 +11,7 @@ from dualvae.experiments.budgets import (BUDGETS, COLORS, COLUMN_TITLES, FAILED_
                                          PROTOCOLS)
 from dualvae.experiments.evaluate import mean_std
 from dualvae.experiments.prepare import load_data
-from dualvae.experiments.runs import Run, run_dir
+from dualvae.experiments.runs import Run, control_dir, run_dir
 from dualvae.transfer import transfer_tiles
 
 
@@ -248,8 +248,9 @@ def make_curves(out: str, results: dict[Run, dict], seeds: int, budget_name: str
 def make_fader_adversary(out: str, budget_name: str, seeds: int) -> str | None:
     """FaderNetworks' latent adversary over training (the s = 0, 40-attribute runs' log.json): the latent
     discriminator's accuracy on the observed attributes (smoothed over 10 logged steps) against the accuracy of
-    always answering each attribute's majority value, with the adversarial weight on a second axis. None when no
-    run has a log with these fields."""
+    always answering each attribute's majority value, and against the control run without the adversary when it
+    exists (`runs.train_fader_control`), with the adversarial weight on a second axis. None when no run has a
+    log with these fields."""
     import json
 
     logs = []
@@ -262,10 +263,17 @@ def make_fader_adversary(out: str, budget_name: str, seeds: int) -> str | None:
                 logs.append(rows)
     if not logs:
         return None
+    control = os.path.join(control_dir(out, budget_name), "log.json")
+    if os.path.exists(control):
+        with open(control) as f:
+            control = json.load(f)
+    else:
+        control = None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax2 = ax.twinx()
-    for seed, rows in enumerate(logs):
+    for seed, rows in enumerate(logs + ([control] if control else [])):
+        is_control = control is not None and seed == len(logs)
         steps = [r["step"] for r in rows]
         w = min(10, len(rows))
 
@@ -273,6 +281,10 @@ def make_fader_adversary(out: str, budget_name: str, seeds: int) -> str | None:
             v = torch.tensor([r[key] for r in rows], dtype=torch.float64)
             return torch.nn.functional.avg_pool1d(v[None, None], w, 1)[0, 0].tolist()
 
+        if is_control:
+            ax.plot(steps[w - 1:], smooth("dis_acc"), color="black", alpha=0.7,
+                    label="the same without the adversary (λ_dis = 0), seed 0")
+            continue
         ax.plot(steps[w - 1:], smooth("dis_acc"), color=COLORS["fader"], alpha=0.5 + 0.2 * seed,
                 label="latent discriminator accuracy" if seed == 0 else None)
         ax.plot(steps[w - 1:], smooth("dis_chance"), "--", color="gray",

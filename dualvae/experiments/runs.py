@@ -153,3 +153,31 @@ def read_evaluated(budget_dir: str, eval_name: str = "eval.json") -> dict[Run, d
             with open(path) as f:
                 out[parse_run(name)] = json.load(f)
     return out
+
+
+def control_dir(out: str, budget_name: str, seed: int = 0) -> str:
+    return os.path.join(out, "runs", f"{budget_name}-controls", f"fader-no-adversary-seed{seed}")
+
+
+def train_fader_control(out: str, budget_name: str, seed: int = 0, progress: bool = False) -> str:
+    """FaderNetworks as the s = 0 run of `seed`, but with no latent adversary (lambda_lat_dis = 0): the control
+    that shows what the latent discriminator's accuracy does when nothing fights it. Only its training log is
+    kept: OUT/runs/<budget>-controls/fader-no-adversary-seed<seed>/log.json (cached)."""
+    from dualvae import baselines
+    from dualvae.data.atomic import write_json_atomic
+
+    budget = BUDGETS[budget_name]
+    path = os.path.join(control_dir(out, budget_name, seed), "log.json")
+    if os.path.exists(path):
+        return path
+    d = load_data(out, budget, ("train",))
+    torch.manual_seed(seed)
+    model = baselines.build("fader", image_size=budget.image_size, num_labels=d["train"]["labels"].shape[1],
+                            **{**budget.configs["fader"], "lambda_lat_dis": 0.0})
+    model.attr_names = list(d["attr_names"])
+    rows = baselines.fit(model, d["train"]["images"], d["train"]["labels"], None, steps=budget.steps["fader"],
+                         batch_size=budget.batch_sizes.get("fader", budget.batch_size), seed=seed,
+                         progress=progress)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_json_atomic(path, rows)
+    return path
