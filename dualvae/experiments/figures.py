@@ -43,9 +43,9 @@ def plateau_status(runs: list[dict]) -> list[str]:
     return out
 
 
-def _cell(results: dict[Run, dict], model: str, seeds: int, proto: str, col: str, s: float = 0.0) -> dict:
+def _cell(results: dict[Run, dict], model: str, seeds: int, proto: str, col: str) -> dict:
     labels, key = (20, "20") if col == "20_trained" else (None, col)
-    rs = [results[Run(model, s, seed, labels=labels)] for seed in range(seeds)]
+    rs = [results[Run(model, 0.0, seed, labels=labels)] for seed in range(seeds)]
     vals = [r["test"][proto][key] for r in rs]
     cis = [v["cis"] for v in vals]
     mean, std = mean_std(cis)
@@ -88,9 +88,10 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
     lines = [f"Table 1: test CIS, mean over {seeds} seeds ± std over seeds [std over disjoint "
              f"{r0['subset_images']}-image test subsets], `--budget {budget_name}`; {r0['num_test_images']} test "
              f"images; strengths chosen on {r0['num_val_images']} validation images. Paper: CelebA with a "
-             f"fine-tuned Inception-v3 as f (mean ± std). After a cell: the seeds the failure checks flag "
-             f"(reconstruction ratio > {FAILED_RATIO}, or transfers further from the real images than pixel noise "
-             f"in f's features), and the seeds whose tuned validation CIS had not plateaued.", ""]
+             f"fine-tuned Inception-v3 as f (mean ± std). Bold: the best model that did not fail. After a cell: the "
+             f"seeds the failure checks flag (reconstruction ratio > {FAILED_RATIO}, or transfers further from the "
+             f"real images than pixel noise in f's features), and the seeds whose tuned validation CIS had not "
+             f"plateaued.", ""]
     last = cols[-1]
     for proto in PROTOCOLS:
         table = {m: {c: _cell(results, m, seeds, proto, c) for c in cols} for m in MODELS}
@@ -104,7 +105,8 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
             cells = []
             for c in cols:
                 t = table[m][c]
-                best = max(MODELS, key=lambda k: table[k][c]["mean"]) == m
+                working = [k for k in MODELS if not any(table[k][c]["failed"])] or list(MODELS)
+                best = max(working, key=lambda k: table[k][c]["mean"]) == m  # a failed model is never the best
                 txt = f"{t['mean']:+.3f} ± {t['std_seeds']:.3f} [{t['std_subsets']:.3f}]"
                 cells.append((f"**{txt}**" if best else txt) + _status_note(t))
             p = PAPER_TABLE1[m]
