@@ -231,6 +231,8 @@ def test_claims_verdicts_follow_the_numbers():
     assert got[p, "DualVAE > FaderNetworks at 20 domains (block)"] == (True, False)  # within the noise
     assert got[p, "DualVAE > StarGAN at 20 domains (block)"] == (False, False)
     assert got[p, "DualVAE > CVAE at 40 domains"] == (False, False)
+    assert "**does not hold**, the other clearly ahead: +0.100 ± 0.010 vs +0.200 ± 0.010" in claims_markdown(
+        claims(table, fig6))
     assert got[p, "DualVAE CIS stable up to s = 0.9"][0] is True
     sg = "StarGAN fails at s = 0.9 (CIS drops, or the model fails)"
     assert got[p, sg][0] is False

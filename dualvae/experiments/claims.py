@@ -40,7 +40,8 @@ def claims(table: dict, fig6: dict | None) -> list[dict]:
                 failures = _failures(cells)
                 out.append({"protocol": proto, "claim": f"DualVAE > {LABELS[m]} at {COLUMN_TITLES.get(col, col)}",
                             "holds": "untestable" if failures else gap > 0,
-                            "clearly": not failures and gap > noise, "dualvae": [a["mean"], sa],
+                            "clearly": not failures and gap > noise,
+                            "reversed_clearly": not failures and gap < -noise, "dualvae": [a["mean"], sa],
                             "other": [b["mean"], sb], "gap": gap, "failures": failures,
                             "not_settled": _unsettled(cells),
                             "failed_seeds": {"dualvae": sum(a.get("failed", [])), m: sum(b.get("failed", []))}})
@@ -85,7 +86,8 @@ def claims_markdown(verdicts: list[dict]) -> str:
         v = c["holds"]
         word = f"**{v}**" if isinstance(v, str) else ("**holds**" if v else "**does not hold**")
         if "gap" in c:
-            word += (", clearly" if c["clearly"] else "") + f": {ms(c['dualvae'])} vs {ms(c['other'])}"
+            word += (", clearly" if c["clearly"] else ", the other clearly ahead" if c.get("reversed_clearly")
+                     else "") + f": {ms(c['dualvae'])} vs {ms(c['other'])}"
         else:
             word += f": s=0 {ms(c['s0'])}, s=0.9 {ms(c['s0.9'])}"
         notes = c.get("failures", []) + ([c["why"]] if c.get("why") else [])
