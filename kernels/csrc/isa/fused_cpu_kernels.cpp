@@ -4,6 +4,7 @@
 // machine and uses the widest vectors it has. at::vec::Vectorized<float> is 16 lanes under AVX512, 8 under AVX2
 // (exp/log1p from Sleef or ATen's own polynomials) and a portable array otherwise.
 #include "../fused_cpu.h"
+#include "vec.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,7 +28,6 @@ namespace dualvae::cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
 #if defined(CPU_CAPABILITY_AVX512)
 static_assert(Vec::size() == 16, "the AVX512 build must use at::vec's 512-bit vectors");
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -183,14 +183,6 @@ void prefetch_label_row(const Labels& L, int64_t n, int64_t b, int64_t j0, int64
     const int64_t m_size = c10::elementSize(L.mask_type);
     prefetch_bytes(static_cast<const char*>(L.mask) + (b * n + j0) * m_size, nj * m_size);
   }
-}
-
-float hsum(const Vec& v) {
-  alignas(64) float buf[Vec::size()];
-  v.store(buf);
-  float s = 0.0f;
-  for (int i = 0; i < Vec::size(); ++i) s += buf[i];
-  return s;
 }
 
 // The epilogue of one logits row: t holds L (without bias) and is overwritten with G. Adds the row's loss,

@@ -1,6 +1,7 @@
 // reparameterize_kl's CPU kernels, compiled once per instruction set like fused_cpu_kernels.cpp (CMake builds
 // every file of isa/ with CPU_CAPABILITY=DEFAULT, AVX2 and AVX512; ops_cpu.cpp picks one at run time).
 #include "../fused_cpu.h"
+#include "vec.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -12,16 +13,6 @@
 namespace dualvae::cpu {
 namespace CPU_CAPABILITY {
 namespace {
-
-using Vec = at::vec::Vectorized<float>;
-
-float hsum(const Vec& v) {
-  alignas(64) float buf[Vec::size()];
-  v.store(buf);
-  float s = 0.0f;
-  for (int i = 0; i < Vec::size(); ++i) s += buf[i];
-  return s;
-}
 
 // Philox4x32-10 normal number for counter `counter` under key `seed`: triton.language.randn bit for bit
 // (kernels/reference.py philox_randn is the same generator in torch ops).
