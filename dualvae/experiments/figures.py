@@ -24,10 +24,6 @@ def _columns(results: dict[Run, dict]) -> list[str]:
     return cols
 
 
-def _failed(r: dict, proto: str) -> bool:
-    return r.get("failed_by_protocol", {}).get(proto, r["failed"])
-
-
 def plateau_status(runs: list[dict]) -> list[str]:
     """Per run (the seeds of one model and setting): "plateaued" when its last two curve points (tuned validation
     CIS) differ by at most max(PLATEAU_TOL, the std over seeds of the last point), else "still rising" or
@@ -51,15 +47,13 @@ def _cell(results: dict[Run, dict], model: str, seeds: int, proto: str, col: str
     mean, std = mean_std(cis)
     cell = {"mean": mean, "std_seeds": std, "std_subsets": mean_std([v["subset_std"] for v in vals])[0],
             "per_seed": cis, "ts": mean_std([v["ts"] for v in vals])[0], "rs": mean_std([v["rs"] for v in vals])[0],
-            "lam": [r["lam"][proto] for r in rs], "failed": [_failed(r, proto) for r in rs],
+            "lam": [r["lam"][proto] for r in rs], "failed": [r["failed_by_protocol"][proto] for r in rs],
             "bracketed": [r["bracketed"] for r in rs], "plateau": plateau_status(rs)}
-    if all("transfer_accuracy" in v for v in vals):
-        cell["transfer_accuracy"] = mean_std([v["transfer_accuracy"]["all"] for v in vals])
-        cell["flip_accuracy"] = mean_std([v["transfer_accuracy"]["flip"] for v in vals])
-    if all("realism" in r for r in rs):
-        cell["realism_fd"] = mean_std([r["realism"]["fd"][proto] for r in rs])
-        cell["realism_fd_reconstruction"] = mean_std([r["realism"]["fd_reconstruction"] for r in rs])
-        cell["realism_fd_noise"] = mean_std([r["realism"]["fd_noise"] for r in rs])
+    cell["transfer_accuracy"] = mean_std([v["transfer_accuracy"]["all"] for v in vals])
+    cell["flip_accuracy"] = mean_std([v["transfer_accuracy"]["flip"] for v in vals])
+    cell["realism_fd"] = mean_std([r["realism"]["fd"][proto] for r in rs])
+    cell["realism_fd_reconstruction"] = mean_std([r["realism"]["fd_reconstruction"] for r in rs])
+    cell["realism_fd_noise"] = mean_std([r["realism"]["fd_noise"] for r in rs])
     cell["reconstruction_ratio"] = mean_std([r["reconstruction_ratio"] for r in rs])
     if key in ("20", "40"):
         cell["paper"] = dict(zip(("mean", "std"), PAPER_TABLE1[model][int(key)]))
@@ -115,21 +109,20 @@ def make_table1(out: str, results: dict[Run, dict], seeds: int, budget_name: str
                    ", ".join(f"{v:g}" for v in lams)]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-        if all("realism_fd" in table[m][last] for m in MODELS):
-            lines += [f"The field's metrics, {COLUMN_TITLES.get(last, last)}, {proto}: transfer accuracy (share of "
-                      f"transfers toward domain i that f reads as having attribute i; flip: among the images f reads "
-                      f"as lacking it), Fréchet distance in f's pooled features to the real test images "
-                      f"(transfers; reconstructions; the pixel-noise bar), reconstruction ratio.", "",
-                      "| Method | transfer accuracy | flip accuracy | FD transfers | FD reconstructions | "
-                      "FD noise (bar) | reconstruction ratio |", "|---|---|---|---|---|---|---|"]
-            for m in MODELS:
-                t = table[m][last]
-                lines.append(f"| {LABELS[m]} | {t['transfer_accuracy'][0]:.3f} ± {t['transfer_accuracy'][1]:.3f} | "
-                             f"{t['flip_accuracy'][0]:.3f} ± {t['flip_accuracy'][1]:.3f} | "
-                             f"{t['realism_fd'][0]:.2f} ± {t['realism_fd'][1]:.2f} | "
-                             f"{t['realism_fd_reconstruction'][0]:.2f} | {t['realism_fd_noise'][0]:.2f} | "
-                             f"{t['reconstruction_ratio'][0]:.2f} |")
-            lines.append("")
+        lines += [f"The field's metrics, {COLUMN_TITLES.get(last, last)}, {proto}: transfer accuracy (share of "
+                  f"transfers toward domain i that f reads as having attribute i; flip: among the images f reads "
+                  f"as lacking it), Fréchet distance in f's pooled features to the real test images "
+                  f"(transfers; reconstructions; the pixel-noise bar), reconstruction ratio.", "",
+                  "| Method | transfer accuracy | flip accuracy | FD transfers | FD reconstructions | "
+                  "FD noise (bar) | reconstruction ratio |", "|---|---|---|---|---|---|---|"]
+        for m in MODELS:
+            t = table[m][last]
+            lines.append(f"| {LABELS[m]} | {t['transfer_accuracy'][0]:.3f} ± {t['transfer_accuracy'][1]:.3f} | "
+                         f"{t['flip_accuracy'][0]:.3f} ± {t['flip_accuracy'][1]:.3f} | "
+                         f"{t['realism_fd'][0]:.2f} ± {t['realism_fd'][1]:.2f} | "
+                         f"{t['realism_fd_reconstruction'][0]:.2f} | {t['realism_fd_noise'][0]:.2f} | "
+                         f"{t['reconstruction_ratio'][0]:.2f} |")
+        lines.append("")
     write_json_atomic(os.path.join(out, "table1.json"), doc)
     write_text_atomic(os.path.join(out, "table1.md"), "\n".join(lines))
     print("\n".join(lines))
@@ -164,7 +157,7 @@ def make_run_list(out: str, results: dict[Run, dict], budget_name: str) -> str:
         r = results[run]
         c = r["curve"]
         col = str(r["domain_counts"][-1])
-        failed = [p for p in PROTOCOLS if r.get("failed_by_protocol", {}).get(p, r["failed"])]
+        failed = [p for p in PROTOCOLS if r["failed_by_protocol"][p]]
         lines.append(f"| {run.name} | {c[-1]['step']} | {c[-2]['tuned']:+.3f} → {c[-1]['tuned']:+.3f} | "
                      f"{status[run]} | {r['reconstruction_ratio']:.2f} | {r['realism']['fd']['tuned']:.2f} / "
                      f"{r['realism']['fd_noise']:.2f} | {', '.join(failed) or 'no'} | "
@@ -229,7 +222,7 @@ def make_curves(out: str, results: dict[Run, dict], seeds: int, budget_name: str
             ms = [mean_std([c[k][proto] for c in curves]) for k in range(len(steps))]
             status = plateau_status(runs)
             flat = sum(p == "plateaued" for p in status)
-            failed = sum(any(r.get("failed_by_protocol", {}).values()) or r["failed"] for r in runs)
+            failed = sum(r["failed"] for r in runs)
             note = f"{flat}/{len(runs)} plateaued" + (f", {failed} failed" if failed else "")
             ax.errorbar([s * bs / 1000 for s in steps], [v[0] for v in ms], yerr=[v[1] for v in ms], marker="o",
                         ms=3, color=COLORS[m], label=f"{LABELS[m]} ({note})", capsize=2)
